@@ -1,0 +1,3 @@
+from pyconv.cli import main
+
+raise SystemExit(main())

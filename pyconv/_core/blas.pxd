@@ -1,0 +1,17 @@
+# Single entry point to the BLAS that SciPy ships (scipy.linalg.cython_blas),
+# wrapped once for all kernels.  BLAS is column-major; our tensors are
+# row-major, so a row-major C = A @ B is computed as the column-major
+# C^T = B^T @ A^T (swap the operands, keep the leading dimensions).
+from scipy.linalg.cython_blas cimport sgemm
+
+
+cdef inline void gemm_rowmajor(bint trans_a, bint trans_b, int m, int n, int k,
+                               float alpha, const float* a, int lda,
+                               const float* b, int ldb, float beta,
+                               float* c, int ldc) noexcept nogil:
+    """Row-major C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C."""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if m <= 0 or n <= 0:
+        return
+    sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)

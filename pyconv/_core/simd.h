@@ -1,0 +1,20 @@
+/* Function multi-versioning for hot micro-kernels.
+ *
+ * A portable x86-64 build targets the baseline ISA (SSE2).  Micro-kernels whose
+ * return type is declared PYCONV_MULTIVERSION void are compiled three times
+ * (x86-64-v4 = AVX-512, v3 = AVX2/FMA, baseline) and the loader picks the best
+ * one for the running CPU (GCC/Clang target_clones, an ELF ifunc).  Elsewhere
+ * (ARM64, macOS, -march=native builds) the macro is empty and the compiler's
+ * own target flags apply.  No intrinsics: the loops stay plain C. */
+#ifndef PYCONV_SIMD_H
+#define PYCONV_SIMD_H
+
+#if defined(__x86_64__) && defined(__linux__) && !defined(PYCONV_NATIVE) && \
+    ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || \
+     (defined(__clang__) && __clang_major__ >= 14))
+#define PYCONV_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYCONV_MULTIVERSION
+#endif
+
+#endif

@@ -1,0 +1,2 @@
+"""Activations and softmax."""
+__all__: list = []
