@@ -1,6 +1,7 @@
 """How many threads pyconv's kernels (and the BLAS they call) use."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -82,3 +83,22 @@ def threads_for(work: float) -> int:
     if n == 1 or work < 2 * MIN_WORK_PER_THREAD:
         return 1
     return int(min(n, work // MIN_WORK_PER_THREAD))
+
+
+@contextlib.contextmanager
+def blas_single_threaded(active: bool = True):
+    """Run the BLAS on one thread inside the block (when ``active``).
+
+    Kernels that call sgemm from their own OpenMP threads (one GEMM per tile)
+    use this so the BLAS does not start threads of its own on top of them."""
+    from pyconv import _blas
+
+    if not active:
+        yield
+        return
+    n = get_num_threads()
+    _blas.set_threads(1)
+    try:
+        yield
+    finally:
+        _blas.set_threads(n)
