@@ -1,2 +1,623 @@
-"""Convolutions: conv2d (Winograd, 1x1, depthwise, im2col), conv1d, conv_transpose2d."""
-__all__: list = []
+"""Convolutions: conv2d (Winograd, 1x1, depthwise, im2col), conv1d, conv_transpose2d.
+
+All take NCHW (NCL for conv1d) float32 arrays and PyTorch's argument names and
+semantics; float64 and non-contiguous inputs are converted (a copy), other
+dtypes raise TypeError.  ``padding`` may be an int, ``(ph, pw)`` or ONNX-order
+``(top, left, bottom, right)``.  Bias, the fused activation and (conv2d) a
+residual are applied in each kernel's output loop.
+
+``prepare_conv2d`` packs the weights once for one algorithm (the executor uses
+it through the registry's ``prepare`` hook); ``conv2d`` is prepare + call.
+How ``algorithm="auto"`` chooses is documented in ``docs/kernels.md`` and in
+:func:`choose_algorithm`.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from pyconv import _blas
+from pyconv._core import conv_gemm as _gemm
+from pyconv._core import conv_transpose as _transpose
+from pyconv._core import depthwise as _depthwise
+from pyconv._threads import get_num_threads, threads_for
+from pyconv.ops._args import (
+    apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
+)
+from pyconv.registry import Counts, OpSpec, Window, register
+
+__all__ = [
+    "conv2d", "prepare_conv2d", "PreparedConv2d", "conv1d", "conv_transpose2d",
+    "choose_algorithm", "ALGORITHMS",
+]
+
+ALGORITHMS = ("auto", "winograd", "winograd2", "winograd4", "winograd6", "1x1", "depthwise", "im2col", "direct")
+# "winograd" (and "auto") use F(4x4, 3x3): its error with the sqrt(2) points is
+# ~1e-6 of the output magnitude, and it does 4x fewer multiplies than direct.
+WINOGRAD_DEFAULT_TILE = 4
+# "auto" uses Winograd only from this many input and output channels on: below
+# it the transforms cost more than the GEMM they save (measured, docs/kernels.md).
+WINOGRAD_MIN_CHANNELS = 16
+# B tile + C tile of one GEMM task, in floats: 2 MiB, the L2 of one core here.
+_GEMM_TILE_BUDGET = 1 << 19
+
+
+def _winograd_kernels():
+    """The Winograd module, or None while it is not built."""
+    try:
+        from pyconv._core import winograd
+    except ImportError:
+        return None
+    return winograd
+
+
+@contextlib.contextmanager
+def _blas_single_threaded():
+    """Run the BLAS on one thread while our own OpenMP loop calls it per tile."""
+    n = get_num_threads()
+    if n == 1:
+        yield
+        return
+    _blas.set_threads(1)
+    try:
+        yield
+    finally:
+        _blas.set_threads(n)
+
+
+# --------------------------------------------------------------------------- geometry
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Validated hyper-parameters of a 2-D convolution, tied to its weight shape."""
+
+    out_channels: int
+    in_channels: int
+    groups: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: Tuple[int, int]
+
+    @classmethod
+    def from_args(cls, weight_shape: Sequence[int], bias_shape, stride, padding, dilation, groups) -> "ConvGeometry":
+        weight_shape = tuple(weight_shape)
+        if len(weight_shape) != 4:
+            raise ValueError(f"weight must have 4 dimensions (C_out, C_in/groups, kh, kw), got shape {weight_shape}")
+        groups = _positive_int(groups, "groups")
+        co, cig, kh, kw = weight_shape
+        if min(weight_shape) < 1:
+            raise ValueError(f"weight must not have empty dimensions, got shape {weight_shape}")
+        if co % groups:
+            raise ValueError(f"groups={groups} must divide the output channels of weight {weight_shape}")
+        if bias_shape is not None and tuple(bias_shape) != (co,):
+            raise ValueError(f"bias must have shape ({co},) for weight {weight_shape}, got {tuple(bias_shape)}")
+        return cls(co, cig * groups, groups, (kh, kw), int_pair(stride, "stride", 1), padding4(padding),
+                   int_pair(dilation, "dilation", 1))
+
+    def output_shape(self, x_shape: Sequence[int]) -> Tuple[int, int, int, int]:
+        """(N, C_out, H_out, W_out) for an input of ``x_shape``; ValueError when they do not fit."""
+        x_shape = tuple(x_shape)
+        if len(x_shape) != 4:
+            raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {x_shape}")
+        n, c, h, w = x_shape
+        if c != self.in_channels:
+            raise ValueError(
+                f"x has {c} channels but weight (C_out={self.out_channels}, C_in/groups="
+                f"{self.in_channels // self.groups}) with groups={self.groups} expects {self.in_channels}; "
+                f"x shape {x_shape}"
+            )
+        pt, pl, pb, pr = self.pads
+        ho = conv_output_size(h, self.kernel[0], self.stride[0], pt, pb, self.dilation[0])
+        wo = conv_output_size(w, self.kernel[1], self.stride[1], pl, pr, self.dilation[1])
+        if ho <= 0 or wo <= 0 or n <= 0:
+            raise ValueError(
+                f"conv output size would be {(n, self.out_channels, ho, wo)} for x shape {x_shape}, kernel "
+                f"{self.kernel}, stride {self.stride}, padding {self.pads}, dilation {self.dilation}"
+            )
+        return n, self.out_channels, ho, wo
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups == self.in_channels
+
+    @property
+    def winograd_applies(self) -> bool:
+        return self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
+    """The algorithm conv2d runs for ``geometry``; ValueError when a forced one does not apply.
+
+    Rule for "auto": depthwise when groups == C_in (one input channel per
+    group); the direct 1x1 GEMM for 1x1 kernels; Winograd F(4x4,3x3) for 3x3
+    stride-1 undilated ungrouped convs with at least WINOGRAD_MIN_CHANNELS
+    input and output channels (when the Winograd kernel is built); tiled
+    im2col + GEMM otherwise.  "direct" is an alias of "im2col" (the tiled
+    im2col is an implicit GEMM: B is built one cache-sized tile at a time)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    g = geometry
+    if algorithm == "auto":
+        if g.is_depthwise:
+            return "depthwise"
+        if g.kernel == (1, 1):
+            return "1x1"
+        if (g.winograd_applies and min(g.in_channels, g.out_channels) >= WINOGRAD_MIN_CHANNELS
+                and _winograd_kernels() is not None):
+            return f"winograd{WINOGRAD_DEFAULT_TILE}"
+        return "im2col"
+    if algorithm.startswith("winograd"):
+        if not g.winograd_applies:
+            raise ValueError(
+                f"algorithm {algorithm!r} needs a 3x3 kernel, stride 1, dilation 1 and groups=1; got kernel "
+                f"{g.kernel}, stride {g.stride}, dilation {g.dilation}, groups {g.groups}"
+            )
+        if _winograd_kernels() is None:
+            raise ValueError(f"algorithm {algorithm!r} is unavailable: pyconv._core.winograd is not built")
+        return algorithm if algorithm != "winograd" else f"winograd{WINOGRAD_DEFAULT_TILE}"
+    if algorithm == "1x1" and g.kernel != (1, 1):
+        raise ValueError(f"algorithm '1x1' needs a 1x1 kernel, got kernel {g.kernel}")
+    if algorithm == "depthwise" and not g.is_depthwise:
+        raise ValueError(
+            f"algorithm 'depthwise' needs groups == C_in, got groups={g.groups} with C_in={g.in_channels}"
+        )
+    return "im2col" if algorithm == "direct" else algorithm
+
+
+# --------------------------------------------------------------------------- kernels
+
+class _GemmKernel:
+    """1x1 and im2col convs: tiled GEMM on NCHW (pyconv/_core/conv_gemm.pyx)."""
+
+    def __init__(self, g: ConvGeometry, weight: np.ndarray):
+        self.g = g
+        self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
+        self.direct = g.kernel == (1, 1) and g.stride == (1, 1) and not any(g.pads)
+        self._scratch = threading.local()  # per calling thread: no allocation per run
+
+    def tile_cols(self, n: int, pixels: int, nthreads: int) -> int:
+        """Output pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
+        k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
+        cap = max(64, _GEMM_TILE_BUDGET // ((0 if self.direct else k) + cog + (k if self.direct else 0)))
+        ntiles = -(-pixels // cap)
+        outer = n * self.g.groups
+        if outer * ntiles < 8 * nthreads:
+            while (outer * ntiles) % nthreads:
+                ntiles += 1
+        tile = -(-pixels // ntiles)
+        return min(pixels, -(-tile // 16) * 16)
+
+    def __call__(self, x, residual, out, bias, epilogue, nthreads):
+        g = self.g
+        n, _, ho, wo = out.shape
+        tile = self.tile_cols(n, ho * wo, nthreads)
+        need = 0 if self.direct else self.wmat.shape[1] * tile
+        scratch = getattr(self._scratch, "buf", None)
+        if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
+            scratch = np.empty((nthreads, max(need, 1)), np.float32)
+            self._scratch.buf = scratch
+        with _blas_single_threaded():
+            _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, g.kernel[0], g.kernel[1],
+                              epilogue, residual, out, tile, scratch, nthreads)
+
+
+class _DepthwiseKernel:
+    """groups == C_in: padded, phase-split planes (pyconv/_core/depthwise.pyx)."""
+
+    def __init__(self, g: ConvGeometry, weight: np.ndarray):
+        self.g = g
+        self.weight = np.ascontiguousarray(weight)
+        self._scratch = threading.local()
+
+    def __call__(self, x, residual, out, bias, epilogue, nthreads):
+        g = self.g
+        nthreads = min(nthreads, x.shape[0] * x.shape[1])
+        need = _depthwise.scratch_size(out.shape[2], out.shape[3], *g.kernel, *g.stride, *g.dilation)
+        scratch = getattr(self._scratch, "buf", None)
+        if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
+            scratch = np.empty((nthreads, need), np.float32)
+            self._scratch.buf = scratch
+        _depthwise.depthwise_conv2d(x, self.weight, bias, g.stride, g.pads, g.dilation, epilogue, residual,
+                                    out, scratch, nthreads)
+
+
+class _WinogradKernel:
+    """3x3 stride-1 convs by Winograd F(m x m, 3x3) (pyconv/_core/winograd.pyx)."""
+
+    def __init__(self, g: ConvGeometry, weight: np.ndarray, tile: int):
+        self.g = g
+        self.tile = tile
+        self.module = _winograd_kernels()
+        self.packed = self.module.winograd_pack(np.ascontiguousarray(weight), tile)
+
+    def __call__(self, x, residual, out, bias, epilogue, nthreads):
+        self.module.winograd_conv(x, self.packed, self.tile, bias, self.g.pads, epilogue, residual, out, nthreads)
+
+
+# --------------------------------------------------------------------------- conv2d
+
+class PreparedConv2d:
+    """A conv2d whose weights are packed once for one algorithm.
+
+    Call it as ``prepared(x, residual=None, out=None)``; ``algorithm`` says which
+    kernel runs.  Built by :func:`prepare_conv2d`."""
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 activation=None, algorithm: str = "auto"):
+        weight = as_float32(weight, "weight")
+        self.bias = None if bias is None else as_float32(bias, "bias")
+        self.geometry = ConvGeometry.from_args(weight.shape, None if bias is None else self.bias.shape,
+                                               stride, padding, dilation, groups)
+        self.epilogue = parse_activation(activation)
+        self.algorithm = choose_algorithm(self.geometry, algorithm)
+        if self.algorithm.startswith("winograd"):
+            self._kernel = _WinogradKernel(self.geometry, weight, int(self.algorithm[len("winograd"):]))
+        elif self.algorithm == "depthwise":
+            self._kernel = _DepthwiseKernel(self.geometry, weight)
+        else:
+            self._kernel = _GemmKernel(self.geometry, weight)
+        g = self.geometry
+        self._macs_per_output = (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1]
+
+    def output_shape(self, x_shape: Sequence[int]) -> Tuple[int, int, int, int]:
+        """Output shape for an input of ``x_shape`` (ValueError when it does not fit)."""
+        return self.geometry.output_shape(x_shape)
+
+    def __call__(self, x, residual=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+        x = as_float32(x, "x", ndim=4)
+        shape = self.geometry.output_shape(x.shape)
+        if residual is not None:
+            residual = as_float32(residual, "residual")
+            if residual.shape != shape:
+                raise ValueError(f"residual must have the output shape {shape}, got {residual.shape}")
+        out = check_out(out, shape)
+        if np.may_share_memory(out, x):
+            raise ValueError("out must not overlap x (the kernels read x while writing out)")
+        nthreads = threads_for(float(np.prod(shape)) * self._macs_per_output)
+        self._kernel(x, residual, out, self.bias, self.epilogue, nthreads)
+        return out
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"PreparedConv2d({g.in_channels}->{g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
+                f"pads={g.pads}, dilation={g.dilation}, groups={g.groups}, algorithm={self.algorithm!r})")
+
+
+def prepare_conv2d(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                   activation=None, algorithm: str = "auto") -> PreparedConv2d:
+    """Pack ``weight`` once for conv2d (Winograd transform, GEMM layout); see :class:`PreparedConv2d`."""
+    return PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation, algorithm=algorithm)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+           residual=None, algorithm: str = "auto", out: Optional[np.ndarray] = None) -> np.ndarray:
+    """2-D cross-correlation (PyTorch ``conv2d``) with fused bias, residual and activation.
+
+    x: (N, C_in, H, W); weight: (C_out, C_in/groups, kh, kw); bias: (C_out,) or None.
+    padding: int, (ph, pw) or (top, left, bottom, right).  residual: (N, C_out, H_out,
+    W_out), added before the activation.  algorithm: one of ``ALGORITHMS``."""
+    prepared = PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation,
+                              algorithm=algorithm)
+    return prepared(x, residual=residual, out=out)
+
+
+# --------------------------------------------------------------------------- conv1d
+
+def _conv1d_as_2d(stride, padding, dilation):
+    """(stride, (top, left, bottom, right), dilation) of the equivalent 1 x k conv2d on (N, C, 1, L)."""
+    if isinstance(padding, (int, np.integer)):
+        padding = (int(padding), int(padding))
+    try:
+        left, right = (int(p) for p in padding)
+    except (TypeError, ValueError):
+        raise ValueError(f"conv1d padding must be an int or (left, right), got {padding!r}") from None
+    return (1, _scalar(stride, "stride")), (0, left, 0, right), (1, _scalar(dilation, "dilation"))
+
+
+def _conv1d_weight(weight) -> np.ndarray:
+    weight = as_float32(weight, "weight")
+    if weight.ndim != 3:
+        raise ValueError(f"conv1d weight must have 3 dimensions (C_out, C_in/groups, k), got shape {weight.shape}")
+    return weight
+
+
+def _scalar(value, name: str) -> int:
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    return _positive_int(value, name)
+
+
+def _as_ncl(x) -> np.ndarray:
+    x = as_float32(x, "x")
+    if x.ndim != 3:
+        raise ValueError(f"conv1d x must have 3 dimensions (N, C, L), got shape {x.shape}")
+    return x
+
+
+class PreparedConv1d:
+    """conv1d with weights packed once: a 1 x k conv2d on (N, C, 1, L)."""
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+        stride2d, pads, dilation2d = _conv1d_as_2d(stride, padding, dilation)
+        self.conv2d = PreparedConv2d(_conv1d_weight(weight)[:, :, None, :], bias, stride2d, pads, dilation2d, groups,
+                                     activation=activation)
+        self.algorithm = self.conv2d.algorithm
+
+    def __call__(self, x, out: Optional[np.ndarray] = None) -> np.ndarray:
+        x = _as_ncl(x)
+        out4 = None if out is None else out[:, :, None, :]
+        y = self.conv2d(x[:, :, None, :], out=out4)
+        return y[:, :, 0, :] if out is None else out
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None) -> np.ndarray:
+    """1-D cross-correlation (PyTorch ``conv1d``) on (N, C_in, L) with weight (C_out, C_in/groups, k).
+
+    padding: int or (left, right).  Runs the 2-D kernels on (N, C, 1, L)."""
+    return PreparedConv1d(weight, bias, stride, padding, dilation, groups, activation=activation)(x)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+
+@dataclass(frozen=True)
+class TransposeGeometry:
+    """Validated hyper-parameters of a transposed 2-D convolution."""
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    pads: Tuple[int, int, int, int]
+    output_padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+
+    @classmethod
+    def from_args(cls, weight_shape, bias_shape, stride, padding, output_padding, groups, dilation):
+        weight_shape = tuple(weight_shape)
+        if len(weight_shape) != 4:
+            raise ValueError(
+                f"conv_transpose2d weight must have 4 dimensions (C_in, C_out/groups, kh, kw), got shape {weight_shape}"
+            )
+        if min(weight_shape) < 1:
+            raise ValueError(f"weight must not have empty dimensions, got shape {weight_shape}")
+        groups = _positive_int(groups, "groups")
+        ci, cog, kh, kw = weight_shape
+        if ci % groups:
+            raise ValueError(f"groups={groups} must divide the input channels of weight {weight_shape}")
+        if bias_shape is not None and tuple(bias_shape) != (cog * groups,):
+            raise ValueError(f"bias must have shape ({cog * groups},) for weight {weight_shape}, got {tuple(bias_shape)}")
+        stride = int_pair(stride, "stride", 1)
+        dilation = int_pair(dilation, "dilation", 1)
+        output_padding = int_pair(output_padding, "output_padding", 0)
+        for axis in range(2):
+            if output_padding[axis] >= max(stride[axis], dilation[axis]):
+                raise ValueError(
+                    f"output_padding {output_padding} must be smaller than stride {stride} or dilation {dilation}"
+                )
+        return cls(ci, cog * groups, groups, (kh, kw), stride, padding4(padding), output_padding, dilation)
+
+    def output_shape(self, x_shape):
+        x_shape = tuple(x_shape)
+        if len(x_shape) != 4:
+            raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {x_shape}")
+        n, c, h, w = x_shape
+        if c != self.in_channels:
+            raise ValueError(f"x has {c} channels but conv_transpose2d weight expects {self.in_channels}; "
+                             f"x shape {x_shape}")
+        pt, pl, pb, pr = self.pads
+        ho = (h - 1) * self.stride[0] - pt - pb + self.dilation[0] * (self.kernel[0] - 1) + self.output_padding[0] + 1
+        wo = (w - 1) * self.stride[1] - pl - pr + self.dilation[1] * (self.kernel[1] - 1) + self.output_padding[1] + 1
+        if ho <= 0 or wo <= 0 or n <= 0:
+            raise ValueError(f"conv_transpose2d output size would be {(n, self.out_channels, ho, wo)} for x shape "
+                             f"{x_shape}, kernel {self.kernel}, stride {self.stride}, padding {self.pads}")
+        return n, self.out_channels, ho, wo
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     activation=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Transposed 2-D convolution (PyTorch ``conv_transpose2d``), GEMM + col2im.
+
+    x: (N, C_in, H, W); weight: (C_in, C_out/groups, kh, kw); padding: int, (ph, pw)
+    or (top, left, bottom, right) cropped from the full output."""
+    x = as_float32(x, "x", ndim=4)
+    weight = as_float32(weight, "weight")
+    bias = None if bias is None else as_float32(bias, "bias")
+    g = TransposeGeometry.from_args(weight.shape, None if bias is None else bias.shape, stride, padding,
+                                    output_padding, groups, dilation)
+    shape = g.output_shape(x.shape)
+    epilogue = parse_activation(activation)
+    out = check_out(out, shape)
+    cog = g.out_channels // g.groups
+    cols = np.empty((cog * g.kernel[0] * g.kernel[1], x.shape[2] * x.shape[3]), np.float32)
+    nthreads = min(cog, threads_for(float(cols.size) * x.shape[0] * g.groups))
+    _transpose.conv_transpose2d_gemm(x, weight, bias, g.stride, g.pads[:2], g.dilation, g.groups, epilogue,
+                                     out, cols, nthreads)
+    return out
+
+
+# --------------------------------------------------------------------------- float64 references
+
+def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+                     residual=None, **_ignored) -> np.ndarray:
+    """Plain float64 NumPy conv2d (sliding windows + tensordot per group), for tests."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    g = ConvGeometry.from_args(weight.shape, None if bias is None else np.shape(bias), stride, padding, dilation,
+                               groups)
+    n, co, ho, wo = g.output_shape(x.shape)
+    pt, pl, pb, pr = g.pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    sn, sc, sh, sw = xp.strides
+    (kh, kw), (strh, strw), (dh, dw) = g.kernel, g.stride, g.dilation
+    windows = np.lib.stride_tricks.as_strided(
+        xp, (n, xp.shape[1], ho, wo, kh, kw), (sn, sc, sh * strh, sw * strw, sh * dh, sw * dw), writeable=False)
+    cig, cog = g.in_channels // g.groups, co // g.groups
+    y = np.empty((n, co, ho, wo))
+    for grp in range(g.groups):
+        part = np.tensordot(windows[:, grp * cig:(grp + 1) * cig], weight[grp * cog:(grp + 1) * cog],
+                            axes=([1, 4, 5], [1, 2, 3]))
+        y[:, grp * cog:(grp + 1) * cog] = part.transpose(0, 3, 1, 2)
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+    if residual is not None:
+        y += np.asarray(residual, np.float64)
+    return apply_activation_reference(y, activation)
+
+
+def conv1d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+    """Plain float64 conv1d through :func:`conv2d_reference` on (N, C, 1, L)."""
+    stride2d, pads, dilation2d = _conv1d_as_2d(stride, padding, dilation)
+    y = conv2d_reference(np.asarray(x, np.float64)[:, :, None, :], np.asarray(weight, np.float64)[:, :, None, :],
+                         bias, stride2d, pads, dilation2d, groups, activation=activation)
+    return y[:, :, 0, :]
+
+
+def conv_transpose2d_reference(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                               *, activation=None) -> np.ndarray:
+    """Plain float64 transposed conv: scatter every kernel tap, then crop the padding."""
+    x = np.asarray(x, np.float64)
+    weight = np.asarray(weight, np.float64)
+    g = TransposeGeometry.from_args(weight.shape, None if bias is None else np.shape(bias), stride, padding,
+                                    output_padding, groups, dilation)
+    n, co, ho, wo = g.output_shape(x.shape)
+    h, w = x.shape[2:]
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + g.output_padding[0]
+    full_w = (w - 1) * sw + dw * (kw - 1) + 1 + g.output_padding[1]
+    full = np.zeros((n, co, full_h, full_w))
+    cig, cog = g.in_channels // g.groups, co // g.groups
+    for grp in range(g.groups):
+        xs = x[:, grp * cig:(grp + 1) * cig]
+        for ki in range(kh):
+            for kj in range(kw):
+                tap = np.einsum("nchw,cd->ndhw", xs, weight[grp * cig:(grp + 1) * cig, :, ki, kj])
+                full[:, grp * cog:(grp + 1) * cog, ki * dh:ki * dh + (h - 1) * sh + 1:sh,
+                     kj * dw:kj * dw + (w - 1) * sw + 1:sw] += tap
+    pt, pl = g.pads[:2]
+    y = full[:, :, pt:pt + ho, pl:pl + wo].copy()
+    if bias is not None:
+        y += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+    return apply_activation_reference(y, activation)
+
+
+# --------------------------------------------------------------------------- registry
+
+def _conv2d_node(x, residual=None, *, weight, bias=None, out=None, **attrs):
+    """conv2d as a graph node: inputs (x[, residual]), weights and attributes by name."""
+    return conv2d(x, weight, bias, residual=residual, out=out, **attrs)
+
+
+def _conv2d_node_reference(x, residual=None, *, weight, bias=None, **attrs):
+    return conv2d_reference(x, weight, bias, residual=residual, **attrs)
+
+
+def _conv2d_geometry(weight_shapes, attrs) -> ConvGeometry:
+    return ConvGeometry.from_args(weight_shapes["weight"], weight_shapes.get("bias"), attrs["stride"],
+                                  attrs["padding"], attrs["dilation"], attrs["groups"])
+
+
+def _conv2d_infer_shape(input_shapes, weight_shapes, attrs):
+    shape = _conv2d_geometry(weight_shapes, attrs).output_shape(input_shapes[0])
+    if len(input_shapes) > 1 and tuple(input_shapes[1]) != shape:
+        raise ValueError(f"conv2d residual must have the output shape {shape}, got {tuple(input_shapes[1])}")
+    return [shape]
+
+
+def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes) -> Counts:
+    """Parameters (weight + bias where present), MACs, and the bias/residual additions."""
+    weight = tuple(weight_shapes["weight"])
+    outputs = int(np.prod(output_shapes[0]))
+    has_bias = weight_shapes.get("bias") is not None
+    params = int(np.prod(weight)) + (int(np.prod(weight_shapes["bias"])) if has_bias else 0)
+    if len(weight) == 4 and "output_padding" in attrs:  # transposed: every input pixel meets every tap
+        macs = int(np.prod(input_shapes[0])) * int(np.prod(weight[1:]))
+    else:
+        macs = outputs * int(np.prod(weight[1:]))
+    adds = outputs * (int(has_bias) + (1 if len(input_shapes) > 1 else 0))
+    return Counts(params=params, macs=macs, adds=adds)
+
+
+def _conv2d_window(attrs, weight_shapes) -> Window:
+    g = _conv2d_geometry(weight_shapes, attrs)
+    return Window(kernel=g.kernel, stride=g.stride, dilation=g.dilation)
+
+
+def _conv2d_prepare(weights, attrs):
+    return PreparedConv2d(weights["weight"], weights.get("bias"), attrs.get("stride", 1), attrs.get("padding", 0),
+                          attrs.get("dilation", 1), attrs.get("groups", 1), activation=attrs.get("activation"),
+                          algorithm=attrs.get("algorithm", "auto"))
+
+
+def _conv1d_infer_shape(input_shapes, weight_shapes, attrs):
+    x_shape = tuple(input_shapes[0])
+    if len(x_shape) != 3:
+        raise ValueError(f"conv1d x must have 3 dimensions (N, C, L), got shape {x_shape}")
+    w_shape = tuple(weight_shapes["weight"])
+    if len(w_shape) != 3:
+        raise ValueError(f"conv1d weight must have 3 dimensions (C_out, C_in/groups, k), got shape {w_shape}")
+    stride2d, pads, dilation2d = _conv1d_as_2d(attrs["stride"], attrs["padding"], attrs["dilation"])
+    g = ConvGeometry.from_args(w_shape[:2] + (1,) + w_shape[2:], weight_shapes.get("bias"), stride2d, pads,
+                               dilation2d, attrs["groups"])
+    n, co, _, lo = g.output_shape(x_shape[:2] + (1,) + x_shape[2:])
+    return [(n, co, lo)]
+
+
+def _conv1d_window(attrs, weight_shapes) -> Window:
+    return Window(kernel=(1, tuple(weight_shapes["weight"])[2]), stride=(1, _scalar(attrs["stride"], "stride")),
+                  dilation=(1, _scalar(attrs["dilation"], "dilation")))
+
+
+def _conv1d_prepare(weights, attrs):
+    return PreparedConv1d(weights["weight"], weights.get("bias"), attrs.get("stride", 1), attrs.get("padding", 0),
+                          attrs.get("dilation", 1), attrs.get("groups", 1), activation=attrs.get("activation"))
+
+
+def _transpose_geometry(weight_shapes, attrs) -> TransposeGeometry:
+    return TransposeGeometry.from_args(weight_shapes["weight"], weight_shapes.get("bias"), attrs["stride"],
+                                       attrs["padding"], attrs["output_padding"], attrs["groups"], attrs["dilation"])
+
+
+def _transpose_infer_shape(input_shapes, weight_shapes, attrs):
+    return [_transpose_geometry(weight_shapes, attrs).output_shape(input_shapes[0])]
+
+
+def _transpose_window(attrs, weight_shapes) -> Window:
+    # An output pixel depends on ceil(span / stride) input pixels along each axis.
+    # The upsampling itself (a fractional stride) cannot be expressed by Window,
+    # so downstream receptive fields are over-estimated by up to the stride.
+    g = _transpose_geometry(weight_shapes, attrs)
+    span = tuple(-(-(g.dilation[a] * (g.kernel[a] - 1) + 1) // g.stride[a]) for a in range(2))
+    return Window(kernel=span)
+
+
+_CONV_ATTRS = dict(stride=1, padding=0, dilation=1, groups=1, activation=None)
+
+register(OpSpec(
+    name="conv2d", fn=_conv2d_node, infer_shape=_conv2d_infer_shape, inputs=(1, 2), weights=("weight", "bias?"),
+    attrs=dict(_CONV_ATTRS, algorithm="auto"), count=_conv_counts, window=_conv2d_window, prepare=_conv2d_prepare,
+    reference=_conv2d_node_reference,
+    doc="2-D convolution with fused bias, activation and optional residual (2nd input)",
+))
+register(OpSpec(
+    name="conv1d", fn=conv1d, infer_shape=_conv1d_infer_shape, inputs=1, weights=("weight", "bias?"),
+    attrs=dict(_CONV_ATTRS), count=_conv_counts, window=_conv1d_window, prepare=_conv1d_prepare,
+    reference=conv1d_reference, doc="1-D convolution on (N, C, L) with fused bias and activation",
+))
+register(OpSpec(
+    name="conv_transpose2d", fn=conv_transpose2d, infer_shape=_transpose_infer_shape, inputs=1,
+    weights=("weight", "bias?"), attrs=dict(_CONV_ATTRS, output_padding=0), count=_conv_counts,
+    window=_transpose_window, reference=conv_transpose2d_reference,
+    doc="transposed 2-D convolution (weight C_in x C_out/groups x kh x kw) with fused bias and activation",
+))
