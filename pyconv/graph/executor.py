@@ -1,0 +1,206 @@
+"""``pyconv.load`` and :class:`Model`: run a model file on NumPy arrays.
+
+Data flows one way: file -> validate -> optimize (fold, fuse) -> prepare ops
+(weights transformed once) -> plan buffers (once per input shape, cached) ->
+run (a flat list of calls).  A model may be called from several Python
+threads at once: each concurrent call takes its own set of buffers from a
+per-shape pool, and the prepared ops hold only read-only weights.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from pyconv import registry
+from pyconv.errors import InputError, ModelError
+from pyconv.graph import passes
+from pyconv.graph.format import Graph, _available_memory, read_graph
+from pyconv.graph.plan import BufferPlan, ExecutionState, plan_buffers, prepare_ops, run_steps
+from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols, topological_order
+from pyconv.graph.validate import validate
+
+MAX_CACHED_PLANS = 8
+# conv2d's algorithm attribute: "auto" lets the op's rule choose; winograd=False
+# asks the same rule to leave Winograd out.
+AUTO_ALGORITHM = "auto"
+AUTO_WITHOUT_WINOGRAD = "auto_no_winograd"
+
+
+def _node_attrs(graph: Graph, winograd: bool, algorithms: Mapping[str, str]) -> Dict[str, Dict[str, Any]]:
+    """Resolved attributes per node, with the user's algorithm choices applied."""
+    names = {n.name for n in graph.nodes}
+    unknown = sorted(set(algorithms) - names)
+    if unknown:
+        raise ModelError(f"algorithms= names node(s) {unknown} that the model does not have")
+    result = {}
+    for node in graph.nodes:
+        spec = registry.get(node.op)
+        attrs = spec.resolve_attrs(node.attrs, f"node {node.name!r} ({node.op}): ")
+        if node.name in algorithms:
+            if "algorithm" not in attrs:
+                raise ModelError(f"algorithms=: node {node.name!r} is a {node.op}, which has no algorithm choice")
+            attrs["algorithm"] = algorithms[node.name]
+        elif not winograd and attrs.get("algorithm", None) in (None, AUTO_ALGORITHM):
+            if "algorithm" in attrs:
+                attrs["algorithm"] = AUTO_WITHOUT_WINOGRAD
+        result[node.name] = attrs
+    return result
+
+
+class Model:
+    """A loaded, validated and prepared model (see :func:`load`)."""
+
+    def __init__(self, graph: Graph, winograd: bool = True, algorithms: Optional[Mapping[str, str]] = None,
+                 optimize: bool = True, validated: bool = False) -> None:
+        if not validated:
+            validate(graph)
+        self.graph = graph
+        self.metadata: Dict[str, Any] = graph.metadata
+        self.input_names: List[str] = [t.name for t in graph.inputs]
+        self.output_names: List[str] = [o.name for o in graph.outputs]
+        ordered = Graph(graph.inputs, graph.outputs, topological_order(graph), graph.weights, graph.metadata)
+        self.optimized: Graph = passes.optimize(ordered) if optimize else ordered
+        self.node_attrs = _node_attrs(self.optimized, winograd, dict(algorithms or {}))
+        self._calls = prepare_ops(self.optimized, self.node_attrs)
+        self._plans: "OrderedDict[Tuple[Shape, ...], Tuple[BufferPlan, List[ExecutionState]]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ running
+    def run(self, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+        """``{input name: array}`` -> ``{output name: array}`` (float32, NCHW)."""
+        arrays = self._check_inputs(inputs)
+        plan, pool = self._plan(tuple(a.shape for a in arrays))
+        state = self._take_state(plan, pool)
+        try:
+            outputs = run_steps(state, arrays)
+        finally:
+            pool.append(state)
+        return dict(zip(self.output_names, outputs))
+
+    def __call__(self, x: Any) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
+        """Run a single-input model; returns the output (a tuple when there are several)."""
+        if len(self.input_names) != 1:
+            raise InputError(f"this model has inputs {self.input_names}; call model.run({{name: array, ...}})")
+        result = self.run({self.input_names[0]: x})
+        values = tuple(result[name] for name in self.output_names)
+        return values[0] if len(values) == 1 else values
+
+    def profile(self, inputs: Any, runs: int = 5) -> List[Dict[str, Any]]:
+        """Median time per node over ``runs`` runs: ``[{"node", "op", "seconds"}]`` in run order.
+
+        ``inputs`` is an array (single-input models) or a dict like :meth:`run` takes."""
+        feed = inputs if isinstance(inputs, Mapping) else {self.input_names[0]: inputs}
+        arrays = self._check_inputs(feed)
+        plan, pool = self._plan(tuple(a.shape for a in arrays))
+        state = self._take_state(plan, pool)
+        samples: List[List[float]] = []
+        try:
+            run_steps(state, arrays)  # warm-up: first-touch of buffers, lazy kernel set-up
+            for _ in range(max(1, runs)):
+                timings: List[float] = []
+                run_steps(state, arrays, timings)
+                samples.append(timings)
+        finally:
+            pool.append(state)
+        medians = np.median(np.array(samples), axis=0) if samples[0] else []
+        ops = {n.name: n.op for n in self.optimized.nodes}
+        return [{"node": name, "op": ops[name], "seconds": float(t)} for name, t in zip(state.names, medians)]
+
+    # ------------------------------------------------------------------ reports
+    def memory_plan(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Any]:
+        """Peak activation memory (planned buffers) and weight memory, in bytes.
+
+        Without ``input_shapes``, symbolic dimensions take their probe values (batch 1)."""
+        shapes = self._shapes_or_probe(input_shapes)
+        plan, _ = self._plan(tuple(shapes[name] for name in self.input_names))
+        naive = sum(4 * int(np.prod(s)) for s in plan.shapes.values())
+        return {
+            "input_shapes": shapes,
+            "activation_bytes": plan.activation_bytes,
+            "buffers": len(plan.buffer_sizes),
+            "unplanned_activation_bytes": naive,
+            "weight_bytes": plan.weight_bytes,
+            "nodes": len(self.optimized.nodes),
+            "nodes_in_file": len(self.graph.nodes),
+        }
+
+    def summary(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> str:
+        """Per-layer table (op, output shape, parameters, MACs, receptive field) and totals."""
+        from pyconv.graph.summary import format_summary, summarize
+
+        return format_summary(summarize(self.graph, self._shapes_or_probe(input_shapes)), self.memory_plan(input_shapes))
+
+    def __repr__(self) -> str:
+        shapes = {t.name: list(t.shape) for t in self.graph.inputs}
+        return f"<pyconv.Model inputs={shapes} outputs={self.output_names} nodes={len(self.optimized.nodes)}>"
+
+    # ------------------------------------------------------------------ internals
+    def _shapes_or_probe(self, input_shapes: Optional[Mapping[str, Sequence[int]]]) -> Dict[str, Shape]:
+        if input_shapes is None:
+            return input_shapes_for(self.graph, probe_symbols(self.graph))
+        shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+        self._check_names(shapes)
+        bind_symbols(self.graph, shapes)
+        return shapes
+
+    def _check_names(self, inputs: Mapping[str, Any]) -> None:
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing or extra:
+            raise InputError(f"the model takes inputs {self.input_names}; missing {missing}, unknown {extra}")
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
+        self._check_names(inputs)
+        arrays = []
+        for name in self.input_names:
+            arr = np.asarray(inputs[name])
+            if arr.dtype not in (np.float32, np.float64, np.float16):
+                raise InputError(f"input {name!r} must be a float32 array (float64 is converted), "
+                                 f"got dtype {arr.dtype}")
+            arrays.append(arr)
+        bind_symbols(self.graph, {n: a.shape for n, a in zip(self.input_names, arrays)})
+        return arrays
+
+    def _plan(self, key: Tuple[Shape, ...]) -> Tuple[BufferPlan, List[ExecutionState]]:
+        entry = self._plans.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._plans.get(key)
+                if entry is None:
+                    shapes = dict(zip(self.input_names, key))
+                    entry = (plan_buffers(self.optimized, shapes, _available_memory()), [])
+                    self._plans[key] = entry
+                    while len(self._plans) > MAX_CACHED_PLANS:
+                        self._plans.popitem(last=False)
+        return entry
+
+    def _take_state(self, plan: BufferPlan, pool: List[ExecutionState]) -> ExecutionState:
+        try:
+            return pool.pop()  # atomic under the GIL: two threads never get the same state
+        except IndexError:
+            return ExecutionState(self.optimized, plan, self._calls)
+
+
+def load(path: Union[str, os.PathLike], winograd: bool = True, algorithms: Optional[Mapping[str, str]] = None,
+         optimize: bool = True, max_bytes: Optional[int] = None) -> Model:
+    """Read, validate and prepare a model file.
+
+    winograd:   False keeps every conv off Winograd (less weight memory, exact-ish GEMM numerics).
+    algorithms: per-layer override, ``{node name: algorithm}`` for conv nodes.
+    optimize:   False skips batch-norm folding and activation/residual fusion.
+    max_bytes:  cap on the file's total uncompressed array size (default: available memory)."""
+    graph = read_graph(path, max_bytes=max_bytes)
+    validate(graph)
+    return Model(graph, winograd=winograd, algorithms=algorithms, optimize=optimize, validated=True)
+
+
+def timed_load(path: Union[str, os.PathLike], **kwargs: Any) -> Tuple[Model, float]:
+    """:func:`load` and the seconds it took (for ``pyconv bench``)."""
+    start = time.perf_counter()
+    model = load(path, **kwargs)
+    return model, time.perf_counter() - start

@@ -1,0 +1,182 @@
+"""Execution plans: ops prepared once per model, buffers planned once per input shape.
+
+``prepare_ops`` binds every node's weights and attributes through its op's
+prepare hook (conv weights are transformed and packed there, once; the conv
+op's rule picks each layer's algorithm unless the user overrides it).
+
+``plan_buffers`` lays out memory for concrete input shapes: each tensor lives
+from the step that writes it to the last step that reads it; a tensor whose
+life is over returns its buffer to a free list and a later tensor reuses it
+(best fit, growing the largest free buffer when none fits).  An op declared
+``inplace`` writes over its first input when that input dies at this step.
+Graph inputs are copied into their own buffers and outputs get dedicated
+buffers (copied out), so a run touches only memory the plan owns.
+
+An :class:`ExecutionState` holds one set of buffers and the flat list of
+``(callable, input views, output view)`` steps; the run loop is just calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pyconv import registry
+from pyconv.errors import ModelError
+from pyconv.graph.format import Graph, Node
+from pyconv.graph.shapes import Shape, infer_shapes, nbytes
+
+Step = Tuple[Callable[..., Any], Tuple[np.ndarray, ...], Any]
+
+
+def _multi_output(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Adapter for ops with several outputs: their results are copied into the planned buffers."""
+
+    def run(*inputs, out):
+        for buf, result in zip(out, call(*inputs)):
+            np.copyto(buf, result)
+        return out
+
+    return run
+
+
+def prepare_ops(graph: Graph, attrs_for: Mapping[str, Dict[str, Any]]) -> List[Callable[..., Any]]:
+    """One bound callable per node (``graph.nodes`` order), weights transformed once."""
+    calls = []
+    for node in graph.nodes:
+        spec = registry.get(node.op)
+        weights = {role: graph.weights[key] for role, key in node.weights.items()}
+        try:
+            call = spec.bind(weights, attrs_for[node.name])
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"node {node.name!r} ({node.op}): cannot prepare the op: {exc}") from None
+        calls.append(_multi_output(call) if len(node.outputs) > 1 else call)
+    return calls
+
+
+@dataclass
+class BufferPlan:
+    """Where every tensor lives for one set of input shapes."""
+
+    shapes: Dict[str, Shape]
+    buffer_sizes: List[int]  # elements of each float32 buffer
+    tensor_buffer: Dict[str, int]  # tensor -> buffer index
+    constant_steps: List[int]  # nodes run once per state (no inputs: stored constants)
+    run_steps: List[int]  # nodes run on every call, in order
+    weight_bytes: int
+
+    @property
+    def activation_bytes(self) -> int:
+        return 4 * sum(self.buffer_sizes)
+
+
+def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: int) -> BufferPlan:
+    """Assign every tensor to a buffer by liveness (see the module docstring)."""
+    shapes = infer_shapes(graph, input_shapes, graph.nodes)
+    total = sum(nbytes(s) for s in shapes.values())
+    if total > memory_limit:
+        biggest = max(shapes, key=lambda t: nbytes(shapes[t]))
+        raise ModelError(f"input shapes {dict(input_shapes)} need {total / 2**20:.0f} MiB of activations "
+                         f"(largest: {biggest!r} {shapes[biggest]}), more than the {memory_limit / 2**20:.0f} MiB "
+                         "available; use smaller inputs")
+    steps = list(range(len(graph.nodes)))
+    constant = [i for i in steps if not graph.nodes[i].inputs]
+    running = [i for i in steps if graph.nodes[i].inputs]
+    pinned = {o.tensor for o in graph.outputs} | {t for i in constant for t in graph.nodes[i].outputs}
+    last_use: Dict[str, int] = {}
+    for position, i in enumerate(running):
+        for t in graph.nodes[i].inputs:
+            last_use[t] = position
+
+    sizes: List[int] = []
+    where: Dict[str, int] = {}
+    free: List[int] = []
+
+    def allocate(tensor: str) -> None:
+        need = max(1, int(np.prod(shapes[tensor])))
+        fitting = [b for b in free if sizes[b] >= need]
+        if fitting:
+            b = min(fitting, key=lambda b: sizes[b])
+        elif free:
+            b = max(free, key=lambda b: sizes[b])
+            sizes[b] = need
+        else:
+            sizes.append(need)
+            b = len(sizes) - 1
+        if b in free:
+            free.remove(b)
+        where[tensor] = b
+
+    def new_buffer(tensor: str) -> None:
+        sizes.append(max(1, int(np.prod(shapes[tensor]))))
+        where[tensor] = len(sizes) - 1
+
+    for t in sorted(pinned):  # outputs and constants are never overwritten
+        if t in shapes and t not in where and t not in input_shapes:
+            new_buffer(t)
+    for t in input_shapes:
+        new_buffer(t)
+    for position, i in enumerate(running):
+        node, spec = graph.nodes[i], registry.get(graph.nodes[i].op)
+        first = node.inputs[0]
+        for k, t in enumerate(node.outputs):
+            if t in where:
+                continue
+            if (k == 0 and spec.inplace and last_use.get(first) == position and first not in pinned
+                    and node.inputs.count(first) == 1 and shapes[first] == shapes[t]):
+                where[t] = where[first]
+            else:
+                allocate(t)
+        shared = {where[t] for t in node.outputs}
+        for t in set(node.inputs) | set(node.outputs):
+            dies = last_use.get(t, position) == position
+            if dies and t not in pinned and where[t] not in shared | set(free):
+                free.append(where[t])
+    weight_bytes = sum(a.nbytes for a in graph.weights.values())
+    return BufferPlan(shapes, sizes, where, constant, running, weight_bytes)
+
+
+class ExecutionState:
+    """One set of buffers and the prepared steps that run on them (one per concurrent caller)."""
+
+    def __init__(self, graph: Graph, plan: BufferPlan, calls: Sequence[Callable[..., Any]]) -> None:
+        buffers = [np.empty(n, dtype=np.float32) for n in plan.buffer_sizes]
+        views = {t: buffers[b][: int(np.prod(plan.shapes[t]))].reshape(plan.shapes[t])
+                 for t, b in plan.tensor_buffer.items()}
+
+        def step(i: int) -> Step:
+            node = graph.nodes[i]
+            out = views[node.outputs[0]] if len(node.outputs) == 1 else tuple(views[t] for t in node.outputs)
+            return calls[i], tuple(views[t] for t in node.inputs), out
+
+        self.inputs = [views[t.name] for t in graph.inputs]
+        self.outputs = [views[o.tensor] for o in graph.outputs]
+        self.steps: List[Step] = [step(i) for i in plan.run_steps]
+        self.names = [graph.nodes[i].name for i in plan.run_steps]
+        for fn, args, out in (step(i) for i in plan.constant_steps):
+            _store(fn(*args, out=out), out)
+
+
+def _store(result: Any, out: Any) -> None:
+    if result is not out:
+        np.copyto(out, result)
+
+
+def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray], timings: Optional[List[float]] = None) -> List[np.ndarray]:
+    """Copy ``inputs`` in, run every step, return copies of the outputs."""
+    for buf, x in zip(state.inputs, inputs):
+        np.copyto(buf, x)
+    if timings is None:
+        for fn, args, out in state.steps:
+            result = fn(*args, out=out)
+            if result is not out:
+                np.copyto(out, result)
+    else:
+        from time import perf_counter
+
+        for fn, args, out in state.steps:
+            start = perf_counter()
+            _store(fn(*args, out=out), out)
+            timings.append(perf_counter() - start)
+    return [o.copy() for o in state.outputs]

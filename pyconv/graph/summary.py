@@ -1,0 +1,98 @@
+"""Per-layer summary of a model: op, output shape, parameters, MACs, receptive field.
+
+Everything is read from the op registry (``count`` and ``window``) on the
+graph as stored in the file (before folding and fusion), so parameter counts
+are the model's own: a bias counts only where the file has one.
+
+Receptive field: a tensor's field (in input pixels) grows by ``(k_eff - 1) * jump``
+through each windowed op, ``k_eff = dilation * (kernel - 1) + 1``, and the jump
+(distance in input pixels between neighbouring positions) multiplies by the stride.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from pyconv import registry
+from pyconv.graph.format import Graph
+from pyconv.graph.shapes import Shape, infer_shapes, topological_order, weight_shapes
+
+
+@dataclass
+class LayerRow:
+    name: str
+    op: str
+    output_shapes: List[Shape]
+    params: int
+    macs: int
+    adds: int
+    receptive_field: Optional[Tuple[int, int]]  # (height, width) in input pixels; None when not spatial
+
+
+def summarize(graph: Graph, input_shapes: Mapping[str, Shape]) -> List[LayerRow]:
+    """One row per node, in execution order."""
+    order = topological_order(graph)
+    shapes = infer_shapes(graph, input_shapes, order)
+    field: Dict[str, Tuple[int, int, int, int]] = {t: (1, 1, 1, 1) for t in input_shapes}  # rh, rw, jump h, w
+    rows = []
+    for node in order:
+        spec = registry.get(node.op)
+        attrs = spec.resolve_attrs(node.attrs)
+        in_shapes = [shapes[t] for t in node.inputs]
+        out_shapes = [shapes[t] for t in node.outputs]
+        w_shapes = weight_shapes(graph, node)
+        counts = spec.count(in_shapes, w_shapes, attrs, out_shapes)
+        known = [field[t] for t in node.inputs if t in field]
+        rf = tuple(max(f[i] for f in known) for i in range(4)) if known else (1, 1, 1, 1)
+        window = spec.window(attrs, w_shapes) if spec.window is not None else None
+        if window is not None:
+            (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
+            rf = (rf[0] + dh * (kh - 1) * rf[2], rf[1] + dw * (kw - 1) * rf[3], rf[2] * sh, rf[3] * sw)
+        spatial = all(len(s) == 4 for s in out_shapes)
+        for t in node.outputs:
+            if spatial:
+                field[t] = rf
+        rows.append(LayerRow(node.name, node.op, out_shapes, int(counts.params), int(counts.macs), int(counts.adds),
+                             (rf[0], rf[1]) if spatial else None))
+    return rows
+
+
+def totals(rows: List[LayerRow]) -> Dict[str, int]:
+    return {"params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows),
+            "adds": sum(r.adds for r in rows), "layers": len(rows)}
+
+
+def _human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def rows_as_json(rows: List[LayerRow]) -> List[Dict[str, Any]]:
+    return [{"name": r.name, "op": r.op, "output_shapes": [list(s) for s in r.output_shapes], "params": r.params,
+             "macs": r.macs, "adds": r.adds,
+             "receptive_field": list(r.receptive_field) if r.receptive_field else None} for r in rows]
+
+
+def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = None) -> str:
+    """A text table with a totals line (and the memory plan when given)."""
+    table = [("layer", "op", "output shape", "params", "MACs", "receptive field")]
+    for r in rows:
+        shape = ", ".join("x".join(str(d) for d in s) for s in r.output_shapes)
+        rf = f"{r.receptive_field[0]}x{r.receptive_field[1]}" if r.receptive_field else "-"
+        table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), rf))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    aligned = lambda row: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = [aligned(table[0]), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [aligned(row) for row in table[1:]]
+    t = totals(rows)
+    lines.append("-" * len(lines[1]))
+    lines.append(f"total: {t['layers']} layers, {t['params']:,} parameters, {_human(t['macs'])} MACs "
+                 f"({t['macs']:,}), {_human(t['adds'])} other ops")
+    if memory:
+        lines.append(f"memory: weights {memory['weight_bytes'] / 2**20:.2f} MiB, peak activations "
+                     f"{memory['activation_bytes'] / 2**20:.2f} MiB in {memory['buffers']} buffers "
+                     f"(unplanned {memory['unplanned_activation_bytes'] / 2**20:.2f} MiB); "
+                     f"{memory['nodes']} nodes after fusion (file: {memory['nodes_in_file']})")
+    return "\n".join(lines)
