@@ -1,0 +1,47 @@
+# Local response normalisation across channels (AlexNet, GoogLeNet):
+#     y[c] = x[c] * (k + alpha / size * sum_{c' in window(c)} x[c']^2) ^ -beta
+# The window of channel c is [c - before, c - before + size - 1] clipped to the
+# valid channels; pyconv.ops.norm chooses ``before`` (PyTorch vs ONNX).
+from cython.parallel cimport prange
+from libc.math cimport powf
+
+from pyconv._core.simd cimport multiversion_void
+
+# Pixels per task; the squared-sum accumulator lives on the stack.
+cdef enum:
+    BLOCK = 512
+
+
+cdef multiversion_void lrn_block(const float* x, float* y, Py_ssize_t width, Py_ssize_t channel_stride,
+                                 Py_ssize_t lo, Py_ssize_t hi, float k, float alpha_over_size,
+                                 float beta) noexcept nogil:
+    """One block of ``width`` pixels of one channel; ``x``/``y`` point at that channel,
+    the window spans channel offsets lo..hi (inclusive) relative to it."""
+    cdef float acc[BLOCK]
+    cdef Py_ssize_t j, d
+    cdef const float* xc
+    for j in range(width):
+        acc[j] = 0
+    for d in range(lo, hi + 1):
+        xc = x + d * channel_stride
+        for j in range(width):
+            acc[j] = acc[j] + xc[j] * xc[j]
+    for j in range(width):
+        y[j] = x[j] * powf(k + alpha_over_size * acc[j], -beta)
+
+
+def lrn_forward(const float[::1] x, float[::1] y, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t plane,
+                Py_ssize_t size, Py_ssize_t before, float alpha, float beta, float k, int nthreads):
+    """LRN over an (batch, channels, plane) buffer (``y`` must not alias ``x``)."""
+    cdef Py_ssize_t nblocks = (plane + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t t, q, c, j0, lo, hi, base
+    cdef float alpha_over_size = alpha / size
+    with nogil:
+        for t in prange(batch * channels * nblocks, num_threads=nthreads, schedule="static"):
+            q = t // nblocks
+            c = q % channels
+            j0 = (t % nblocks) * BLOCK
+            lo = max(-before, -c)
+            hi = min(size - 1 - before, channels - 1 - c)
+            base = q * plane + j0
+            lrn_block(&x[base], &y[base], min(BLOCK, plane - j0), plane, lo, hi, k, alpha_over_size, beta)
