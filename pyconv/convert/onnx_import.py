@@ -1,0 +1,881 @@
+"""ONNX -> pyconv: walk the ONNX graph once, fold what is constant, map every
+other node onto registered pyconv ops, fuse exporter patterns, then emit the
+result through :class:`pyconv.GraphBuilder`.
+
+``onnx`` is imported only here (an optional dependency); the runtime never needs it.
+Every unsupported node is collected and reported in a single
+:class:`pyconv.UnsupportedOpError` at the end of the walk.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from pyconv.convert import fusion
+from pyconv.convert.folding import Dim, NotFoldable, fold, has_symbols, reshape_shape, slice_params
+from pyconv.convert.ir import Graph, Node, Shape, static
+from pyconv.errors import ModelError, UnsupportedOpError
+
+InputShapes = Mapping[str, Sequence[Union[int, str]]]
+
+MIN_OPSET, MAX_OPSET = 7, 21
+_EXAMPLES_PER_OP = 3
+
+
+class _Unsupported(Exception):
+    """This node cannot be converted (the message says why)."""
+
+
+def _import_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnx.numpy_helper  # noqa: F401
+        import onnx.shape_inference  # noqa: F401
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError('converting ONNX models needs the onnx package: pip install "pyconv[onnx]"') from None
+    return onnx
+
+
+# --------------------------------------------------------------------------- reading the ONNX model
+
+def _attr_values(node) -> Dict[str, Any]:
+    onnx = _import_onnx()
+    values = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        elif isinstance(value, onnx.TensorProto):
+            value = onnx.numpy_helper.to_array(value)
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode("utf-8") for v in value]
+        values[attr.name] = value
+    return values
+
+
+_INPUT_DIM_NAMES = {0: "N", 2: "H", 3: "W"}
+
+
+def _dims(type_proto, tensor: str, graph_input: bool = False) -> Optional[Shape]:
+    """A declared shape; unnamed dynamic dims get a unique symbol (on inputs: N, H, W by position)."""
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for i, d in enumerate(type_proto.tensor_type.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            unnamed = _INPUT_DIM_NAMES.get(i, f"{tensor}_d{i}") if graph_input else f"{tensor}:{i}"
+            dims.append(Dim(d.dim_param or unnamed))
+    return tuple(dims)
+
+
+def _fix_input_shapes(model, input_shapes: Optional[InputShapes], real_inputs: List[Any]) -> None:
+    """Overwrite the declared shapes of graph inputs (``--input-shape``)."""
+    if not input_shapes:
+        return
+    by_name = {i.name: i for i in real_inputs}
+    if len(input_shapes) == 1 and len(real_inputs) == 1 and next(iter(input_shapes)) in ("", None):
+        input_shapes = {real_inputs[0].name: next(iter(input_shapes.values()))}
+    for name, shape in input_shapes.items():
+        if name not in by_name:
+            raise ModelError(f"--input-shape names {name!r}, but the model's inputs are {sorted(by_name)}")
+        dims = by_name[name].type.tensor_type.shape
+        del dims.dim[:]
+        for d in shape:
+            entry = dims.dim.add()
+            if isinstance(d, str) and not d.isdigit():
+                entry.dim_param = d
+            else:
+                entry.dim_value = int(d)
+
+
+# --------------------------------------------------------------------------- the converter
+
+class _Importer:
+    """One conversion: ONNX graph -> :class:`pyconv.convert.ir.Graph`."""
+
+    def __init__(self, model, input_shapes: Optional[InputShapes]):
+        onnx = _import_onnx()
+        self.model = model
+        graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MAX_OPSET)
+        init_names = {t.name for t in graph.initializer}
+        self.consts: Dict[str, np.ndarray] = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        real_inputs = [i for i in graph.input if i.name not in init_names]
+        _fix_input_shapes(model, input_shapes, real_inputs)
+        self.shapes: Dict[str, Optional[Shape]] = {}
+        self._infer_shapes()
+        self.inputs = [i.name for i in real_inputs]
+        self.input_shapes = {i.name: _dims(i.type, i.name, graph_input=True) for i in real_inputs}
+        self.input_dtypes = {i.name: i.type.tensor_type.elem_type for i in real_inputs}
+        self.nodes: List[Node] = []
+        self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
+        self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
+        self.failures: "OrderedDict[str, List[Tuple[str, str]]]" = OrderedDict()
+        self._counter = 0
+        # tensors something reads: optional outputs nobody reads (Dropout mask, MaxPool indices) are ignored
+        self.used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+
+    def _infer_shapes(self) -> None:
+        onnx = _import_onnx()
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True).graph
+        except Exception:  # noqa: BLE001 - shape inference is best effort; handlers say when they need a shape
+            inferred = self.model.graph
+        inputs = {i.name for i in inferred.input}
+        for info in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+            shape = _dims(info.type, info.name, graph_input=info.name in inputs)
+            if shape is not None or info.name not in self.shapes:
+                self.shapes[info.name] = shape
+
+    # ---- helpers for handlers
+
+    def name(self, tensor: str) -> str:
+        return self.alias.get(tensor, tensor)
+
+    def const(self, tensor: str) -> Optional[np.ndarray]:
+        return self.consts.get(self.name(tensor)) if tensor else None
+
+    def need_const(self, node, index: int, what: str) -> np.ndarray:
+        value = self.const(node.input[index]) if index < len(node.input) else None
+        if value is None:
+            raise _Unsupported(f"{what} (input {index}) must be a constant (initializer or Constant node)")
+        if has_symbols(value):
+            raise _Unsupported(f"{what} depends on a dynamic input dimension ({value.tolist()}); "
+                               "fix the input shape with --input-shape")
+        return value
+
+    def optional_const(self, node, index: int, what: str) -> Optional[np.ndarray]:
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        return self.need_const(node, index, what)
+
+    def shape(self, tensor: str) -> Optional[Shape]:
+        tensor = self.name(tensor)
+        if tensor in self.consts:
+            return tuple(self.consts[tensor].shape)
+        return self.shapes.get(tensor)
+
+    def rank(self, tensor: str) -> int:
+        shape = self.shape(tensor)
+        if shape is None:
+            raise _Unsupported(f"the rank of {tensor!r} is unknown (ONNX shape inference found no shape)")
+        return len(shape)
+
+    def spatial(self, tensor: str, what: str) -> Tuple[int, int]:
+        shape = self.shape(tensor)
+        if shape is None or len(shape) != 4 or not static(shape[2:]):
+            raise _Unsupported(f"{what} needs the static spatial size of {tensor!r} (got {shape}); "
+                               "fix the input shape with --input-shape")
+        return int(shape[2]), int(shape[3])
+
+    def fresh(self, base: str) -> str:
+        self._counter += 1
+        return f"{base}__{self._counter}"
+
+    def emit(self, op: str, inputs: Sequence[str], outputs: Sequence[str], node=None,
+             weights: Optional[Mapping[str, np.ndarray]] = None, **attrs) -> Node:
+        ir = Node(op, [self.name(i) for i in inputs], list(outputs),
+                  {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (weights or {}).items() if v is not None},
+                  attrs, name=(node.name if node is not None and node.name else ""))
+        self.nodes.append(ir)
+        return ir
+
+    # ---- the walk
+
+    def run(self) -> Graph:
+        for node in self.model.graph.node:
+            self._convert_node(node)
+        if self.failures:
+            raise UnsupportedOpError(self._failure_report())
+        outputs = [self.name(o.name) for o in self.model.graph.output]
+        graph = Graph(self.nodes, self.consts, self.shapes, self.inputs, outputs)
+        graph.output_names = [o.name for o in self.model.graph.output]  # type: ignore[attr-defined]
+        return graph
+
+    def _convert_node(self, node) -> None:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        attrs = _attr_values(node)
+        inputs = [self.name(i) for i in node.input]
+        poisoned = any(i in self.poisoned for i in inputs)
+        if not poisoned and self._try_fold(node, op, attrs, inputs):
+            return
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            self._fail(node, op, "no pyconv counterpart")
+            return
+        if poisoned:
+            self.poisoned.update(node.output)
+            return
+        try:
+            handler(self, node, attrs)
+        except _Unsupported as exc:
+            self._fail(node, op, str(exc))
+
+    def _try_fold(self, node, op: str, attrs: Dict[str, Any], inputs: List[str]) -> bool:
+        if op in ("Shape", "Size"):
+            return self._fold_shape(node, op, attrs, inputs[0])
+        values = [self.consts.get(i) if i else None for i in inputs]
+        if any(v is None for v, i in zip(values, inputs) if i):
+            return False
+        try:
+            results = fold(op, values, attrs, self.opset)
+        except NotFoldable:
+            return False
+        for name, value in zip(node.output, results):
+            if name:
+                self.consts[name] = value
+        return True
+
+    def _fold_shape(self, node, op: str, attrs: Dict[str, Any], tensor: str) -> bool:
+        shape = self.shape(tensor)
+        if shape is None:
+            self._fail(node, op, f"the shape of {tensor!r} is unknown; fix the input shape with --input-shape")
+            return True
+        if op == "Size":
+            if not static(shape):
+                self._fail(node, op, "Size of a tensor with dynamic dimensions; fix them with --input-shape")
+                return True
+            self.consts[node.output[0]] = np.asarray(int(np.prod(shape)), dtype=np.int64)
+            return True
+        dims = list(shape)[attrs.get("start", 0):attrs.get("end", len(shape))]
+        self.consts[node.output[0]] = np.asarray(dims, dtype=np.int64 if static(dims) else object)
+        return True
+
+    def _fail(self, node, op: str, reason: str) -> None:
+        self.failures.setdefault(op, []).append((node.name or f"<{op} -> {node.output[0]}>", reason))
+        self.poisoned.update(node.output)
+
+    def _failure_report(self) -> str:
+        total = sum(len(v) for v in self.failures.values())
+        lines = [f"cannot convert {total} node(s) of {len(self.failures)} op type(s) "
+                 f"(model opset {self.opset}):"]
+        for op, items in self.failures.items():
+            names = ", ".join(n for n, _ in items[:_EXAMPLES_PER_OP]) + (", ..." if len(items) > _EXAMPLES_PER_OP else "")
+            reasons = sorted({r for _, r in items})
+            lines.append(f"  {op} x{len(items)} (e.g. {names}): {'; '.join(reasons[:2])}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- op handlers
+
+Handler = Callable[[_Importer, Any, Dict[str, Any]], None]
+_HANDLERS: Dict[str, Handler] = {}
+
+
+def _handles(*op_types: str):
+    def register(fn: Handler) -> Handler:
+        for op_type in op_types:
+            _HANDLERS[op_type] = fn
+        return fn
+
+    return register
+
+
+def _pair(values, default: int) -> List[int]:
+    values = list(values) if values is not None else [default, default]
+    if len(values) != 2:
+        raise _Unsupported(f"only 2-D spatial windows are supported, got {values}")
+    return [int(v) for v in values]
+
+
+def _window_padding(ctx: _Importer, node, attrs, kernel: List[int], strides: List[int],
+                    dilations: List[int]) -> List[int]:
+    """ONNX pads/auto_pad -> pyconv (top, left, bottom, right)."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if len(pads) != 4:
+            raise _Unsupported(f"pads must have 4 values for a 2-D window, got {pads}")
+        return [pads[0], pads[1], pads[2], pads[3]]
+    if auto_pad == "VALID":
+        return [0, 0, 0, 0]
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise _Unsupported(f"auto_pad={auto_pad!r}")
+    totals = []
+    for axis in range(2):
+        span = (kernel[axis] - 1) * dilations[axis] + 1
+        if strides[axis] == 1:
+            totals.append(span - 1)  # independent of the input size: stays dynamic
+            continue
+        size = ctx.spatial(node.input[0], f"auto_pad={auto_pad} with stride {strides[axis]}")[axis]
+        out = -(-size // strides[axis])
+        totals.append(max((out - 1) * strides[axis] + span - size, 0))
+    before = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+    return [before[0], before[1], totals[0] - before[0], totals[1] - before[1]]
+
+
+def _check_2d(ctx: _Importer, node, what: str) -> None:
+    shape = ctx.shape(node.input[0])
+    if shape is not None and len(shape) != 4:
+        raise _Unsupported(f"{what} is supported on 4-D NCHW tensors only, got rank {len(shape)}")
+
+
+@_handles("Conv")
+def _conv(ctx, node, attrs):
+    weight = ctx.need_const(node, 1, "the weight")
+    if weight.ndim != 4:
+        raise _Unsupported(f"only 2-D convolutions are supported (weight of rank {weight.ndim})")
+    bias = ctx.optional_const(node, 2, "the bias")
+    kernel = _pair(attrs.get("kernel_shape", weight.shape[2:]), 1)
+    strides, dilations = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
+    ctx.emit("conv2d", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias},
+             stride=strides, padding=_window_padding(ctx, node, attrs, kernel, strides, dilations),
+             dilation=dilations, groups=int(attrs.get("group", 1)))
+
+
+@_handles("ConvTranspose")
+def _conv_transpose(ctx, node, attrs):
+    weight = ctx.need_const(node, 1, "the weight")
+    if weight.ndim != 4:
+        raise _Unsupported(f"only 2-D transposed convolutions are supported (weight of rank {weight.ndim})")
+    bias = ctx.optional_const(node, 2, "the bias")
+    kernel = _pair(attrs.get("kernel_shape", weight.shape[2:]), 1)
+    strides, dilations = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
+    output_padding = _pair(attrs.get("output_padding"), 0)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        size = ctx.spatial(node.input[0], "ConvTranspose with output_shape/auto_pad")
+        target = list(attrs["output_shape"])[-2:] if "output_shape" in attrs else [s * st for s, st in zip(size, strides)]
+        totals = [st * (s - 1) + op + (k - 1) * d + 1 - t
+                  for s, st, op, k, d, t in zip(size, strides, output_padding, kernel, dilations, target)]
+        if min(totals) < 0:
+            raise _Unsupported(f"output_shape {target} is larger than the full transposed convolution")
+        before = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+        pads = [before[0], before[1], totals[0] - before[0], totals[1] - before[1]]
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    else:
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    ctx.emit("conv_transpose2d", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias},
+             stride=strides, padding=pads, output_padding=output_padding, dilation=dilations,
+             groups=int(attrs.get("group", 1)))
+
+
+@_handles("BatchNormalization")
+def _batch_norm(ctx, node, attrs):
+    if any(o in ctx.used for o in node.output[1:]):
+        raise _Unsupported("training-mode outputs (running mean/var) are not supported")
+    scale, bias = ctx.need_const(node, 1, "scale"), ctx.need_const(node, 2, "bias")
+    mean, var = ctx.need_const(node, 3, "mean"), ctx.need_const(node, 4, "var")
+    ctx.emit("batch_norm", [node.input[0]], node.output[:1], node,
+             weights={"mean": mean, "var": var, "weight": scale, "bias": bias},
+             eps=float(attrs.get("epsilon", 1e-5)))
+
+
+def _simple(op: str, **fixed):
+    def handler(ctx, node, attrs):
+        ctx.emit(op, [node.input[0]], node.output[:1], node, **fixed)
+
+    return handler
+
+
+for _onnx_op, _pyconv_op in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"),
+                             ("HardSwish", "hardswish")):
+    _HANDLERS[_onnx_op] = _simple(_pyconv_op)
+
+
+@_handles("LeakyRelu")
+def _leaky_relu(ctx, node, attrs):
+    ctx.emit("leaky_relu", [node.input[0]], node.output[:1], node, negative_slope=float(attrs.get("alpha", 0.01)))
+
+
+@_handles("Elu")
+def _elu(ctx, node, attrs):
+    ctx.emit("elu", [node.input[0]], node.output[:1], node, alpha=float(attrs.get("alpha", 1.0)))
+
+
+@_handles("HardSigmoid")
+def _hardsigmoid(ctx, node, attrs):
+    ctx.emit("hardsigmoid", [node.input[0]], node.output[:1], node,
+             alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5)))
+
+
+@_handles("PRelu")
+def _prelu(ctx, node, attrs):
+    slope = ctx.need_const(node, 1, "the slope")
+    if slope.size > 1 and (slope.ndim > 1 and any(d != 1 for d in slope.shape[1:]) and slope.ndim != 1):
+        raise _Unsupported(f"only a scalar or per-channel slope is supported, got shape {slope.shape}")
+    ctx.emit("prelu", [node.input[0]], node.output[:1], node, weights={"slope": slope.reshape(-1)})
+
+
+@_handles("Clip")
+def _clip(ctx, node, attrs):
+    if ctx.opset < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        lo_v, hi_v = ctx.optional_const(node, 1, "min"), ctx.optional_const(node, 2, "max")
+        lo = None if lo_v is None else float(lo_v.reshape(()))
+        hi = None if hi_v is None else float(hi_v.reshape(()))
+    lo = None if lo is None or lo <= -3.4e38 else float(lo)
+    hi = None if hi is None or hi >= 3.4e38 else float(hi)
+    if lo == 0.0 and hi is None:
+        ctx.emit("relu", [node.input[0]], node.output[:1], node)
+    elif lo == 0.0 and hi == 6.0:
+        ctx.emit("relu6", [node.input[0]], node.output[:1], node)
+    else:
+        ctx.emit("clip", [node.input[0]], node.output[:1], node, min=lo, max=hi)
+
+
+@_handles("Softmax", "LogSoftmax")
+def _softmax(ctx, node, attrs):
+    op = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    rank = ctx.rank(node.input[0])
+    default_axis = -1 if ctx.opset >= 13 else 1
+    axis = int(attrs.get("axis", default_axis)) % rank
+    if ctx.opset >= 13 or axis == rank - 1:
+        ctx.emit(op, [node.input[0]], node.output[:1], node, axis=axis)
+        return
+    # opsets < 13 normalise over all axes from `axis` on: flatten them, apply, restore
+    shape = ctx.shape(node.input[0])
+    flat, soft = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
+    ctx.emit("reshape", [node.input[0]], [flat], node, shape=_reshape_target(shape, list(shape[:axis]) + [-1]))
+    ctx.emit(op, [flat], [soft], node, axis=axis)
+    ctx.emit("reshape", [soft], node.output[:1], node, shape=_reshape_target(list(shape[:axis]) + [-1], shape))
+
+
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+
+
+@_handles(*_BINARY)
+def _binary(ctx, node, attrs):
+    if ctx.opset < 7 and attrs.get("broadcast"):
+        raise _Unsupported("legacy broadcast attribute (opset < 7)")
+    ctx.emit(_BINARY[node.op_type], list(node.input[:2]), node.output[:1], node)
+
+
+@_handles("Sum")
+def _sum(ctx, node, attrs):
+    inputs = [i for i in node.input if i]
+    if len(inputs) == 1:
+        ctx.alias[node.output[0]] = ctx.name(inputs[0])
+        return
+    acc = inputs[0]
+    for i, other in enumerate(inputs[1:]):
+        out = node.output[0] if i == len(inputs) - 2 else ctx.fresh(node.output[0])
+        ctx.emit("add", [acc, other], [out], node)
+        acc = out
+
+
+@_handles("Concat")
+def _concat(ctx, node, attrs):
+    inputs = [i for i in node.input if i]
+    axis = int(attrs["axis"])
+    if axis < 0:
+        axis += ctx.rank(inputs[0])
+    ctx.emit("concat", inputs, node.output[:1], node, axis=axis)
+
+
+@_handles("Split")
+def _split(ctx, node, attrs):
+    rank = ctx.rank(node.input[0])
+    axis = int(attrs.get("axis", 0)) % rank
+    sizes = attrs.get("split")
+    if sizes is None and len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in ctx.need_const(node, 1, "split")]
+    parts = sizes if sizes is not None else int(attrs.get("num_outputs", len(node.output)))
+    outs = [o or ctx.fresh(node.name or "split") for o in node.output]
+    ctx.emit("split", [node.input[0]], outs, node, axis=axis,
+             sizes_or_count=[int(v) for v in parts] if sizes is not None else parts)
+
+
+@_handles("Slice")
+def _slice(ctx, node, attrs):
+    rank = ctx.rank(node.input[0])
+    if ctx.opset < 10:
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts = [int(v) for v in ctx.need_const(node, 1, "starts")]
+        ends = [int(v) for v in ctx.need_const(node, 2, "ends")]
+        axes_v, steps_v = ctx.optional_const(node, 3, "axes"), ctx.optional_const(node, 4, "steps")
+        axes = None if axes_v is None else [int(v) for v in axes_v]
+        steps = None if steps_v is None else [int(v) for v in steps_v]
+    axes, starts, ends, steps = slice_params(rank, starts, ends, axes, steps)
+    big = 2 ** 62  # ONNX uses INT64_MAX/MIN for "to the end"; keep JSON integers moderate
+    clamp = lambda v: max(min(int(v), big), -big)  # noqa: E731
+    ctx.emit("slice", [node.input[0]], node.output[:1], node, axes=axes,
+             starts=[clamp(v) for v in starts], ends=[clamp(v) for v in ends], steps=steps)
+
+
+def _pool_common(ctx, node, attrs) -> Tuple[List[int], List[int], List[int], List[int]]:
+    _check_2d(ctx, node, node.op_type)
+    kernel = _pair(attrs["kernel_shape"], 1)
+    strides, dilations = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
+    return kernel, strides, dilations, _window_padding(ctx, node, attrs, kernel, strides, dilations)
+
+
+@_handles("MaxPool")
+def _max_pool(ctx, node, attrs):
+    if len(node.output) > 1 and node.output[1] in ctx.used:
+        raise _Unsupported("the Indices output is not supported")
+    kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
+    ctx.emit("max_pool2d", [node.input[0]], node.output[:1], node, kernel_size=kernel, stride=strides,
+             padding=pads, dilation=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+
+
+@_handles("AveragePool")
+def _avg_pool(ctx, node, attrs):
+    kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
+    if dilations != [1, 1]:
+        raise _Unsupported("dilated average pooling")
+    ctx.emit("avg_pool2d", [node.input[0]], node.output[:1], node, kernel_size=kernel, stride=strides,
+             padding=pads, ceil_mode=bool(attrs.get("ceil_mode", 0)),
+             count_include_pad=bool(attrs.get("count_include_pad", 0)))
+
+
+@_handles("LpPool")
+def _lp_pool(ctx, node, attrs):
+    kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
+    if dilations != [1, 1]:
+        raise _Unsupported("dilated Lp pooling")
+    ctx.emit("lp_pool2d", [node.input[0]], node.output[:1], node, p=float(attrs.get("p", 2)),
+             kernel_size=kernel, stride=strides, padding=pads, ceil_mode=bool(attrs.get("ceil_mode", 0)),
+             convention="onnx")
+
+
+@_handles("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def _global_pool(ctx, node, attrs):
+    _check_2d(ctx, node, node.op_type)
+    if node.op_type == "GlobalLpPool":
+        ctx.emit("global_lp_pool2d", [node.input[0]], node.output[:1], node, p=float(attrs.get("p", 2)))
+    else:
+        op = "global_avg_pool2d" if node.op_type == "GlobalAveragePool" else "global_max_pool2d"
+        ctx.emit(op, [node.input[0]], node.output[:1], node)
+
+
+@_handles("ReduceMean", "ReduceMax")
+def _reduce(ctx, node, attrs):
+    rank = ctx.rank(node.input[0])
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in ctx.need_const(node, 1, "axes")]
+    if axes is None or sorted(a % rank for a in axes) != [2, 3] or rank != 4:
+        raise _Unsupported(f"only reductions over the spatial axes (2, 3) of NCHW tensors are supported, "
+                           f"got axes={axes} on rank {rank}")
+    op = "global_avg_pool2d" if node.op_type == "ReduceMean" else "global_max_pool2d"
+    if attrs.get("keepdims", 1):
+        ctx.emit(op, [node.input[0]], node.output[:1], node)
+        return
+    pooled = ctx.fresh(node.output[0])
+    ctx.emit(op, [node.input[0]], [pooled], node)
+    ctx.emit("flatten", [pooled], node.output[:1], node, start_dim=1)
+
+
+@_handles("LRN")
+def _lrn(ctx, node, attrs):
+    ctx.emit("local_response_norm", [node.input[0]], node.output[:1], node, size=int(attrs["size"]),
+             alpha=float(attrs.get("alpha", 1e-4)), beta=float(attrs.get("beta", 0.75)),
+             k=float(attrs.get("bias", 1.0)))
+
+
+@_handles("Gemm")
+def _gemm(ctx, node, attrs):
+    if attrs.get("transA", 0):
+        raise _Unsupported("transA=1 with a non-constant A")
+    b = ctx.need_const(node, 1, "B").astype(np.float64)
+    weight = b if attrs.get("transB", 0) else b.T  # pyconv linear: (out, in)
+    weight = weight * float(attrs.get("alpha", 1.0))
+    c = ctx.optional_const(node, 2, "C")
+    bias = None
+    if c is not None:
+        if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+            raise _Unsupported(f"C of shape {c.shape} is not a per-output bias")
+        bias = np.broadcast_to(c.astype(np.float64).reshape(-1), (weight.shape[0],)) * float(attrs.get("beta", 1.0))
+    ctx.emit("linear", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias})
+
+
+@_handles("MatMul")
+def _matmul(ctx, node, attrs):
+    b = ctx.need_const(node, 1, "the right-hand matrix")
+    if b.ndim != 2:
+        raise _Unsupported(f"MatMul with a constant of rank {b.ndim} (only 2-D weights map to linear)")
+    ctx.emit("linear", [node.input[0]], node.output[:1], node, weights={"weight": b.T})
+
+
+def _reshape_target(in_shape: Sequence[Any], out_shape: Sequence[Any]) -> List[int]:
+    """A reshape target for pyconv: known dims as ints, an input's dynamic dim kept in place as 0,
+    at most one other dynamic dim as -1."""
+    target = []
+    for i, d in enumerate(out_shape):
+        if not isinstance(d, Dim):
+            target.append(int(d))
+        elif i < len(in_shape) and in_shape[i] == d:
+            target.append(0)
+        else:
+            target.append(-1)
+    if target.count(-1) > 1:
+        raise _Unsupported(f"reshape from {tuple(in_shape)} to {tuple(out_shape)} has more than one dynamic "
+                           "dimension to infer; fix the input shape with --input-shape")
+    return target
+
+
+def _emit_reshape(ctx, node, data: str, out_shape: Sequence[Any]) -> None:
+    in_shape = ctx.shape(data)
+    if in_shape is None:
+        raise _Unsupported(f"the shape of {data!r} is unknown")
+    ctx.emit("reshape", [data], node.output[:1], node, shape=_reshape_target(in_shape, out_shape))
+
+
+@_handles("Reshape")
+def _reshape(ctx, node, attrs):
+    in_shape = ctx.shape(node.input[0])
+    target = ctx.const(node.input[1]) if len(node.input) > 1 else np.asarray(attrs["shape"])
+    if target is None:
+        raise _Unsupported("the target shape must be computable at conversion time")
+    if in_shape is None:
+        raise _Unsupported(f"the shape of {node.input[0]!r} is unknown")
+    copy_zeros = not attrs.get("allowzero", 0)
+    out = [in_shape[i] if (copy_zeros and not isinstance(v, Dim) and int(v) == 0) else v
+           for i, v in enumerate(target.reshape(-1))]
+    out = [v if isinstance(v, Dim) else int(v) for v in out]
+    if -1 in out:
+        inferred = ctx.shapes.get(node.output[0])
+        if static(in_shape) and static(out):
+            out = reshape_shape(in_shape, out)
+        elif inferred is not None and len(inferred) == len(out):
+            out = [i if o == -1 else o for o, i in zip(out, inferred)]  # ONNX shape inference resolved it
+        else:
+            out = [Dim("?") if o == -1 else o for o in out]
+    _emit_reshape(ctx, node, node.input[0], out)
+
+
+@_handles("Flatten")
+def _flatten(ctx, node, attrs):
+    ctx.emit("flatten", [node.input[0]], node.output[:1], node, axis=int(attrs.get("axis", 1)))
+
+
+@_handles("Transpose")
+def _transpose(ctx, node, attrs):
+    rank = ctx.rank(node.input[0])
+    perm = [int(p) for p in attrs.get("perm", list(range(rank))[::-1])]
+    ctx.emit("transpose", [node.input[0]], node.output[:1], node, perm=perm)
+
+
+@_handles("Squeeze", "Unsqueeze")
+def _squeeze(ctx, node, attrs):
+    in_shape = ctx.shape(node.input[0])
+    if in_shape is None:
+        raise _Unsupported(f"the shape of {node.input[0]!r} is unknown")
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(v) for v in ctx.need_const(node, 1, "axes")]
+    if node.op_type == "Squeeze":
+        if axes is None:
+            axes = [i for i, d in enumerate(in_shape) if d == 1]
+        drop = {a % len(in_shape) for a in axes}
+        out = [d for i, d in enumerate(in_shape) if i not in drop]
+    else:
+        rank = len(in_shape) + len(axes)
+        out = list(in_shape)
+        for a in sorted(a % rank for a in axes):
+            out.insert(a, 1)
+    _emit_reshape(ctx, node, node.input[0], out)
+
+
+@_handles("Dropout", "Identity")
+def _identity(ctx, node, attrs):
+    if len(node.output) > 1 and node.output[1] in ctx.used:
+        raise _Unsupported("the Dropout mask output is not supported")
+    ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+@_handles("Pad")
+def _pad(ctx, node, attrs):
+    mode = attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge"):
+        raise _Unsupported(f"mode={mode!r}")
+    if ctx.opset < 11:
+        pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+    else:
+        pads = [int(v) for v in ctx.need_const(node, 1, "pads")]
+        value_v = ctx.optional_const(node, 2, "constant_value")
+        value = 0.0 if value_v is None else float(value_v.reshape(()))
+    rank = ctx.rank(node.input[0])
+    axes_v = ctx.optional_const(node, 3, "axes")
+    if axes_v is not None:  # opset 18: pads for the listed axes only
+        axes = [int(a) % rank for a in axes_v]
+        before, after = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
+        pads = [before.get(a, 0) for a in range(rank)] + [after.get(a, 0) for a in range(rank)]
+    if len(pads) != 2 * rank:
+        raise _Unsupported(f"pads {pads} do not match the input rank {rank}")
+    ctx.emit("pad", [node.input[0]], node.output[:1], node, pads=[int(p) for p in pads], mode=mode, value=value)
+
+
+@_handles("Resize", "Upsample")
+def _resize(ctx, node, attrs):
+    _check_2d(ctx, node, node.op_type)
+    mode = attrs.get("mode", "nearest")
+    if mode in ("bilinear",):
+        mode = "linear"
+    if mode not in ("nearest", "linear"):
+        raise _Unsupported(f"mode={mode!r} (nearest and linear are supported)")
+    if node.op_type == "Upsample" or ctx.opset < 11:
+        scales = attrs.get("scales")
+        if scales is None:
+            scales = [float(v) for v in ctx.need_const(node, 1, "scales")]
+        sizes = None
+        coord = "asymmetric"
+        nearest_mode = "floor" if node.op_type == "Upsample" or ctx.opset < 11 else "round_prefer_floor"
+    else:
+        if attrs.get("antialias", 0):
+            raise _Unsupported("antialias=1")
+        if attrs.get("axes") is not None:
+            raise _Unsupported("the axes attribute")
+        scales_v = ctx.optional_const(node, 2, "scales")
+        sizes_v = ctx.optional_const(node, 3, "sizes")
+        scales = None if scales_v is None or scales_v.size == 0 else [float(v) for v in scales_v]
+        sizes = None if sizes_v is None or sizes_v.size == 0 else [int(v) for v in sizes_v]
+        coord = attrs.get("coordinate_transformation_mode", "half_pixel")
+        nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
+        if coord == "tf_crop_and_resize":
+            raise _Unsupported("coordinate_transformation_mode='tf_crop_and_resize'")
+    if scales is not None:
+        if len(scales) != 4 or scales[0] != 1 or scales[1] != 1:
+            raise _Unsupported(f"only spatial scaling of NCHW tensors is supported, got scales={scales}")
+        ctx.emit("resize", [node.input[0]], node.output[:1], node, scales=scales[2:], mode=mode,
+                 coordinate_transformation_mode=coord, nearest_mode=nearest_mode)
+    elif sizes is not None:
+        in_shape = ctx.shape(node.input[0])
+        if len(sizes) != 4 or in_shape is None or list(in_shape[:2]) != list(sizes[:2]) and static(in_shape[:2]):
+            raise _Unsupported(f"only spatial resizing of NCHW tensors is supported, got sizes={sizes}")
+        ctx.emit("resize", [node.input[0]], node.output[:1], node, sizes=sizes[2:], mode=mode,
+                 coordinate_transformation_mode=coord, nearest_mode=nearest_mode)
+    else:
+        raise _Unsupported("neither scales nor sizes is given")
+
+
+@_handles("Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Cast", "Range", "Expand", "Tile", "Where",
+          "Equal", "Less", "Greater", "Not", "ReduceProd", "ReduceSum", "ReduceMin", "Pow", "Neg", "Sqrt", "Exp",
+          "Log", "Reciprocal", "Floor", "Ceil", "Abs", "Min", "Max")
+def _constant_only(ctx, node, attrs):
+    raise _Unsupported("supported only when its inputs are known at conversion time "
+                       "(constant folding); it depends on a runtime tensor here")
+
+
+# --------------------------------------------------------------------------- metadata and emission
+
+def _onnx_metadata(model) -> Dict[str, Any]:
+    """``metadata_props`` plus producer info; labels recognised under common keys."""
+    props = {p.key: p.value for p in model.metadata_props}
+    meta: Dict[str, Any] = {"source": {"format": "onnx", "producer": model.producer_name,
+                                       "producer_version": model.producer_version,
+                                       "opset": next((o.version for o in model.opset_import
+                                                      if o.domain in ("", "ai.onnx")), None)}}
+    if props:
+        meta["onnx_metadata"] = props
+    for key in ("labels", "classes", "class_names", "names"):
+        if key in props:
+            labels = _parse_labels(props[key])
+            if labels:
+                meta["labels"] = labels
+                break
+    return meta
+
+
+def _parse_labels(text: str) -> Optional[List[str]]:
+    """Labels stored as a JSON list, a JSON {index: name} dict (YOLO), or one per line / comma separated."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            import ast
+
+            value = ast.literal_eval(text)  # Ultralytics writes a Python dict repr
+        except (ValueError, SyntaxError):
+            value = None
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, dict):
+        try:
+            return [str(value[k]) for k in sorted(value, key=lambda k: int(k))]
+        except (TypeError, ValueError):
+            return None
+    sep = "\n" if "\n" in text else ","
+    items = [s.strip() for s in text.split(sep)]
+    return [s for s in items if s] or None
+
+
+def _emit(graph: Graph, input_shapes: Dict[str, Optional[Shape]]):
+    """Hand the fused IR to pyconv.GraphBuilder."""
+    from pyconv.graph.builder import GraphBuilder
+
+    b = GraphBuilder()
+    names: Dict[str, str] = {}
+    for name in graph.inputs:
+        shape = input_shapes.get(name)
+        if shape is None:
+            raise ModelError(f"input {name!r} has no declared shape; give one with --input-shape")
+        names[name] = b.input(name, [d.name if isinstance(d, Dim) else int(d) for d in shape])
+
+    def tensor(name: str) -> str:
+        if name not in names:
+            if name not in graph.consts:
+                raise ModelError(f"tensor {name!r} is used before it is produced")
+            const_name = f"{name}_const"
+            while const_name in taken:
+                const_name += "_"
+            taken.add(const_name)
+            names[name] = b.add_node("constant", [], weights={"value": np.atleast_1d(np.asarray(graph.consts[name], np.float32))},
+                                     name=const_name)
+        return names[name]
+
+    taken = set(names)
+    for node in graph.nodes:
+        base = unique = node.name or node.op
+        suffix = 1
+        while unique in taken:  # the builder names a node's output after the node
+            suffix += 1
+            unique = f"{base}_{suffix}"
+        taken.add(unique)
+        outs = b.add_node(node.op, [tensor(i) for i in node.inputs], weights=node.weights or None, name=unique,
+                          **node.attrs)
+        outs = [outs] if isinstance(outs, str) else list(outs)
+        for onnx_name, ours in zip(node.outputs, outs):
+            names[onnx_name] = ours
+    for onnx_name, tensor_name in zip(graph.output_names, graph.outputs):  # type: ignore[attr-defined]
+        b.output(tensor(tensor_name), alias=onnx_name)
+    return b
+
+
+def _load_model(model):
+    onnx = _import_onnx()
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            return onnx.load(os.fspath(model))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises assorted types
+            raise ModelError(f"cannot read ONNX model {os.fspath(model)!r}: {exc}") from None
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # input shapes are rewritten in place
+    return copy
+
+
+def onnx_to_ir(model, input_shapes: Optional[InputShapes] = None):
+    """Convert and fuse without emitting: ``(ir Graph, input shapes, metadata, rewrites per pass)``."""
+    proto = _load_model(model)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < MIN_OPSET:
+        raise ModelError(f"ONNX opset {opset} is older than the oldest supported ({MIN_OPSET})")
+    importer = _Importer(proto, input_shapes)
+    graph = importer.run()
+    counts = fusion.run_passes(graph)
+    return graph, importer.input_shapes, _onnx_metadata(proto), counts
+
+
+def from_onnx(model, input_shapes: Optional[InputShapes] = None, metadata: Optional[Mapping[str, Any]] = None):
+    """Convert an ONNX model (path, bytes or ``onnx.ModelProto``) to a pyconv graph.
+
+    ``input_shapes`` fixes input dimensions (``{"input": [1, 3, 224, 224]}``; strings stay symbolic);
+    ``metadata`` is merged over what the ONNX file carries (labels, preprocessing).
+    Raises :class:`pyconv.UnsupportedOpError` listing every node that cannot be converted.
+    """
+    graph, shapes, meta, _ = onnx_to_ir(model, input_shapes)
+    meta.update(metadata or {})
+    return _emit(graph, shapes).build(metadata=meta)

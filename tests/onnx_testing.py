@@ -1,0 +1,92 @@
+"""Helpers shared by the ONNX importer tests: build small ONNX graphs with
+``onnx.helper`` and compare pyconv's conversion with onnxruntime."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import pyconv  # noqa: E402
+from pyconv.convert import from_onnx  # noqa: E402
+from pyconv.graph.format import read_graph, save_graph  # noqa: E402
+
+# float32 kernels against onnxruntime's float32 kernels: differences come from summation order
+# (and Winograd for 3x3 convs), so tolerances are relative to the output's magnitude.
+RTOL = 1e-4
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return (rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def make_model(nodes: Sequence, inputs: Mapping[str, Optional[Sequence]], outputs: Iterable[str],
+               initializers: Optional[Mapping[str, np.ndarray]] = None, opset: int = 13,
+               metadata: Optional[Mapping[str, str]] = None):
+    """An ONNX model from nodes; ``inputs`` maps names to shapes (ints or symbolic strings)."""
+    graph = helper.make_graph(
+        list(nodes), "test",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 18 else 9  # what this onnxruntime reads for any opset
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], **attrs):
+    return helper.make_node(op_type, list(inputs), list(outputs), **attrs)
+
+
+def const_node(name: str, value) -> "onnx.NodeProto":
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def run_onnxruntime(model, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds))))
+
+
+def convert(model, tmp_path=None, input_shapes=None, **kwargs) -> "pyconv.Model":
+    """from_onnx + (optionally) a save/load round trip, as the CLI does."""
+    graph = from_onnx(model, input_shapes=input_shapes, **kwargs)
+    if tmp_path is not None:
+        path = tmp_path / "model.npz"
+        save_graph(graph, path)
+        return pyconv.load(path)
+    from pyconv.graph.executor import Model
+
+    return Model(graph)
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL, what: str = "") -> None:
+    """Max abs error within ``rtol`` times the output's magnitude (plus a tiny floor)."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(float(np.max(np.abs(expected))), 1e-3)
+    err = float(np.max(np.abs(actual.astype(np.float64) - expected))) if expected.size else 0.0
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def check_against_onnxruntime(model, feeds: Mapping[str, np.ndarray], rtol: float = RTOL, tmp_path=None,
+                              input_shapes=None) -> "pyconv.Model":
+    """Convert ``model``, run both engines on ``feeds`` and compare every output."""
+    expected = run_onnxruntime(model, feeds)
+    converted = convert(model, tmp_path, input_shapes)
+    actual = converted.run(dict(feeds))
+    for name, value in expected.items():
+        assert name in actual, f"output {name!r} missing; pyconv has {sorted(actual)}"
+        assert_close(actual[name], value, rtol, what=name)
+    return converted
