@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -19,16 +18,22 @@ import numpy as np
 from pyconv import registry
 from pyconv.errors import InputError, ModelError
 from pyconv.graph import passes
-from pyconv.graph.format import Graph, _available_memory, read_graph
+from pyconv.graph.format import Graph, Node, _available_memory, read_graph
 from pyconv.graph.plan import BufferPlan, ExecutionState, plan_buffers, prepare_ops, run_steps
 from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols, topological_order
 from pyconv.graph.validate import validate
 
 MAX_CACHED_PLANS = 8
-# conv2d's algorithm attribute: "auto" lets the op's rule choose; winograd=False
-# asks the same rule to leave Winograd out.
-AUTO_ALGORITHM = "auto"
-AUTO_WITHOUT_WINOGRAD = "auto_no_winograd"
+
+
+def _auto_without_winograd(graph: Graph, node: Node, attrs: Mapping[str, Any]) -> str:
+    """conv2d's own "auto" rule, with im2col where it would pick Winograd."""
+    from pyconv.ops.conv import ConvGeometry, choose_algorithm
+
+    geometry = ConvGeometry.from_args(graph.weights[node.weights["weight"]].shape, None, attrs["stride"],
+                                      attrs["padding"], attrs["dilation"], attrs["groups"])
+    chosen = choose_algorithm(geometry, "auto")
+    return "im2col" if chosen.startswith("winograd") else chosen
 
 
 def _node_attrs(graph: Graph, winograd: bool, algorithms: Mapping[str, str]) -> Dict[str, Dict[str, Any]]:
@@ -45,9 +50,8 @@ def _node_attrs(graph: Graph, winograd: bool, algorithms: Mapping[str, str]) -> 
             if "algorithm" not in attrs:
                 raise ModelError(f"algorithms=: node {node.name!r} is a {node.op}, which has no algorithm choice")
             attrs["algorithm"] = algorithms[node.name]
-        elif not winograd and attrs.get("algorithm", None) in (None, AUTO_ALGORITHM):
-            if "algorithm" in attrs:
-                attrs["algorithm"] = AUTO_WITHOUT_WINOGRAD
+        elif not winograd and node.op == "conv2d" and attrs["algorithm"] == "auto":
+            attrs["algorithm"] = _auto_without_winograd(graph, node, attrs)
         result[node.name] = attrs
     return result
 
@@ -197,10 +201,3 @@ def load(path: Union[str, os.PathLike], winograd: bool = True, algorithms: Optio
     graph = read_graph(path, max_bytes=max_bytes)
     validate(graph)
     return Model(graph, winograd=winograd, algorithms=algorithms, optimize=optimize, validated=True)
-
-
-def timed_load(path: Union[str, os.PathLike], **kwargs: Any) -> Tuple[Model, float]:
-    """:func:`load` and the seconds it took (for ``pyconv bench``)."""
-    start = time.perf_counter()
-    model = load(path, **kwargs)
-    return model, time.perf_counter() - start

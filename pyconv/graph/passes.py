@@ -1,7 +1,8 @@
 """Graph rewrites applied at load time (the file itself is never changed).
 
 * ``drop_identities``: identity nodes (dropout at inference) are bypassed.
-* ``fold_batch_norms``: conv2d -> batch_norm becomes one conv2d with rescaled weights.
+* ``fold_batch_norms``: conv2d (or conv_transpose2d) -> batch_norm becomes one conv with
+  rescaled weights and a bias.
 * ``fuse_residual_adds``: conv2d -> add(conv, r) becomes conv2d(x, r): the kernel adds
   the residual in its epilogue, while the output row is still in cache.
 * ``fuse_activations``: conv -> relu / relu6 / clip / leaky_relu moves the activation
@@ -100,10 +101,15 @@ def drop_identities(rw: _Rewriter) -> None:
         rw.refresh()
 
 
+# output-channel axis of the weight of layers a following batch norm folds into
+FOLD_AXIS = {"conv2d": 0, "conv_transpose2d": 1}
+
+
 def fold_batch_norms(rw: _Rewriter) -> None:
     from pyconv.ops import fold_batch_norm
 
-    for conv in [n for n in rw.graph.nodes if _plain_conv(n)]:
+    for conv in [n for n in rw.graph.nodes if n.op in FOLD_AXIS and len(n.inputs) == 1
+                 and n.attrs.get("activation") is None]:
         bn = rw.sole_consumer(conv)
         if bn is None or bn.op != "batch_norm":
             continue
@@ -111,7 +117,9 @@ def fold_batch_norms(rw: _Rewriter) -> None:
         bn_attrs = registry.get("batch_norm").resolve_attrs(bn.attrs)
         get = (lambda node, role: w[node.weights[role]] if role in node.weights else None)
         weight, bias = fold_batch_norm(get(conv, "weight"), get(conv, "bias"), get(bn, "mean"), get(bn, "var"),
-                                       get(bn, "weight"), get(bn, "bias"), bn_attrs["eps"])
+                                       get(bn, "weight"), get(bn, "bias"), bn_attrs["eps"],
+                                       axis=FOLD_AXIS[conv.op],
+                                       groups=conv.attrs.get("groups", 1) if FOLD_AXIS[conv.op] else 1)
         conv.weights = {"weight": f"{conv.name}.weight+{bn.name}", "bias": f"{conv.name}.bias+{bn.name}"}
         w[conv.weights["weight"]], w[conv.weights["bias"]] = weight, bias
         rw.absorb(conv, bn)

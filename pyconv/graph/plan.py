@@ -124,7 +124,7 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
             if t in where:
                 continue
             if (k == 0 and spec.inplace and last_use.get(first) == position and first not in pinned
-                    and node.inputs.count(first) == 1 and shapes[first] == shapes[t]):
+                    and node.inputs.count(first) == 1 and np.prod(shapes[first]) == np.prod(shapes[t])):
                 where[t] = where[first]
             else:
                 allocate(t)

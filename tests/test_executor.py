@@ -1,0 +1,258 @@
+"""The executor: results against a float64 reference interpreter, fusion, planning, threads, errors."""
+import threading
+
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import registry
+from pyconv.errors import InputError, ModelError
+from pyconv.graph.builder import GraphBuilder
+from pyconv.graph.format import Graph
+from pyconv.graph.shapes import topological_order
+
+RTOL = 1e-4  # float32 kernels (incl. Winograd F(4,3), ~1e-6) vs float64 references, relative to max |output|
+
+
+def needs(*ops):
+    missing = [op for op in ops if op not in registry.all_ops()]
+    return pytest.mark.skipif(bool(missing), reason=f"ops not registered yet: {missing}")
+
+
+def reference_run(graph: Graph, feeds):
+    """Evaluate the graph as stored (no folding/fusion) with every op's float64 reference."""
+    values = {k: np.asarray(v, dtype=np.float64) for k, v in feeds.items()}
+    for node in topological_order(graph):
+        spec = registry.get(node.op)
+        weights = {role: graph.weights[key] for role, key in node.weights.items()}
+        result = spec.reference(*[values[t] for t in node.inputs], **weights, **node.attrs)
+        results = result if len(node.outputs) > 1 else [result]
+        values.update(zip(node.outputs, (np.asarray(r) for r in results)))
+    return {o.name: values[o.tensor] for o in graph.outputs}
+
+
+def assert_close(actual, expected, rtol=RTOL):
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    err = float(np.abs(actual - expected).max())
+    assert err <= rtol * scale, f"max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def _bn(b, x, c, rng, name=None):
+    return b.batch_norm(x, mean=rng.standard_normal(c) * 0.1, var=rng.uniform(0.5, 1.5, c),
+                        weight=rng.uniform(0.5, 1.5, c), bias=rng.standard_normal(c) * 0.1, name=name)
+
+
+def small_resnet(rng, classes=10):
+    """conv-bn-relu, a residual block, pooling, 1x1, depthwise and a classifier head."""
+    b = GraphBuilder()
+    x = b.input("input", ["N", 3, "H", "W"])
+    w = lambda *s: rng.standard_normal(s).astype(np.float32) * (2.0 / np.prod(s[1:])) ** 0.5
+    y = b.relu(_bn(b, b.conv2d(x, weight=w(8, 3, 3, 3), bias=np.zeros(8), padding=1, name="conv1"), 8, rng))
+    z = _bn(b, b.conv2d(y, weight=w(8, 8, 3, 3), padding=1, name="conv2"), 8, rng)
+    y = b.relu(b.add(z, y, name="residual"))
+    y = b.max_pool2d(y, kernel_size=2)
+    y = b.relu6(b.conv2d(y, weight=w(16, 8, 1, 1), bias=rng.standard_normal(16), name="expand"))
+    y = b.leaky_relu(b.conv2d(y, weight=w(16, 1, 3, 3), padding=1, groups=16, name="depthwise"), negative_slope=0.1)
+    y = b.conv2d(y, weight=w(24, 16, 3, 3), padding=(1, 0), name="conv3x3_16")
+    y = b.flatten(b.global_avg_pool2d(y))
+    b.output(b.softmax(b.linear(y, weight=w(classes, 24), bias=rng.standard_normal(classes)), axis=1), "probs")
+    return b
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "resnet.npz"
+    small_resnet(np.random.default_rng(0)).save(path, metadata={"task": "classification"})
+    return path
+
+
+NET_OPS = ("conv2d", "batch_norm", "relu", "relu6", "leaky_relu", "add", "max_pool2d", "global_avg_pool2d",
+           "flatten", "linear", "softmax")
+
+
+@needs(*NET_OPS)
+@pytest.mark.parametrize("shape", [(1, 3, 16, 16), (3, 3, 9, 13), (2, 3, 2, 6)])
+def test_results_match_reference_for_batches_and_sizes(resnet_file, shape):
+    model = pyconv.load(resnet_file)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out = model.run({"input": x})
+    assert list(out) == ["probs"] and out["probs"].shape == (shape[0], 10)
+    assert_close(out["probs"], reference_run(model.graph, {"input": x})["probs"])
+    np.testing.assert_array_equal(model(x), out["probs"])  # deterministic, same plan
+
+
+@needs(*NET_OPS)
+def test_batch_norm_folded_and_activations_and_residual_fused(resnet_file):
+    model = pyconv.load(resnet_file)
+    ops = [n.op for n in model.optimized.nodes]
+    assert "batch_norm" not in ops and "relu" not in ops and "relu6" not in ops and "leaky_relu" not in ops
+    assert "add" not in ops  # conv2 absorbed bn, the residual add and the relu after it
+    conv2 = model.optimized.node("conv2")
+    assert len(conv2.inputs) == 2 and conv2.attrs["activation"] == "relu"
+    assert model.optimized.node("depthwise").attrs["activation"] == ["leaky_relu", 0.1]
+    unfused = pyconv.load(resnet_file, optimize=False)
+    assert [n.op for n in unfused.optimized.nodes].count("batch_norm") == 2
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_close(model(x), unfused(x))
+
+
+@needs(*NET_OPS)
+def test_plans_are_cached_per_input_shape(resnet_file):
+    model = pyconv.load(resnet_file)
+    rng = np.random.default_rng(3)
+    for shape in [(1, 3, 8, 8), (1, 3, 8, 8), (2, 3, 8, 8), (1, 3, 10, 6), (1, 3, 8, 8)]:
+        model(rng.standard_normal(shape).astype(np.float32))
+    assert len(model._plans) == 3
+
+
+@needs(*NET_OPS)
+def test_memory_plan_reuses_buffers(resnet_file):
+    model = pyconv.load(resnet_file)
+    plan = model.memory_plan({"input": (1, 3, 32, 32)})
+    assert plan["activation_bytes"] < plan["unplanned_activation_bytes"]
+    assert plan["weight_bytes"] == sum(a.nbytes for a in model.optimized.weights.values())
+    assert plan["nodes"] < plan["nodes_in_file"]
+
+
+@needs("relu", "sigmoid", "tanh")
+def test_chain_of_inplace_ops_uses_one_buffer_besides_input_and_output():
+    b = GraphBuilder()
+    y = b.input("x", [1, 4, 8, 8])
+    for i in range(6):
+        y = (b.sigmoid if i % 2 else b.tanh)(y)
+    b.output(b.relu(y))
+    model = pyconv.Model(b.build())
+    plan = model.memory_plan()
+    assert plan["buffers"] == 2  # the input's buffer is reused in place all along; the output is dedicated
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    assert_close(model(x), reference_run(model.graph, {"x": x})["relu_1"])
+
+
+@needs(*NET_OPS)
+def test_outputs_are_fresh_arrays(resnet_file):
+    model = pyconv.load(resnet_file)
+    x = np.ones((1, 3, 8, 8), np.float32)
+    first = model(x)
+    second = model(2 * x)
+    assert not np.shares_memory(first, second) and not np.array_equal(first, second)
+
+
+@needs(*NET_OPS)
+def test_concurrent_calls_from_threads_give_correct_results(resnet_file):
+    model = pyconv.load(resnet_file)
+    rng = np.random.default_rng(4)
+    inputs = [rng.standard_normal((1, 3, 12, 12)).astype(np.float32) for _ in range(6)]
+    expected = [model(x) for x in inputs]
+    errors, barrier = [], threading.Barrier(4)
+
+    def worker(k):
+        barrier.wait()
+        for i in range(12):
+            j = (i + k) % len(inputs)
+            if not np.array_equal(model(inputs[j]), expected[j]):
+                errors.append((k, i))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@needs("conv2d")
+def test_winograd_off_and_per_layer_algorithm_overrides():
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", ["N", 32, 10, 10])
+    y = b.conv2d(x, weight=rng.standard_normal((32, 32, 3, 3)) * 0.05, padding=1, name="a")
+    b.output(b.conv2d(y, weight=rng.standard_normal((32, 32, 3, 3)) * 0.05, padding=1, name="b"))
+    graph = b.build()
+    auto = pyconv.Model(graph)
+    plain = pyconv.Model(graph, winograd=False)
+    forced = pyconv.Model(graph, algorithms={"a": "im2col", "b": "winograd2"})
+    assert plain.node_attrs["a"]["algorithm"] == "im2col" and plain.node_attrs["b"]["algorithm"] == "im2col"
+    assert forced.node_attrs["b"]["algorithm"] == "winograd2"
+    xin = rng.standard_normal((2, 32, 10, 10)).astype(np.float32)
+    ref = reference_run(graph, {"x": xin})["b"]
+    for model in (auto, plain, forced):
+        assert_close(model(xin), ref)
+    with pytest.raises(ModelError, match="nope"):
+        pyconv.Model(graph, algorithms={"nope": "im2col"})
+    with pytest.raises(ModelError, match="'a'"):
+        pyconv.Model(graph, algorithms={"a": "bogus"})
+
+
+@needs("split", "concat", "relu", "constant", "add")
+def test_multi_output_and_constant_nodes():
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    x = b.input("x", ["N", 6, 5, 5])
+    lo, hi = b.split(x, sizes_or_count=2, axis=1)
+    offset = b.constant(value=rng.standard_normal((1, 3, 1, 1)))
+    y = b.concat(b.relu(lo), b.add(hi, offset), axis=1)
+    b.output(y, alias="y")
+    b.output(hi, alias="hi")
+    model = pyconv.Model(b.build())
+    xin = rng.standard_normal((2, 6, 5, 5)).astype(np.float32)
+    out = model.run({"x": xin})
+    ref = reference_run(model.graph, {"x": xin})
+    assert_close(out["y"], ref["y"])
+    np.testing.assert_array_equal(out["hi"], xin[:, 3:])
+    assert model(xin)[0].shape == (2, 6, 5, 5)  # several outputs: a tuple
+
+
+@needs(*NET_OPS)
+def test_profile_times_every_node(resnet_file):
+    model = pyconv.load(resnet_file)
+    prof = model.profile(np.zeros((1, 3, 8, 8), np.float32), runs=2)
+    assert [p["node"] for p in prof] == [n.name for n in model.optimized.nodes]
+    assert all(p["seconds"] >= 0 for p in prof)
+
+
+@needs(*NET_OPS)
+def test_bad_inputs_raise_input_errors(resnet_file):
+    model = pyconv.load(resnet_file)
+    with pytest.raises(InputError, match="axis 1 is 4"):
+        model(np.zeros((1, 4, 8, 8), np.float32))
+    with pytest.raises(InputError, match="4 dimensions"):
+        model(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(InputError, match="dtype int64"):
+        model(np.zeros((1, 3, 8, 8), np.int64))
+    with pytest.raises(InputError, match="missing"):
+        model.run({"image": np.zeros((1, 3, 8, 8), np.float32)})
+    model(np.zeros((1, 3, 8, 8), np.float64))  # float64 is converted
+
+
+@needs("relu")
+def test_symbols_must_agree_across_inputs():
+    b = GraphBuilder()
+    a = b.input("a", ["N", 2])
+    c = b.input("c", ["N", 2])
+    b.output(b.relu(a))
+    b.output(b.relu(c))
+    model = pyconv.Model(b.build())
+    with pytest.raises(InputError, match="'N'"):
+        model.run({"a": np.zeros((1, 2), np.float32), "c": np.zeros((2, 2), np.float32)})
+    with pytest.raises(InputError, match="model.run"):
+        model(np.zeros((1, 2), np.float32))
+
+
+@needs("conv2d")
+def test_inputs_too_small_for_the_network_raise_model_error():
+    b = GraphBuilder()
+    x = b.input("x", [1, 1, "H", "W"])
+    b.output(b.conv2d(x, weight=np.ones((1, 1, 5, 5))))
+    model = pyconv.Model(b.build())
+    with pytest.raises(ModelError, match="conv2d"):
+        model(np.zeros((1, 1, 3, 3), np.float32))
+
+
+@needs("relu", "resize")
+def test_giant_intermediate_shapes_are_refused_before_allocating():
+    b = GraphBuilder()
+    x = b.input("x", [1, 1, 4, 4])
+    b.output(b.relu(b.resize(x, sizes=[1, 1, 100000, 100000])))
+    model = pyconv.Model(b.build())
+    with pytest.raises(ModelError, match="MiB"):
+        model.memory_plan()
