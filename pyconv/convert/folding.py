@@ -289,7 +289,10 @@ def fold(op_type: str, inputs: List[Optional[Value]], attrs: Mapping[str, Any], 
     if folder is None:
         raise NotFoldable(f"{op_type} is not evaluated at conversion time")
     try:
-        return folder(inputs, attrs, opset)
+        results = folder(inputs, attrs, opset)
+        # indexing an object array with a scalar gives back a bare Dim or int
+        return [r if isinstance(r, np.ndarray) else np.asarray(r, dtype=object if isinstance(r, Dim) else None)
+                for r in results]
     except NotFoldable:
         raise
     except (TypeError, ValueError, IndexError, KeyError) as exc:

@@ -400,7 +400,9 @@ def _hardsigmoid(ctx, node, attrs):
 @_handles("PRelu")
 def _prelu(ctx, node, attrs):
     slope = ctx.need_const(node, 1, "the slope")
-    if slope.size > 1 and (slope.ndim > 1 and any(d != 1 for d in slope.shape[1:]) and slope.ndim != 1):
+    rank = ctx.rank(node.input[0])
+    aligned = (1,) * (rank - slope.ndim) + tuple(slope.shape)  # ONNX broadcasts the slope from the right
+    if slope.size > 1 and (rank < 2 or any(d != 1 for i, d in enumerate(aligned) if i != 1)):
         raise _Unsupported(f"only a scalar or per-channel slope is supported, got shape {slope.shape}")
     ctx.emit("prelu", [node.input[0]], node.output[:1], node, weights={"slope": slope.reshape(-1)})
 
@@ -515,7 +517,14 @@ def _max_pool(ctx, node, attrs):
     if len(node.output) > 1 and node.output[1] in ctx.used:
         raise _Unsupported("the Indices output is not supported")
     kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
-    ctx.emit("max_pool2d", [node.input[0]], node.output[:1], node, kernel_size=kernel, stride=strides,
+    source = node.input[0]
+    if any(p > k // 2 for p, k in zip(pads, kernel + kernel)):
+        # ONNX allows pads beyond half the window (dilated windows); pyconv's pooling, like PyTorch's,
+        # does not: pad explicitly with the lowest float32 first.
+        source = ctx.fresh(node.output[0])
+        ctx.emit("pad", [node.input[0]], [source], node, pads=pads, value=float(np.finfo(np.float32).min))
+        pads = [0, 0, 0, 0]
+    ctx.emit("max_pool2d", [source], node.output[:1], node, kernel_size=kernel, stride=strides,
              padding=pads, dilation=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)))
 
 
