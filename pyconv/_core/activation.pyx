@@ -124,9 +124,9 @@ cdef multiversion_void softmax_row(const float* x, float* y, Py_ssize_t n, bint 
     if log:
         for i in range(n):
             s = s + expf(x[i] - m)
-        shift = m + logf(s)
+        shift = logf(s)
         for i in range(n):
-            y[i] = x[i] - shift
+            y[i] = (x[i] - m) - shift  # x - m first: exact for nearby values, whatever |m|
     else:
         for i in range(n):
             y[i] = expf(x[i] - m)
@@ -159,12 +159,12 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
             for j in range(width):
                 s[j] = s[j] + expf(xr[j] - m[j])
         for j in range(width):
-            m[j] = m[j] + logf(s[j])
+            s[j] = logf(s[j])
         for l in range(length):
             xr = x + l * stride
             yr = y + l * stride
             for j in range(width):
-                yr[j] = xr[j] - m[j]
+                yr[j] = (xr[j] - m[j]) - s[j]
     else:
         for l in range(length):
             xr = x + l * stride

@@ -149,8 +149,8 @@ def _f64(x) -> np.ndarray:
 
 def _sigmoid_ref(x):
     x = _f64(x)
-    with np.errstate(over="ignore"):
-        return np.where(x >= 0, 1.0 / (1.0 + np.exp(-x)), np.exp(x) / (1.0 + np.exp(x)))
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _gelu_ref(x, approximate="none"):

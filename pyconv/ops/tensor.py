@@ -369,14 +369,18 @@ _RESIZE_MODES = {"nearest": "nearest", "linear": "linear", "bilinear": "linear"}
 
 
 def source_coordinates(out_len: int, in_len: int, scale: float, mode: str) -> np.ndarray:
-    """Input coordinate of each output index (ONNX ``coordinate_transformation_mode``)."""
-    i = np.arange(out_len, dtype=np.float64)
+    """Input coordinate of each output index (ONNX ``coordinate_transformation_mode``).
+
+    Evaluated in float32 in the formula's order, as onnxruntime does: a coordinate
+    that lands exactly on an integer or a half then rounds the same way."""
+    i = np.arange(out_len, dtype=np.float32)
+    scale, half = np.float32(scale), np.float32(0.5)
     if mode == "half_pixel":
-        return (i + 0.5) / scale - 0.5
+        return (i + half) / scale - half
     if mode == "pytorch_half_pixel":
-        return (i + 0.5) / scale - 0.5 if out_len > 1 else np.zeros(out_len)
+        return (i + half) / scale - half if out_len > 1 else np.zeros(out_len, np.float32)
     if mode == "align_corners":
-        return i * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros(out_len)
+        return i * np.float32(in_len - 1) / np.float32(out_len - 1) if out_len > 1 else np.zeros(out_len, np.float32)
     if mode == "asymmetric":
         return i / scale
     raise ValueError(f"coordinate_transformation_mode must be one of {COORDINATE_MODES}, got {mode!r}")
@@ -427,7 +431,8 @@ def _resize_plan(x_shape, scales, sizes):
         scale = _spatial_pair(scales, "scales", x_shape, float)
         if min(scale) <= 0:
             raise ValueError(f"resize scales must be positive, got {scales!r}")
-        out_hw = tuple(int(math.floor(n * s)) for n, s in zip(in_hw, scale))
+        # float32 product, truncated: onnxruntime's rule (ONNX says floor; equal for these values)
+        out_hw = tuple(int(np.float32(s) * np.float32(n)) for n, s in zip(in_hw, scale))
     else:
         out_hw = _spatial_pair(sizes, "sizes", x_shape, int)
         scale = tuple(o / n if n else 1.0 for o, n in zip(out_hw, in_hw))
@@ -569,22 +574,24 @@ def _resize_ref(x, scales=None, sizes=None, mode="nearest", coordinate_transform
     """Per output pixel, straight from the ONNX Resize formulas."""
     x = np.asarray(x, np.float64)
     n, c, in_h, in_w = x.shape
+    f32 = np.float32
     if scales is not None:
-        sh, sw = [float(s) for s in scales][-2:]
-        out_h, out_w = int(math.floor(in_h * sh)), int(math.floor(in_w * sw))
+        sh, sw = [f32(s) for s in scales][-2:]
+        out_h, out_w = int(sh * f32(in_h)), int(sw * f32(in_w))
     else:
         out_h, out_w = [int(s) for s in sizes][-2:]
-        sh, sw = out_h / in_h, out_w / in_w
+        sh, sw = f32(out_h) / f32(in_h), f32(out_w) / f32(in_w)
 
     def coord(i, out_len, in_len, s):
-        m = coordinate_transformation_mode
+        # float32 arithmetic in the formula's order (how onnxruntime evaluates it)
+        m, i = coordinate_transformation_mode, f32(i)
         if m == "align_corners":
-            return 0.0 if out_len == 1 else i * (in_len - 1) / (out_len - 1)
+            return 0.0 if out_len == 1 else float(i * f32(in_len - 1) / f32(out_len - 1))
         if m == "asymmetric":
-            return i / s
+            return float(i / s)
         if m == "pytorch_half_pixel" and out_len == 1:
             return 0.0
-        return (i + 0.5) / s - 0.5
+        return float((i + f32(0.5)) / s - f32(0.5))
 
     def nearest(v, in_len):
         frac = v - math.floor(v)
