@@ -1,0 +1,453 @@
+"""conv2d / conv1d / conv_transpose2d against float64 references.
+
+Tolerances are relative to the output's magnitude (max |reference|, at least 1):
+GEMM, 1x1 and depthwise kernels accumulate in float32 in a different order
+than the float64 reference -> 1e-5; Winograd adds its transforms' rounding ->
+F(2,3) 1e-5, F(4,3) 2e-5, F(6,3) 1e-4 (measured worst cases over this sweep:
+docs/kernels.md).
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+
+import pyconv
+from pyconv import registry
+from pyconv.ops import conv as C
+
+TOL = {"im2col": 1e-5, "1x1": 1e-5, "depthwise": 1e-5, "winograd2": 1e-5, "winograd4": 2e-5, "winograd6": 1e-4}
+ACTIVATIONS = [None, "relu", "relu6", ("clip", -0.5, 0.5), ("leaky_relu", 0.1), ["clip", None, 1.0]]
+
+
+def rel_err(y, ref, scale=None):
+    """max |y - ref| over the output magnitude (``scale``, default max |ref|, at least 1)."""
+    ref = np.asarray(ref, np.float64)
+    scale = float(np.max(np.abs(ref))) if scale is None else scale
+    return float(np.max(np.abs(y - ref)) / max(1.0, scale))
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = pyconv.get_num_threads()
+    pyconv.set_num_threads(request.param)
+    yield request.param
+    pyconv.set_num_threads(before)
+
+
+def random_case(rng, algorithm):
+    """Random conv2d arguments for which ``algorithm`` applies."""
+    n = int(rng.choice([1, 3]))
+    groups = 1
+    if algorithm in ("im2col", "1x1"):
+        groups = int(rng.choice([1, 1, 2, 3]))
+    cig = int(rng.integers(1, 7))
+    cog = int(rng.integers(1, 7))
+    if algorithm == "depthwise":
+        groups, cig, cog = int(rng.integers(1, 10)), 1, int(rng.integers(1, 4))
+    if algorithm.startswith("winograd"):
+        cig, cog = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+    kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+    stride, dilation = tuple(int(v) for v in rng.integers(1, 4, 2)), tuple(int(v) for v in rng.integers(1, 4, 2))
+    if algorithm == "1x1":
+        kh = kw = 1
+    if algorithm.startswith("winograd"):
+        kh = kw = 3
+        stride = dilation = (1, 1)
+    pads = tuple(int(v) for v in rng.integers(0, 4, 4))
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        ho = C.conv_output_size(h, kh, stride[0], pads[0], pads[2], dilation[0])
+        wo = C.conv_output_size(w, kw, stride[1], pads[1], pads[3], dilation[1])
+        if ho > 0 and wo > 0:
+            break
+    x = rng.standard_normal((n, cig * groups, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cog * groups, cig, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(cog * groups).astype(np.float32) if rng.random() < 0.7 else None
+    residual = rng.standard_normal((n, cog * groups, ho, wo)).astype(np.float32) if rng.random() < 0.3 else None
+    activation = ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))]
+    return dict(x=x, weight=weight, bias=bias, stride=stride, padding=pads, dilation=dilation, groups=groups,
+                activation=activation, residual=residual)
+
+
+# ----------------------------------------------------------------------------- the references themselves
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_matches_scipy_correlate2d(seed):
+    rng = np.random.default_rng(seed)
+    kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+    sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+    dh, dw = (int(v) for v in rng.integers(1, 4, 2))
+    pt, pl, pb, pr = (int(v) for v in rng.integers(0, 4, 4))
+    h = (kh - 1) * dh + 1 - pt - pb + int(rng.integers(0, 8))  # at least one output row
+    w = (kw - 1) * dw + 1 - pl - pr + int(rng.integers(0, 8))
+    h, w = max(h, 1), max(w, 1)
+    x = rng.standard_normal((h, w))
+    k = rng.standard_normal((kh, kw))
+    dilated = np.zeros(((kh - 1) * dh + 1, (kw - 1) * dw + 1))
+    dilated[::dh, ::dw] = k
+    full = scipy.signal.correlate2d(np.pad(x, ((pt, pb), (pl, pr))), dilated, mode="valid")
+    expected = full[::sh, ::sw]
+    got = C.conv2d_reference(x[None, None], k[None, None], stride=(sh, sw), padding=(pt, pl, pb, pr),
+                             dilation=(dh, dw))
+    np.testing.assert_allclose(got[0, 0], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_transpose_reference_is_the_adjoint_of_conv(seed):
+    # <conv2d(x), y> == <x, conv_transpose2d(y)> for the same weight and hyper-parameters
+    rng = np.random.default_rng(100 + seed)
+    groups = int(rng.integers(1, 3))
+    cig, cog = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    pads = tuple(int(v) for v in rng.integers(0, 2, 4))
+    h, w = (int(v) for v in rng.integers(6, 11, 2))
+    x = rng.standard_normal((2, cig * groups, h, w))
+    weight = rng.standard_normal((cog * groups, cig, kh, kw))
+    y = C.conv2d_reference(x, weight, stride=stride, padding=pads, dilation=dilation, groups=groups)
+    ct = C.TransposeGeometry.from_args(weight.shape, None, stride, pads, 0, groups, dilation)
+    ho, wo = ct.output_shape(y.shape)[2:]
+    op = (h - ho, w - wo)  # rows/cols the strided conv never reached
+    if max(op[0], op[1]) >= 0 and all(op[a] < max(stride[a], dilation[a]) for a in range(2)):
+        ty = C.conv_transpose2d_reference(y, weight, stride=stride, padding=pads, output_padding=op, groups=groups,
+                                          dilation=dilation)
+        assert math.isclose(float(np.sum(y * y)), float(np.sum(x * ty)), rel_tol=1e-9)
+    else:
+        pytest.skip("shapes not invertible for this draw")
+
+
+# ----------------------------------------------------------------------------- conv2d sweeps
+
+@pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd2", "winograd4", "winograd6"])
+def test_conv2d_sweep(algorithm, threads):
+    if algorithm.startswith("winograd") and C._winograd_kernels() is None:
+        pytest.skip("winograd kernel not built")
+    rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads])
+    for _ in range(25):
+        case = random_case(rng, algorithm)
+        ref = C.conv2d_reference(**case)
+        got = C.conv2d(**case, algorithm=algorithm)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        # scale: the pre-activation output (a clip may hide how large the sums were)
+        err = rel_err(got, ref, np.max(np.abs(C.conv2d_reference(**dict(case, activation=None)))))
+        assert err <= TOL[algorithm], (algorithm, {k: getattr(v, "shape", v) for k, v in case.items()}, err)
+
+
+def test_conv2d_direct_is_im2col():
+    rng = np.random.default_rng(7)
+    case = random_case(rng, "im2col")
+    prepared = C.prepare_conv2d(case["weight"], stride=case["stride"], padding=case["padding"],
+                                dilation=case["dilation"], groups=case["groups"], algorithm="direct")
+    assert prepared.algorithm == "im2col"
+    assert rel_err(prepared(case["x"]), C.conv2d_reference(case["x"], case["weight"], stride=case["stride"],
+                   padding=case["padding"], dilation=case["dilation"], groups=case["groups"])) <= TOL["im2col"]
+
+
+def test_large_gemm_tiles_and_threads_agree():
+    # several column tiles per image and groups: both thread counts give the reference
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 24, 37, 45)).astype(np.float32)
+    w = rng.standard_normal((36, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(36).astype(np.float32)
+    ref = C.conv2d_reference(x, w, b, stride=(1, 2), padding=(2, 1, 0, 1), groups=3, activation="relu")
+    before = pyconv.get_num_threads()
+    try:
+        for n in (1, 2):
+            pyconv.set_num_threads(n)
+            assert rel_err(C.conv2d(x, w, b, stride=(1, 2), padding=(2, 1, 0, 1), groups=3, activation="relu"),
+                           ref) <= 1e-5
+    finally:
+        pyconv.set_num_threads(before)
+
+
+def test_kernel_entry_points_single_thread():
+    # the nthreads=1 path is what a build without OpenMP runs
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 5, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((7, 5, 3, 2)).astype(np.float32)
+    out = np.empty((1, 7, 5, 8), np.float32)
+    scratch = np.empty((1, 5 * 3 * 2 * 64), np.float32)
+    C._gemm.conv2d_gemm(x, w.reshape(7, -1).copy(), None, (2, 1), (1, 0, 1, 1), (1, 1), 1, 3, 2,
+                        (0, 0.0, 0.0, 0.0), None, out, 64, scratch, 1)
+    assert rel_err(out, C.conv2d_reference(x, w, stride=(2, 1), padding=(1, 0, 1, 1))) <= 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 8, 1, 7), (1, 8, 9, 1), (3, 8, 5, 3)])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd2", "winograd4", "winograd6"])
+def test_conv3x3_tiny_and_odd_spatial_sizes(shape, algorithm):
+    if algorithm.startswith("winograd") and C._winograd_kernels() is None:
+        pytest.skip("winograd kernel not built")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((17, 8, 3, 3)).astype(np.float32)
+    got = C.conv2d(x, w, padding=1, algorithm=algorithm)
+    assert rel_err(got, C.conv2d_reference(x, w, padding=1)) <= TOL.get(algorithm, 1e-5)
+
+
+def test_1x1_on_1x1_spatial_and_stride():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 13, 1, 1)).astype(np.float32)
+    w = rng.standard_normal((11, 13, 1, 1)).astype(np.float32)
+    assert rel_err(C.conv2d(x, w, stride=2), C.conv2d_reference(x, w, stride=2)) <= 1e-5
+    x = rng.standard_normal((1, 13, 9, 6)).astype(np.float32)
+    for stride in (2, 3, (1, 2)):
+        assert rel_err(C.conv2d(x, w, stride=stride), C.conv2d_reference(x, w, stride=stride)) <= 1e-5
+
+
+def test_epilogue_with_residual_and_out():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 16, 10, 11)).astype(np.float32)
+    for w, algorithm in [(rng.standard_normal((16, 16, 3, 3)), "auto"), (rng.standard_normal((16, 16, 1, 1)), "1x1"),
+                         (rng.standard_normal((16, 1, 3, 3)), "depthwise"), (rng.standard_normal((16, 8, 3, 3)), "im2col")]:
+        w = w.astype(np.float32)
+        groups = 16 // w.shape[1]
+        b = rng.standard_normal(16).astype(np.float32)
+        res = rng.standard_normal((2, 16, 10, 11)).astype(np.float32)
+        out = np.full((2, 16, 10, 11), np.nan, np.float32)
+        pad = w.shape[-1] // 2
+        got = C.conv2d(x, w, b, padding=pad, groups=groups, activation="relu6", residual=res, out=out,
+                       algorithm=algorithm)
+        assert got is out
+        ref = C.conv2d_reference(x, w, b, padding=pad, groups=groups, activation="relu6", residual=res)
+        assert rel_err(got, ref) <= 2e-5
+        assert got.min() >= 0 and got.max() <= 6
+
+
+def test_auto_algorithm_rule():
+    def algo(shape, **kw):
+        return C.prepare_conv2d(np.zeros(shape, np.float32), **kw).algorithm
+
+    assert algo((32, 1, 3, 3), groups=32) == "depthwise"
+    assert algo((64, 1, 5, 5), groups=32) == "depthwise"  # channel multiplier 2
+    assert algo((64, 32, 1, 1)) == "1x1"
+    assert algo((64, 32, 1, 1), stride=2) == "1x1"
+    assert algo((64, 32, 3, 3), stride=2) == "im2col"
+    assert algo((64, 32, 3, 3), dilation=2) == "im2col"
+    assert algo((64, 16, 3, 3), groups=2) == "im2col"
+    assert algo((8, 3, 3, 3)) == "im2col"  # too few channels for Winograd to pay
+    if C._winograd_kernels() is not None:
+        assert algo((64, 64, 3, 3), padding=1) == f"winograd{C.WINOGRAD_DEFAULT_TILE}"
+        assert algo((64, 64, 3, 3), algorithm="winograd") == f"winograd{C.WINOGRAD_DEFAULT_TILE}"
+        assert algo((64, 64, 3, 3), algorithm="winograd6") == "winograd6"
+
+
+@pytest.mark.parametrize("shape, kwargs, message", [
+    ((8, 8, 3, 3), dict(algorithm="1x1"), "1x1 kernel"),
+    ((8, 8, 3, 3), dict(algorithm="depthwise"), "groups == C_in"),
+    ((8, 8, 3, 3), dict(algorithm="winograd", stride=2), "stride 1"),
+    ((8, 8, 5, 5), dict(algorithm="winograd4"), "3x3 kernel"),
+    ((8, 4, 3, 3), dict(algorithm="winograd2", groups=2), "groups=1"),
+    ((8, 8, 3, 3), dict(algorithm="fft"), "algorithm must be one of"),
+])
+def test_forced_algorithm_that_does_not_apply(shape, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        C.prepare_conv2d(np.zeros(shape, np.float32), **kwargs)
+
+
+# ----------------------------------------------------------------------------- validation
+
+X = np.zeros((1, 4, 6, 6), np.float32)
+W = np.zeros((8, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: C.conv2d(X[0], W), r"x must have 4 dimensions.*\(4, 6, 6\)"),
+    (lambda: C.conv2d(X, W[0]), r"weight must have 4 dimensions.*\(4, 3, 3\)"),
+    (lambda: C.conv2d(np.zeros((1, 5, 6, 6), np.float32), W), r"x has 5 channels.*expects 4"),
+    (lambda: C.conv2d(X, np.zeros((8, 2, 3, 3), np.float32), groups=3), r"groups=3 must divide"),
+    (lambda: C.conv2d(X, np.zeros((9, 2, 3, 3), np.float32), groups=2), r"groups=2 must divide.*\(9, 2, 3, 3\)"),
+    (lambda: C.conv2d(X, W, groups=0), r"groups must be a positive int"),
+    (lambda: C.conv2d(X, W, padding=-1), r"padding must not be negative"),
+    (lambda: C.conv2d(X, W, padding=(1, 2, 3)), r"padding must be an int"),
+    (lambda: C.conv2d(X, W, stride=0), r"stride must be >= 1"),
+    (lambda: C.conv2d(X, W, dilation=(1, 0)), r"dilation must be >= 1"),
+    (lambda: C.conv2d(X, W, dilation=4), r"output size.*\(1, 4, 6, 6\)"),
+    (lambda: C.conv2d(np.zeros((1, 4, 2, 9), np.float32), W), r"output size.*\(1, 4, 2, 9\)"),
+    (lambda: C.conv2d(X, W, bias=np.zeros(7, np.float32)), r"bias must have shape \(8,\)"),
+    (lambda: C.conv2d(X, W, residual=np.zeros((1, 8, 6, 6), np.float32)), r"residual must have the output shape"),
+    (lambda: C.conv2d(X, W, out=np.zeros((1, 8, 5, 5), np.float32)), r"out must be .*\(1, 8, 4, 4\)"),
+    (lambda: C.conv2d(X, W, activation="swish"), r"activation must be"),
+    (lambda: C.conv1d(np.zeros((1, 4, 5, 1), np.float32), W[:, :, 0]), r"conv1d x must have 3 dimensions"),
+    (lambda: C.conv1d(np.zeros((1, 4, 5), np.float32), W), r"conv1d weight must have 3 dimensions"),
+    (lambda: C.conv1d(np.zeros((1, 4, 2), np.float32), W[:, :, 0]), r"output size"),
+    (lambda: C.conv1d(np.zeros((1, 4, 9), np.float32), W[:, :, 0], padding=-2), r"padding must not be negative"),
+    (lambda: C.conv_transpose2d(X, np.zeros((5, 2, 3, 3), np.float32)), r"x has 4 channels.*expects 5"),
+    (lambda: C.conv_transpose2d(X, np.zeros((4, 2, 3, 3), np.float32), groups=3), r"groups=3 must divide"),
+    (lambda: C.conv_transpose2d(X, W[:4], stride=2, output_padding=2), r"output_padding"),
+    (lambda: C.conv_transpose2d(X, W[:4], padding=5), r"output size"),
+    (lambda: C.conv_transpose2d(X, W[:4], padding=-1), r"padding must not be negative"),
+    (lambda: C.conv_transpose2d(X[0], W[:4]), r"x must have 4 dimensions"),
+])
+def test_bad_arguments_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.complex64, bool])
+def test_other_dtypes_raise_type_error(dtype):
+    with pytest.raises(TypeError, match="float32"):
+        C.conv2d(X.astype(dtype), W)
+    with pytest.raises(TypeError, match="float32"):
+        C.conv2d(X, W.astype(dtype))
+
+
+def test_float64_and_non_contiguous_inputs_are_converted():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 9, 5, 2))[..., 0]  # float64, non-contiguous
+    w = rng.standard_normal((4, 6, 3, 3))[:, :, ::-1]  # float64, negative strides
+    y = C.conv2d(x, w, padding=1)
+    assert y.dtype == np.float32
+    assert rel_err(y, C.conv2d_reference(x, w, padding=1)) <= 1e-5
+    y = C.conv_transpose2d(x, np.asfortranarray(rng.standard_normal((6, 2, 2, 2))))
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+
+
+def test_out_must_not_overlap_x():
+    x = np.ones((1, 4, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        C.conv2d(x, np.ones((4, 4, 1, 1), np.float32), out=x)
+
+
+# ----------------------------------------------------------------------------- conv1d
+
+def test_conv1d_sweep(threads):
+    rng = np.random.default_rng(20 + threads)
+    for _ in range(20):
+        groups = int(rng.choice([1, 2, 3]))
+        cig, cog = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        if rng.random() < 0.3:  # depthwise 1-D
+            cig = 1
+        k, stride, dilation = int(rng.integers(1, 8)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4))) if rng.random() < 0.5 else int(rng.integers(0, 4))
+        length = int(rng.integers((k - 1) * dilation + 1, 40))
+        x = rng.standard_normal((int(rng.choice([1, 3])), cig * groups, length)).astype(np.float32)
+        w = rng.standard_normal((cog * groups, cig, k)).astype(np.float32)
+        b = rng.standard_normal(cog * groups).astype(np.float32)
+        got = C.conv1d(x, w, b, stride, padding, dilation, groups, activation="relu")
+        ref = C.conv1d_reference(x, w, b, stride, padding, dilation, groups, activation="relu")
+        assert got.shape == ref.shape and rel_err(got, ref) <= 1e-5
+
+
+def test_conv1d_large_kernel_matches_scipy():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 1, 3000)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 255)).astype(np.float32)
+    expected = scipy.signal.correlate(x[0, 0].astype(np.float64), w[0, 0].astype(np.float64), mode="valid")
+    got = C.conv1d(x, w)
+    assert rel_err(got[0, 0], expected) <= 1e-5
+    x = rng.standard_normal((2, 16, 1000)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 63)).astype(np.float32)
+    assert rel_err(C.conv1d(x, w, padding=31), C.conv1d_reference(x, w, padding=31)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- conv_transpose2d
+
+def test_conv_transpose2d_sweep(threads):
+    rng = np.random.default_rng(40 + threads)
+    for _ in range(25):
+        groups = int(rng.choice([1, 2, 3]))
+        cig, cog = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        kh, kw = (int(v) for v in rng.integers(1, 5, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
+        output_padding = tuple(int(rng.integers(0, max(stride[a], dilation[a]))) for a in range(2))
+        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        x = rng.standard_normal((int(rng.choice([1, 3])), cig * groups, *(int(v) for v in rng.integers(1, 9, 2))))
+        x = x.astype(np.float32)
+        w = rng.standard_normal((cig * groups, cog, kh, kw)).astype(np.float32)
+        b = rng.standard_normal(cog * groups).astype(np.float32) if rng.random() < 0.7 else None
+        activation = ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))]
+        args = (x, w, b, stride, pads, output_padding, groups, dilation)
+        try:
+            ref = C.conv_transpose2d_reference(*args, activation=activation)
+        except ValueError:  # padding crops everything for this draw
+            continue
+        got = C.conv_transpose2d(*args, activation=activation)
+        assert got.shape == ref.shape and rel_err(got, ref) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_registry_conv2d_shape_counts_window_prepare():
+    spec = registry.get("conv2d")
+    attrs = spec.resolve_attrs({"stride": [2, 2], "padding": [1, 1, 1, 1], "activation": "relu"})
+    weights = {"weight": (128, 64, 3, 3), "bias": (128,)}
+    shapes = spec.infer_shape([(1, 64, 56, 56)], weights, attrs)
+    assert shapes == [(1, 128, 28, 28)]
+    counts = spec.count([(1, 64, 56, 56)], weights, attrs, shapes)
+    assert counts.params == 128 * 64 * 9 + 128
+    assert counts.macs == 128 * 28 * 28 * 64 * 9
+    counts = spec.count([(1, 64, 56, 56)], {"weight": (128, 64, 3, 3)}, attrs, shapes)
+    assert counts.params == 128 * 64 * 9 and counts.adds == 0
+    assert spec.window(attrs, weights) == registry.Window((3, 3), (2, 2), (1, 1))
+    with pytest.raises(ValueError, match="channels"):
+        spec.infer_shape([(1, 32, 56, 56)], weights, attrs)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 6, 7, 9)).astype(np.float32)
+    res = rng.standard_normal((1, 4, 4, 5)).astype(np.float32)
+    w = {"weight": rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "bias": np.ones(4, np.float32)}
+    attrs = spec.resolve_attrs({"stride": 2, "padding": 1, "activation": ["clip", 0, 6]})
+    call = spec.bind(w, attrs)
+    assert isinstance(call, C.PreparedConv2d) and call.algorithm == "im2col"
+    expected = spec.reference(x, res, **w, **attrs)
+    out = np.empty((1, 4, 4, 5), np.float32)
+    assert call(x, res, out=out) is out
+    assert rel_err(out, expected) <= 1e-5
+    assert rel_err(spec.fn(x, res, **w, **attrs), expected) <= 1e-5
+
+
+def test_registry_conv1d_and_transpose():
+    rng = np.random.default_rng(1)
+    spec = registry.get("conv1d")
+    attrs = spec.resolve_attrs({"stride": 2, "padding": [3, 1], "dilation": 2})
+    w = {"weight": rng.standard_normal((5, 3, 4)).astype(np.float32)}
+    shapes = spec.infer_shape([(2, 3, 20)], {"weight": (5, 3, 4)}, attrs)
+    x = rng.standard_normal((2, 3, 20)).astype(np.float32)
+    y = spec.bind(w, attrs)(x)
+    assert [y.shape] == shapes
+    assert rel_err(y, spec.reference(x, **w, **attrs)) <= 1e-5
+    assert spec.count([(2, 3, 20)], {"weight": (5, 3, 4)}, attrs, shapes).macs == 2 * 5 * shapes[0][2] * 12
+
+    spec = registry.get("conv_transpose2d")
+    attrs = spec.resolve_attrs({"stride": 2, "padding": 1, "output_padding": 1})
+    weights = {"weight": (6, 4, 3, 3), "bias": (4,)}
+    shapes = spec.infer_shape([(1, 6, 5, 7)], weights, attrs)
+    assert shapes == [(1, 4, 10, 14)]
+    counts = spec.count([(1, 6, 5, 7)], weights, attrs, shapes)
+    assert counts.params == 6 * 4 * 9 + 4 and counts.macs == 6 * 5 * 7 * 4 * 9
+    x = rng.standard_normal((1, 6, 5, 7)).astype(np.float32)
+    w = {"weight": rng.standard_normal((6, 4, 3, 3)).astype(np.float32),
+         "bias": rng.standard_normal(4).astype(np.float32)}
+    out = np.empty(shapes[0], np.float32)
+    spec.bind(w, attrs)(x, out=out)
+    assert rel_err(out, spec.reference(x, **w, **attrs)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- other engines (optional)
+
+def test_against_onnxruntime():
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 12, 15, 13)).astype(np.float32)
+    for w, attrs in [(rng.standard_normal((18, 4, 3, 3)), dict(strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2],
+                                                                 group=3)),
+                     (rng.standard_normal((24, 1, 5, 5)), dict(strides=[1, 1], pads=[2, 2, 2, 2], group=12))]:
+        w = w.astype(np.float32)
+        node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        expected = session.run(None, {"x": x})[0]
+        p = attrs["pads"]
+        got = C.conv2d(x, w, stride=attrs["strides"], padding=(p[0], p[1], p[2], p[3]),
+                       dilation=attrs.get("dilations", 1), groups=attrs["group"])
+        assert rel_err(got, expected) <= 1e-5
