@@ -90,3 +90,77 @@ def check_against_onnxruntime(model, feeds: Mapping[str, np.ndarray], rtol: floa
         assert name in actual, f"output {name!r} missing; pyconv has {sorted(actual)}"
         assert_close(actual[name], value, rtol, what=name)
     return converted
+
+
+class OnnxNet:
+    """Writes ONNX graphs layer by layer with random weights (what an exporter would emit)."""
+
+    def __init__(self, seed: int = 0, opset: int = 13):
+        self.nodes: list = []
+        self.inits: Dict[str, np.ndarray] = {}
+        self.rng = np.random.default_rng(seed)
+        self.opset = opset
+        self._count = 0
+        self.channels: Dict[str, int] = {}
+
+    def _name(self, base: str) -> str:
+        self._count += 1
+        return f"{base}{self._count}"
+
+    def weight(self, *shape: int, scale: Optional[float] = None, positive: bool = False) -> str:
+        name = self._name("w")
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        value = self.rng.standard_normal(shape) * (scale if scale is not None else 1.0 / np.sqrt(fan_in))
+        self.inits[name] = (np.abs(value) + 0.5 if positive else value).astype(np.float32)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, channels: Optional[int] = None, **attrs):
+        outs = [self._name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self._name(op_type + "_"), **attrs))
+        if channels is None and inputs and inputs[0] in self.channels:
+            channels = self.channels[inputs[0]]
+        for o in outs:
+            if channels is not None:
+                self.channels[o] = channels
+        return outs[0] if n_out == 1 else outs
+
+    def input(self, name: str, channels: int) -> str:
+        self.channels[name] = channels
+        return name
+
+    def conv(self, x: str, cout: int, k: int = 3, s: int = 1, p: Optional[int] = None, groups: int = 1,
+             bias: bool = True, dilation: int = 1) -> str:
+        cin = self.channels[x]
+        p = (k // 2) * dilation if p is None else p
+        inputs = [x, self.weight(cout, cin // groups, k, k)]
+        if bias:
+            inputs.append(self.weight(cout, scale=0.1))
+        return self.op("Conv", inputs, channels=cout, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+                       group=groups, dilations=[dilation, dilation])
+
+    def bn(self, x: str) -> str:
+        c = self.channels[x]
+        return self.op("BatchNormalization", [x, self.weight(c, scale=0.3, positive=True), self.weight(c, scale=0.1),
+                                              self.weight(c, scale=0.1), self.weight(c, scale=0.2, positive=True)],
+                       epsilon=1e-5)
+
+    def conv_bn_act(self, x: str, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: Optional[str] = "Relu"):
+        y = self.bn(self.conv(x, cout, k, s, groups=groups, bias=False))
+        if act == "Relu6":
+            return self.clip(y, 0.0, 6.0)
+        if act == "SiLU":
+            return self.op("Mul", [y, self.op("Sigmoid", [y])])
+        return self.op(act, [y]) if act else y
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = self._name("c")
+        self.inits[name] = np.asarray(value, dtype)
+        return name
+
+    def clip(self, x: str, lo: float, hi: float) -> str:
+        if self.opset < 11:
+            return self.op("Clip", [x], min=lo, max=hi)
+        return self.op("Clip", [x, self.const(lo), self.const(hi)])
+
+    def model(self, inputs: Mapping[str, Sequence], outputs: Sequence[str], metadata=None):
+        return make_model(self.nodes, inputs, outputs, self.inits, self.opset, metadata)

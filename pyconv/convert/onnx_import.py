@@ -19,6 +19,7 @@ import numpy as np
 from pyconv.convert import fusion
 from pyconv.convert.folding import Dim, NotFoldable, fold, has_symbols, reshape_shape, slice_params
 from pyconv.convert.ir import Graph, Node, Shape, static
+from pyconv import registry
 from pyconv.errors import ModelError, UnsupportedOpError
 
 InputShapes = Mapping[str, Sequence[Union[int, str]]]
@@ -185,7 +186,36 @@ class _Importer:
                   {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (weights or {}).items() if v is not None},
                   attrs, name=(node.name if node is not None and node.name else ""))
         self.nodes.append(ir)
+        if any(self.shapes.get(o) is None for o in ir.outputs):
+            self._infer_missing_shapes(ir)
         return ir
+
+    def _infer_missing_shapes(self, ir: Node) -> None:
+        """Output shapes ONNX shape inference did not give, from pyconv's own shape rules.
+
+        Symbolic dims are probed with two different sets of values: a dim that follows the probe
+        is that symbol, one that stays fixed is static, any other becomes a fresh symbol."""
+        in_shapes = [self.shape(i) for i in ir.inputs]
+        if any(s is None for s in in_shapes):
+            return
+        symbols = sorted({d for s in in_shapes for d in s if isinstance(d, Dim)}, key=lambda d: d.name)
+        runs = []
+        for base in (1009, 2003):
+            probe = {d: base + 2 * k for k, d in enumerate(symbols)}
+            concrete = [tuple(probe.get(d, d) if isinstance(d, Dim) else int(d) for d in s) for s in in_shapes]
+            try:
+                spec = registry.get(ir.op)
+                outs = spec.infer_shape(concrete, {k: v.shape for k, v in ir.weights.items()},
+                                        spec.resolve_attrs(ir.attrs))
+            except Exception:  # noqa: BLE001 - best effort; handlers report when they need a shape
+                return
+            runs.append(({v: d for d, v in probe.items()}, outs))
+        (back1, outs1), (back2, outs2) = runs
+        for o, s1, s2 in zip(ir.outputs, outs1, outs2):
+            if self.shapes.get(o) is None:
+                self.shapes[o] = tuple(
+                    int(a) if a == b else back1[a] if a in back1 and back1[a] == back2.get(b) else Dim(f"{o}:{i}")
+                    for i, (a, b) in enumerate(zip(s1, s2)))
 
     # ---- the walk
 
@@ -226,7 +256,10 @@ class _Importer:
             return False
         try:
             results = fold(op, values, attrs, self.opset)
-        except NotFoldable:
+        except NotFoldable as exc:
+            if any(v is not None and has_symbols(v) for v in values):
+                self._fail(node, op, str(exc))  # shape arithmetic the runtime graph cannot express
+                return True
             return False
         for name, value in zip(node.output, results):
             if name:

@@ -1,0 +1,184 @@
+"""ONNX importer: exporter patterns fused into pyconv ops, the single error listing
+every unsupported node, and metadata carried over."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnx_testing import OnnxNet, check_against_onnxruntime, const_node, convert, make_model, node, rand
+
+from onnx import helper  # noqa: E402
+
+from pyconv.convert.onnx_import import onnx_to_ir  # noqa: E402
+from pyconv.errors import UnsupportedOpError  # noqa: E402
+
+X = "x"
+
+
+def _ops(converted):
+    return [n.op for n in converted.graph.nodes]
+
+
+def _check(model, shape=(2, 4, 6, 5), **kwargs):
+    x = rand(*shape, seed=3) * 3
+    return check_against_onnxruntime(model, {X: x}, **kwargs)
+
+
+def test_silu_fused():
+    net = OnnxNet()
+    y = net.conv_bn_act(net.input(X, 4), 6, act="SiLU")
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert "silu" in _ops(converted) and "sigmoid" not in _ops(converted) and "mul" not in _ops(converted)
+
+
+def test_sigmoid_with_a_second_user_is_not_fused():
+    net = OnnxNet()
+    x = net.input(X, 4)
+    s = net.op("Sigmoid", [x])
+    y = net.op("Add", [net.op("Mul", [x, s]), s])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert "silu" not in _ops(converted)
+
+
+@pytest.mark.parametrize("form", ["div_last", "div_gate", "mul_sixth", "hardsigmoid", "opset9_clip_attrs"])
+def test_hardswish_fused(form):
+    net = OnnxNet(opset=9 if form == "opset9_clip_attrs" else 13)
+    x = net.conv(net.input(X, 4), 6, k=1)
+    if form == "hardsigmoid":
+        y = net.op("Mul", [x, net.op("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5)])
+    else:
+        gate = net.clip(net.op("Add", [x, net.const(3.0)]), 0.0, 6.0)
+        if form in ("div_last", "opset9_clip_attrs"):
+            y = net.op("Div", [net.op("Mul", [x, gate]), net.const(6.0)])
+        elif form == "div_gate":
+            y = net.op("Mul", [x, net.op("Div", [gate, net.const(6.0)])])
+        else:
+            y = net.op("Mul", [net.op("Mul", [gate, net.const(1.0 / 6.0)]), x])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "hardswish"], _ops(converted)
+
+
+def test_hardsigmoid_pattern_fused():
+    net = OnnxNet()
+    x = net.input(X, 4)
+    y = net.op("Div", [net.clip(net.op("Add", [x, net.const(3.0)]), 0.0, 6.0), net.const(6.0)])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["hardsigmoid"]
+
+
+def _shuffle(net: OnnxNet, x: str, groups: int, channels: int, hw, dynamic_batch: bool) -> str:
+    if dynamic_batch:  # x.view(x.size(0), g, c // g, h, w) as PyTorch exports it
+        shape = net.op("Shape", [x])
+        n = net.op("Unsqueeze", [net.op("Gather", [shape, net.const(0, np.int64)], axis=0), net.const([0], np.int64)])
+        split = net.op("Concat", [n, net.const([groups, channels // groups, *hw], np.int64)], axis=0)
+        merge = net.op("Concat", [n, net.const([channels, *hw], np.int64)], axis=0)
+    else:
+        split = net.const([-1, groups, channels // groups, *hw], np.int64)
+        merge = net.const([-1, channels, *hw], np.int64)
+    t = net.op("Transpose", [net.op("Reshape", [x, split])], perm=[0, 2, 1, 3, 4])
+    return net.op("Reshape", [t, merge])
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_channel_shuffle_fused(dynamic_batch):
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=1)
+    y = _shuffle(net, x, 3, 6, (6, 5), dynamic_batch)
+    converted = _check(net.model({X: ["N" if dynamic_batch else 2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "channel_shuffle"], _ops(converted)
+    assert converted.graph.nodes[1].attrs["groups"] == 3
+
+
+@pytest.mark.parametrize("const_shape", [(1, 6, 1, 1), (6, 1, 1)])
+def test_batch_norm_decomposed_into_mul_add(const_shape):
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=3)
+    scale = net.const(np.abs(rand(*const_shape, seed=5)) + 0.5)
+    shift = net.const(rand(*const_shape, seed=6))
+    y = net.op("Relu", [net.op("Add", [net.op("Mul", [x, scale]), shift])])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "batch_norm", "relu"], _ops(converted)
+
+
+def test_batch_norm_then_scale_and_shift_merge_into_one():
+    net = OnnxNet(opset=9)  # DenseNet/Inception-v2 (Caffe2) style: BN, then Mul/Add of unsqueezed vectors
+    x = net.bn(net.conv(net.input(X, 4), 6, k=1))
+    s = net.op("Unsqueeze", [net.const(np.abs(rand(6, seed=5)) + 0.5)], axes=[1, 2])
+    b = net.op("Unsqueeze", [net.const(rand(6, seed=6))], axes=[1, 2])
+    y = net.op("Sub", [net.op("Mul", [x, s]), b])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "batch_norm"], _ops(converted)
+
+
+def test_global_average_pool_as_reduce_mean_then_flatten():
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=1)
+    y = net.op("ReduceMean", [x], axes=[-1, -2], keepdims=0)
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted)[1] == "global_avg_pool2d"
+
+
+# --------------------------------------------------------------------------- unsupported models
+
+def test_every_unsupported_node_is_listed_in_one_error():
+    w = rand(4, 3, 3, 3)
+    nodes = [
+        node("Conv", [X, "w"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Erf", ["c1"], ["e1"], name="erf_a"),
+        node("Erf", ["e1"], ["e2"], name="erf_b"),          # fed by a failed node: still counted (its type fails)
+        node("Conv", ["c1", "e2"], ["c2"], name="conv_runtime_weight"),  # poisoned input: not reported again
+        helper.make_node("FancyOp", ["c1"], ["f"], domain="com.example", name="fancy"),
+        node("Conv", ["c1", "c1"], ["c3"], name="conv_weight_from_data"),
+        node("TopK", ["c1", "k"], ["tv", "ti"], name="topk"),
+        node("Add", ["c2", "f"], ["a"]),
+        node("Add", ["a", "c3"], ["y"]),
+    ]
+    model = make_model(nodes, {X: [1, 3, 5, 5]}, ["y", "tv"], {"w": w, "k": np.array([2], np.int64)})
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(model)
+    message = str(info.value)
+    assert "Erf x2 (e.g. erf_a, erf_b)" in message
+    assert "com.example.FancyOp x1 (e.g. fancy)" in message
+    assert "TopK x1 (e.g. topk)" in message
+    assert "Conv x1 (e.g. conv_weight_from_data): the weight (input 1) must be a constant" in message
+    assert "conv_runtime_weight" not in message
+    assert message.count("\n") == 4  # a header and one line per op type
+
+
+def test_shape_arithmetic_on_a_dynamic_dim_asks_for_input_shape():
+    nodes = [node("Shape", [X], ["s"]), const_node("two", np.array([2], np.int64)),
+             node("Mul", ["s", "two"], ["s2"]), node("Reshape", [X, "s2"], ["y"])]
+    model = make_model(nodes, {X: ["N", 3, 4, 4]}, ["y"])
+    with pytest.raises(UnsupportedOpError, match="--input-shape"):
+        convert(model)
+
+
+# --------------------------------------------------------------------------- metadata
+
+@pytest.mark.parametrize("stored", [json.dumps(["cat", "dog"]), "cat\ndog\n", "{0: 'cat', 1: 'dog'}", "cat,dog"])
+def test_labels_in_metadata_props_are_carried_over(stored):
+    model = make_model([node("Relu", [X], ["y"])], {X: [1, 2, 3, 3]}, ["y"], metadata={"labels": stored,
+                                                                                       "author": "me"})
+    converted = convert(model)
+    assert converted.metadata["labels"] == ["cat", "dog"]
+    assert converted.metadata["onnx_metadata"]["author"] == "me"
+    assert converted.metadata["source"]["format"] == "onnx"
+
+
+def test_metadata_argument_overrides_the_file(tmp_path):
+    from pyconv.convert import from_onnx
+
+    model = make_model([node("Relu", [X], ["y"])], {X: [1, 2, 3, 3]}, ["y"], metadata={"labels": "a\nb"})
+    graph = from_onnx(model, metadata={"labels": ["x", "y"], "preprocess": {"size": [3, 3]}})
+    assert graph.metadata["labels"] == ["x", "y"] and graph.metadata["preprocess"] == {"size": [3, 3]}
+
+
+def test_ir_conversion_is_separate_from_emission():
+    net = OnnxNet()
+    y = net.conv_bn_act(net.input(X, 4), 6, act="SiLU")
+    graph, shapes, meta, counts = onnx_to_ir(net.model({X: ["N", 4, "H", "W"]}, [y]))
+    assert [n.op for n in graph.nodes] == ["conv2d", "batch_norm", "silu"]
+    assert counts["fuse_silu"] == 1
+    assert [str(d) for d in shapes[X]] == ["N", "4", "H", "W"]
