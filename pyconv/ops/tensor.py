@@ -137,10 +137,10 @@ def _split_sizes(length: int, sizes_or_count) -> List[int]:
         if sizes[-1] < 0 or (sizes[-1] == 0 and length > 0):
             raise ValueError(f"cannot split a length-{length} axis into {count} non-empty parts")
         return sizes
-    try:
-        sizes = [int(s) for s in sizes_or_count]
-    except TypeError:
-        raise TypeError(f"sizes_or_count must be an int or a list of ints, got {sizes_or_count!r}") from None
+    if isinstance(sizes_or_count, (str, bytes)) or not all(
+            isinstance(s, (int, np.integer)) for s in np.atleast_1d(np.asarray(sizes_or_count, dtype=object))):
+        raise TypeError(f"sizes_or_count must be an int or a list of ints, got {sizes_or_count!r}")
+    sizes = [int(s) for s in sizes_or_count]
     if not sizes or min(sizes) < 0 or sum(sizes) != length:
         raise ValueError(f"split sizes {sizes} must be non-negative and sum to the axis length {length}")
     return sizes
