@@ -39,14 +39,16 @@ def _load_model(path: str, args: argparse.Namespace):
     return pyconv.load(path, winograd=not getattr(args, "no_winograd", False))
 
 
-def _parse_shape(text: str, model) -> Dict[str, tuple]:
+def _parse_shape(text: str, input_names: Sequence[str]) -> Dict[str, tuple]:
     """``"1,3,224,224"`` (single-input models) or ``"name=1,3,224,224;other=..."``."""
     shapes = {}
     for part in text.split(";"):
         name, _, dims = part.rpartition("=")
-        name = name or (model.input_names[0] if len(model.input_names) == 1 else "")
+        name = name or (input_names[0] if len(input_names) == 1 else "")
         if not name:
-            raise UsageError(f"--input-shape: this model has inputs {model.input_names}; write name=N,C,H,W")
+            raise UsageError(f"--input-shape: this model has inputs {list(input_names)}; write name=N,C,H,W")
+        if name not in input_names:
+            raise UsageError(f"--input-shape: the model has no input {name!r}; its inputs are {list(input_names)}")
         try:
             shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
         except ValueError:
@@ -201,18 +203,30 @@ def _save_outputs(path: str, saved: Mapping[str, List[np.ndarray]], images: List
 # ---------------------------------------------------------------------------- summary
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from pyconv.graph.summary import rows_as_json, summarize, totals
+    """Reads and validates the model but does not prepare its ops (no weight transforms)."""
+    from pyconv.graph import passes
+    from pyconv.graph.format import _available_memory, read_graph
+    from pyconv.graph.plan import memory_report, plan_buffers
+    from pyconv.graph.shapes import bind_symbols, input_shapes_for, probe_symbols
+    from pyconv.graph.summary import format_summary, rows_as_json, summarize, totals
+    from pyconv.graph.validate import validate
 
-    model = _load_model(args.model, args)
-    shapes = _parse_shape(args.input_shape, model) if args.input_shape else None
-    if args.json:
-        resolved = model._shapes_or_probe(shapes)
-        rows = summarize(model.graph, resolved)
-        print(json.dumps({"layers": rows_as_json(rows), "totals": totals(rows),
-                          "memory": {k: v for k, v in model.memory_plan(shapes).items() if k != "input_shapes"},
-                          "input_shapes": {k: list(v) for k, v in resolved.items()}}, indent=2))
+    graph = read_graph(args.model)
+    validate(graph)
+    if args.input_shape:
+        shapes = _parse_shape(args.input_shape, [t.name for t in graph.inputs])
+        bind_symbols(graph, shapes)
     else:
-        print(model.summary(shapes))
+        shapes = input_shapes_for(graph, probe_symbols(graph))
+    rows = summarize(graph, shapes)
+    optimized = passes.optimize(graph)
+    memory = memory_report(plan_buffers(optimized, shapes, _available_memory()), len(graph.nodes),
+                           len(optimized.nodes))
+    if args.json:
+        print(json.dumps({"layers": rows_as_json(rows), "totals": totals(rows), "memory": memory,
+                          "input_shapes": {k: list(v) for k, v in shapes.items()}}, indent=2))
+    else:
+        print(format_summary(rows, memory))
     return 0
 
 
@@ -232,7 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = _load_model(args.model, args)
     load_seconds = time.perf_counter() - start
-    shapes = model._shapes_or_probe(_parse_shape(args.input_shape, model) if args.input_shape else None)
+    shapes = model.resolve_input_shapes(_parse_shape(args.input_shape, model.input_names) if args.input_shape else None)
     if args.batch != 1:
         shapes = {k: (args.batch,) + tuple(v[1:]) for k, v in shapes.items()}
     rng = np.random.default_rng(0)

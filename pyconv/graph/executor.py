@@ -19,7 +19,7 @@ from pyconv import registry
 from pyconv.errors import InputError, ModelError
 from pyconv.graph import passes
 from pyconv.graph.format import Graph, Node, _available_memory, read_graph
-from pyconv.graph.plan import BufferPlan, ExecutionState, plan_buffers, prepare_ops, run_steps
+from pyconv.graph.plan import BufferPlan, ExecutionState, memory_report, plan_buffers, prepare_ops, run_steps
 from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols, topological_order
 from pyconv.graph.validate import validate
 
@@ -120,37 +120,31 @@ class Model:
         """Peak activation memory (planned buffers) and weight memory, in bytes.
 
         Without ``input_shapes``, symbolic dimensions take their probe values (batch 1)."""
-        shapes = self._shapes_or_probe(input_shapes)
+        shapes = self.resolve_input_shapes(input_shapes)
         plan, _ = self._plan(tuple(shapes[name] for name in self.input_names))
-        naive = sum(4 * int(np.prod(s)) for s in plan.shapes.values())
-        return {
-            "input_shapes": shapes,
-            "activation_bytes": plan.activation_bytes,
-            "buffers": len(plan.buffer_sizes),
-            "unplanned_activation_bytes": naive,
-            "weight_bytes": plan.weight_bytes,
-            "nodes": len(self.optimized.nodes),
-            "nodes_in_file": len(self.graph.nodes),
-        }
+        return {"input_shapes": shapes, **memory_report(plan, len(self.graph.nodes), len(self.optimized.nodes))}
 
     def summary(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> str:
         """Per-layer table (op, output shape, parameters, MACs, receptive field) and totals."""
         from pyconv.graph.summary import format_summary, summarize
 
-        return format_summary(summarize(self.graph, self._shapes_or_probe(input_shapes)), self.memory_plan(input_shapes))
+        return format_summary(summarize(self.graph, self.resolve_input_shapes(input_shapes)), self.memory_plan(input_shapes))
 
     def __repr__(self) -> str:
         shapes = {t.name: list(t.shape) for t in self.graph.inputs}
         return f"<pyconv.Model inputs={shapes} outputs={self.output_names} nodes={len(self.optimized.nodes)}>"
 
-    # ------------------------------------------------------------------ internals
-    def _shapes_or_probe(self, input_shapes: Optional[Mapping[str, Sequence[int]]]) -> Dict[str, Shape]:
+    def resolve_input_shapes(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Shape]:
+        """Concrete input shapes: ``input_shapes`` checked against the model, or the probe values
+        of symbolic dimensions (batch 1, the preprocessing crop or 224) when None."""
         if input_shapes is None:
             return input_shapes_for(self.graph, probe_symbols(self.graph))
         shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
         self._check_names(shapes)
         bind_symbols(self.graph, shapes)
         return shapes
+
+    # ------------------------------------------------------------------ internals
 
     def _check_names(self, inputs: Mapping[str, Any]) -> None:
         missing = [n for n in self.input_names if n not in inputs]

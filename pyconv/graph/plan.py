@@ -137,6 +137,18 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
     return BufferPlan(shapes, sizes, where, constant, running, weight_bytes)
 
 
+def memory_report(plan: BufferPlan, nodes_in_file: int, nodes_planned: int) -> Dict[str, Any]:
+    """What ``Model.memory_plan()`` returns: planned vs unplanned activation bytes, weight bytes."""
+    return {
+        "activation_bytes": plan.activation_bytes,
+        "buffers": len(plan.buffer_sizes),
+        "unplanned_activation_bytes": sum(nbytes(s) for s in plan.shapes.values()),
+        "weight_bytes": plan.weight_bytes,
+        "nodes": nodes_planned,
+        "nodes_in_file": nodes_in_file,
+    }
+
+
 class ExecutionState:
     """One set of buffers and the prepared steps that run on them (one per concurrent caller)."""
 
