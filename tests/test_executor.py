@@ -256,3 +256,36 @@ def test_giant_intermediate_shapes_are_refused_before_allocating():
     model = pyconv.Model(b.build())
     with pytest.raises(ModelError, match="MiB"):
         model.memory_plan()
+
+
+@needs("conv2d", "add", "identity", "relu")
+def test_residual_computed_later_fuses_into_the_other_branch_and_identities_vanish():
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    x = b.input("x", ["N", 4, 6, 6])
+    main = b.identity(b.conv2d(x, weight=rng.standard_normal((4, 4, 3, 3)), padding=1, name="main"))
+    down = b.conv2d(x, weight=rng.standard_normal((4, 4, 1, 1)), name="down")  # written after the add's 1st input
+    b.output(b.relu(b.add(main, down)))
+    graph = b.build()
+    before = [n.op for n in graph.nodes]
+    model = pyconv.Model(graph)
+    assert [n.op for n in graph.nodes] == before  # the file's graph is untouched
+    assert [n.op for n in model.optimized.nodes] == ["conv2d", "conv2d"]
+    fused = [n for n in model.optimized.nodes if len(n.inputs) == 2]
+    assert len(fused) == 1 and fused[0].attrs["activation"] == "relu"
+    xin = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    assert_close(model(xin), reference_run(graph, {"x": xin})["relu_1"])
+
+
+@needs("conv2d", "relu")
+def test_tensors_read_twice_or_published_are_not_fused_away():
+    rng = np.random.default_rng(8)
+    b = GraphBuilder()
+    x = b.input("x", [1, 2, 5, 5])
+    c = b.conv2d(x, weight=rng.standard_normal((2, 2, 1, 1)), name="c")
+    b.output(b.relu(c), alias="activated")
+    b.output(c, alias="raw")  # the pre-activation value is an output: relu must stay separate
+    model = pyconv.Model(b.build())
+    assert [n.op for n in model.optimized.nodes] == ["conv2d", "relu"]
+    out = model.run({"x": rng.standard_normal((1, 2, 5, 5)).astype(np.float32)})
+    np.testing.assert_array_equal(out["activated"], np.maximum(out["raw"], 0))

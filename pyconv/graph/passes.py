@@ -36,20 +36,24 @@ def _activation_of(node: Node) -> Optional[Any]:
 
 
 class _Rewriter:
-    """A mutable working copy of a graph with producer/consumer look-ups."""
+    """A working copy of a graph (nodes in topological order) with consumer look-ups.
+
+    Every rewrite updates the look-ups locally, so a pass is linear in the graph size."""
 
     def __init__(self, graph: Graph) -> None:
-        self.graph = Graph(copy.deepcopy(graph.inputs), copy.deepcopy(graph.outputs),
-                           [copy.deepcopy(n) for n in topological_order(graph)], dict(graph.weights),
+        nodes = [copy.deepcopy(n) for n in topological_order(graph)]
+        self.graph = Graph(copy.deepcopy(graph.inputs), copy.deepcopy(graph.outputs), nodes, dict(graph.weights),
                            graph.metadata)
         self.graph_outputs = {o.tensor for o in graph.outputs}
-        self.refresh()
-
-    def refresh(self) -> None:
+        self.position = {t: i for i, n in enumerate(nodes) for t in n.outputs}  # producer's place in the order
+        self.removed: set = set()
         self.consumers: Dict[str, List[Node]] = {}
-        for n in self.graph.nodes:
+        for n in nodes:
             for t in n.inputs:
                 self.consumers.setdefault(t, []).append(n)
+
+    def live_nodes(self, op: Optional[str] = None) -> List[Node]:
+        return [n for n in self.graph.nodes if n.name not in self.removed and (op is None or n.op == op)]
 
     def sole_consumer(self, node: Node) -> Optional[Node]:
         """The one node reading ``node``'s single output, if it is not also a graph output."""
@@ -58,30 +62,31 @@ class _Rewriter:
         readers = self.consumers.get(node.outputs[0], [])
         return readers[0] if len(readers) == 1 and readers[0].inputs.count(node.outputs[0]) == 1 else None
 
-    def absorb(self, node: Node, consumer: Node) -> None:
-        """``node`` takes over ``consumer``'s output; ``consumer`` disappears."""
-        node.outputs = list(consumer.outputs)
-        self.graph.nodes.remove(consumer)
-        self.refresh()
+    def remove(self, node: Node) -> None:
+        self.removed.add(node.name)
+        for t in node.inputs:
+            self.consumers[t] = [n for n in self.consumers[t] if n is not node]
 
-    def reaches(self, start: str, target: str) -> bool:
-        """Whether tensor ``target`` is computed (transitively) from tensor ``start``."""
-        seen, stack = set(), [start]
-        while stack:
-            t = stack.pop()
-            if t == target:
-                return True
-            for n in self.consumers.get(t, []):
-                for out in n.outputs:
-                    if out not in seen:
-                        seen.add(out)
-                        stack.append(out)
-        return False
+    def absorb(self, node: Node, consumer: Node) -> None:
+        """``node`` takes over ``consumer``'s output (and its other inputs); ``consumer`` disappears."""
+        self.remove(consumer)
+        for t in consumer.outputs:
+            self.position[t] = self.position[node.outputs[0]]
+        node.outputs = list(consumer.outputs)
+
+    def add_input(self, node: Node, tensor: str) -> None:
+        node.inputs = node.inputs + [tensor]
+        self.consumers.setdefault(tensor, []).append(node)
+
+    def computed_before(self, tensor: str, node: Node) -> bool:
+        """Whether ``tensor`` is a graph input or produced earlier in the order than ``node``:
+        then it cannot depend on ``node``'s output (reading it adds no cycle)."""
+        return self.position.get(tensor, -1) < self.position[node.outputs[0]]
 
     def result(self) -> Graph:
+        self.graph.nodes = self.live_nodes()
         used = {key for n in self.graph.nodes for key in n.weights.values()}
         self.graph.weights = {k: v for k, v in self.graph.weights.items() if k in used}
-        self.graph.nodes = topological_order(self.graph)  # a fused residual may be computed later in the list
         return self.graph
 
 
@@ -91,14 +96,15 @@ def _plain_conv(node: Node) -> bool:
 
 
 def drop_identities(rw: _Rewriter) -> None:
-    for node in [n for n in rw.graph.nodes if n.op == "identity"]:
+    for node in rw.live_nodes("identity"):
         src, dst = node.inputs[0], node.outputs[0]
         if dst in rw.graph_outputs:
             continue
-        for reader in rw.consumers.get(dst, []):
+        readers = rw.consumers.pop(dst, [])
+        for reader in readers:
             reader.inputs = [src if t == dst else t for t in reader.inputs]
-        rw.graph.nodes.remove(node)
-        rw.refresh()
+        rw.remove(node)
+        rw.consumers.setdefault(src, []).extend(readers)
 
 
 # output-channel axis of the weight of layers a following batch norm folds into
@@ -108,7 +114,7 @@ FOLD_AXIS = {"conv2d": 0, "conv_transpose2d": 1}
 def fold_batch_norms(rw: _Rewriter) -> None:
     from pyconv.ops import fold_batch_norm
 
-    for conv in [n for n in rw.graph.nodes if n.op in FOLD_AXIS and len(n.inputs) == 1
+    for conv in [n for n in rw.live_nodes() if n.op in FOLD_AXIS and len(n.inputs) == 1
                  and n.attrs.get("activation") is None]:
         bn = rw.sole_consumer(conv)
         if bn is None or bn.op != "batch_norm":
@@ -126,21 +132,21 @@ def fold_batch_norms(rw: _Rewriter) -> None:
 
 
 def fuse_residual_adds(rw: _Rewriter, shapes: Dict[str, Shape]) -> None:
-    for conv in [n for n in rw.graph.nodes if _plain_conv(n)]:
+    for conv in [n for n in rw.live_nodes("conv2d") if _plain_conv(n)]:
         add = rw.sole_consumer(conv)
         if add is None or add.op != "add" or len(add.inputs) != 2:
             continue
         residual = add.inputs[1] if add.inputs[0] == conv.outputs[0] else add.inputs[0]
-        # same shape (no broadcasting in the epilogue); residual not computed from the conv (no cycle)
-        if shapes.get(residual) != shapes.get(conv.outputs[0]) or rw.reaches(conv.outputs[0], residual):
+        # the epilogue adds without broadcasting, and the residual must be ready before the conv runs
+        if shapes.get(residual) != shapes.get(conv.outputs[0]) or not rw.computed_before(residual, conv):
             continue
-        conv.inputs = [conv.inputs[0], residual]
         rw.absorb(conv, add)
+        rw.add_input(conv, residual)
 
 
 def fuse_activations(rw: _Rewriter) -> None:
-    for node in list(rw.graph.nodes):
-        if node not in rw.graph.nodes or "activation" not in registry.get(node.op).attrs:
+    for node in rw.live_nodes():
+        if node.name in rw.removed or "activation" not in registry.get(node.op).attrs:
             continue
         if node.attrs.get("activation") is not None:
             continue
@@ -158,7 +164,7 @@ def optimize(graph: Graph) -> Graph:
     drop_identities(rw)
     if "batch_norm" in registry.all_ops():
         fold_batch_norms(rw)
-    fuse_residual_adds(rw, infer_shapes(rw.graph, input_shapes_for(rw.graph, probe_symbols(rw.graph)),
-                                        rw.graph.nodes))
+    shapes = infer_shapes(rw.graph, input_shapes_for(rw.graph, probe_symbols(rw.graph)), rw.live_nodes())
+    fuse_residual_adds(rw, shapes)
     fuse_activations(rw)
     return rw.result()
