@@ -79,6 +79,12 @@ class _Progress:
     def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.enabled, self.start = total, enabled, time.perf_counter()
 
+    def clear(self) -> None:
+        """Erase the bar so a result line printed next does not land after it."""
+        if self.enabled and sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
     def update(self, done: int) -> None:
         if not self.enabled:
             return
@@ -155,9 +161,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             failures += 1
             entry["error"] = str(exc)
             results.append(entry)
-            if not args.json:
-                progress.update(done)
-                print(f"error: {exc}", file=sys.stderr)
+            progress.clear()
+            print(f"error: {exc}", file=sys.stderr)
+            progress.update(done)
             continue
         for name, value in outputs.items():
             saved[name].append(value)
@@ -167,9 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             entry["outputs"] = {name: _statistics(v) for name, v in outputs.items()}
         results.append(entry)
-        progress.update(done)
         if not args.json:
+            progress.clear()
             _print_result(entry, show_name=len(paths) > 1)
+        progress.update(done)
     if args.json:
         print(json.dumps(results if len(paths) > 1 else results[0], indent=2))
     if args.save:

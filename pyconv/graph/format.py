@@ -308,7 +308,7 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
             doc = _parse_graph_json(_read_member(zf, GRAPH_KEY, members.pop(GRAPH_KEY)))
             check_format_version(doc)  # before reading weights: a newer file may store them differently
             weights = {key: _read_member(zf, key, info) for key, info in members.items()}
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError) as exc:
             raise ModelError(f"{label}: corrupt archive: {exc}") from None
     return graph_from_json(doc, weights)
 
