@@ -215,7 +215,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from pyconv.graph.format import _available_memory, read_graph
     from pyconv.graph.plan import memory_report, plan_buffers
     from pyconv.graph.shapes import bind_symbols, input_shapes_for, probe_symbols
-    from pyconv.graph.summary import format_summary, rows_as_json, summarize, totals
+    from pyconv.graph.summary import describe_inputs, format_summary, rows_as_json, summarize, totals
     from pyconv.graph.validate import validate
 
     graph = read_graph(args.model)
@@ -233,7 +233,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps({"layers": rows_as_json(rows), "totals": totals(rows), "memory": memory,
                           "input_shapes": {k: list(v) for k, v in shapes.items()}}, indent=2))
     else:
-        print(format_summary(rows, memory))
+        print(format_summary(rows, memory, describe_inputs(graph, shapes)))
     return 0
 
 

@@ -126,9 +126,11 @@ class Model:
 
     def summary(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> str:
         """Per-layer table (op, output shape, parameters, MACs, receptive field) and totals."""
-        from pyconv.graph.summary import format_summary, summarize
+        from pyconv.graph.summary import describe_inputs, format_summary, summarize
 
-        return format_summary(summarize(self.graph, self.resolve_input_shapes(input_shapes)), self.memory_plan(input_shapes))
+        shapes = self.resolve_input_shapes(input_shapes)
+        return format_summary(summarize(self.graph, shapes), self.memory_plan(shapes),
+                              describe_inputs(self.graph, shapes))
 
     def __repr__(self) -> str:
         shapes = {t.name: list(t.shape) for t in self.graph.inputs}

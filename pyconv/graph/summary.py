@@ -75,19 +75,32 @@ def rows_as_json(rows: List[LayerRow]) -> List[Dict[str, Any]]:
              "receptive_field": list(r.receptive_field) if r.receptive_field else None} for r in rows]
 
 
-def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = None) -> str:
-    """A text table with a totals line (and the memory plan when given)."""
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def describe_inputs(graph: Graph, input_shapes: Mapping[str, Shape]) -> str:
+    """One line per input: its declared shape and the sizes this summary is computed for."""
+    return "\n".join(f"input {t.name!r}: {' x '.join(str(d) for d in t.shape)}, summarised at "
+                     f"{_dims(input_shapes[t.name])}" for t in graph.inputs)
+
+
+def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = None, header: str = "") -> str:
+    """A text table with a totals line (and the memory plan when given), after ``header``."""
     table = [("layer", "op", "output shape", "params", "MACs", "receptive field")]
     for r in rows:
-        shape = ", ".join("x".join(str(d) for d in s) for s in r.output_shapes)
+        shape = ", ".join(_dims(s) for s in r.output_shapes)
         rf = f"{r.receptive_field[0]}x{r.receptive_field[1]}" if r.receptive_field else "-"
         table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), rf))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    aligned = lambda row: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    lines = [aligned(table[0]), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+
+    def aligned(row) -> str:  # text columns left, numbers right
+        return "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    lines = ([header] if header else []) + [aligned(table[0]), "-" * (sum(widths) + 2 * (len(widths) - 1))]
     lines += [aligned(row) for row in table[1:]]
     t = totals(rows)
-    lines.append("-" * len(lines[1]))
+    lines.append("-" * len(lines[-len(rows) - 1]))
     lines.append(f"total: {t['layers']} layers, {t['params']:,} parameters, {_human(t['macs'])} MACs "
                  f"({t['macs']:,}), {_human(t['adds'])} other ops")
     if memory:
