@@ -212,7 +212,7 @@ def _save_outputs(path: str, saved: Mapping[str, List[np.ndarray]], images: List
 def cmd_summary(args: argparse.Namespace) -> int:
     """Reads and validates the model but does not prepare its ops (no weight transforms)."""
     from pyconv.graph import passes
-    from pyconv.graph.format import _available_memory, read_graph
+    from pyconv.graph.format import available_memory, read_graph
     from pyconv.graph.plan import memory_report, plan_buffers
     from pyconv.graph.shapes import bind_symbols, input_shapes_for, probe_symbols
     from pyconv.graph.summary import describe_inputs, format_summary, rows_as_json, summarize, totals
@@ -227,7 +227,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         shapes = input_shapes_for(graph, probe_symbols(graph))
     rows = summarize(graph, shapes)
     optimized = passes.optimize(graph)
-    memory = memory_report(plan_buffers(optimized, shapes, _available_memory()), len(graph.nodes),
+    memory = memory_report(plan_buffers(optimized, shapes, available_memory()), len(graph.nodes),
                            len(optimized.nodes))
     if args.json:
         print(json.dumps({"layers": rows_as_json(rows), "totals": totals(rows), "memory": memory,

@@ -18,7 +18,7 @@ import numpy as np
 from pyconv import registry
 from pyconv.errors import InputError, ModelError
 from pyconv.graph import passes
-from pyconv.graph.format import Graph, Node, _available_memory, read_graph
+from pyconv.graph.format import Graph, Node, available_memory, read_graph
 from pyconv.graph.plan import BufferPlan, ExecutionState, memory_report, plan_buffers, prepare_ops, run_steps
 from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols, topological_order
 from pyconv.graph.validate import validate
@@ -147,7 +147,6 @@ class Model:
         return shapes
 
     # ------------------------------------------------------------------ internals
-
     def _check_names(self, inputs: Mapping[str, Any]) -> None:
         missing = [n for n in self.input_names if n not in inputs]
         extra = [n for n in inputs if n not in self.input_names]
@@ -168,12 +167,17 @@ class Model:
 
     def _plan(self, key: Tuple[Shape, ...]) -> Tuple[BufferPlan, List[ExecutionState]]:
         entry = self._plans.get(key)
-        if entry is None:
+        if entry is not None:
+            try:
+                self._plans.move_to_end(key)  # least recently used plans are dropped first
+            except KeyError:  # another thread just dropped it; this call keeps its reference
+                pass
+        else:
             with self._lock:
                 entry = self._plans.get(key)
                 if entry is None:
                     shapes = dict(zip(self.input_names, key))
-                    entry = (plan_buffers(self.optimized, shapes, _available_memory()), [])
+                    entry = (plan_buffers(self.optimized, shapes, available_memory()), [])
                     self._plans[key] = entry
                     while len(self._plans) > MAX_CACHED_PLANS:
                         self._plans.popitem(last=False)

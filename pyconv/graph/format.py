@@ -133,7 +133,7 @@ def save_graph(graph: Graph, path: Union[str, os.PathLike]) -> None:
 
 # --------------------------------------------------------------------------- reading
 
-def _available_memory() -> int:
+def available_memory() -> int:
     """Bytes of memory the process can still use (MemAvailable), or 8 GiB when unknown."""
     try:
         with open("/proc/meminfo") as f:
@@ -291,7 +291,7 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
     ``max_bytes`` caps the total uncompressed array size (default: the memory available).
     Raises FileNotFoundError, ModelError (malformed), UnsafeFileError (refused) or
     FormatVersionError (newer format)."""
-    limit = _available_memory() if max_bytes is None else int(max_bytes)
+    limit = available_memory() if max_bytes is None else int(max_bytes)
     label = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "model"
     try:
         zf = zipfile.ZipFile(path)
