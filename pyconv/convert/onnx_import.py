@@ -620,15 +620,17 @@ def _lrn(ctx, node, attrs):
 def _gemm(ctx, node, attrs):
     if attrs.get("transA", 0):
         raise _Unsupported("transA=1 with a non-constant A")
-    b = ctx.need_const(node, 1, "B").astype(np.float64)
+    b = ctx.need_const(node, 1, "B")
     weight = b if attrs.get("transB", 0) else b.T  # pyconv linear: (out, in)
-    weight = weight * float(attrs.get("alpha", 1.0))
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if alpha != 1.0:  # (float32 throughout: classifier weights can be hundreds of MB)
+        weight = weight * np.float32(alpha)
     c = ctx.optional_const(node, 2, "C")
     bias = None
     if c is not None:
         if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
             raise _Unsupported(f"C of shape {c.shape} is not a per-output bias")
-        bias = np.broadcast_to(c.astype(np.float64).reshape(-1), (weight.shape[0],)) * float(attrs.get("beta", 1.0))
+        bias = np.broadcast_to(c.astype(np.float64).reshape(-1), (weight.shape[0],)) * beta
     ctx.emit("linear", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias})
 
 
