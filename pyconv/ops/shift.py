@@ -47,12 +47,15 @@ __all__ = ["shift2d", "shift_conv1x1", "shift_table"]
 
 Assignment = Union[str, Sequence[Sequence[int]], np.ndarray]
 
-# Output pixels per block of the fused shift + 1x1.  Measured on AVX-512 with
-# OpenBLAS for C = 32 .. 384: 96-192 pixels keeps the gathered C x block panel
-# and the Co x block output tile in L1/L2 and gives sgemm enough columns;
-# larger blocks were up to 1.5x slower.
-_BLOCK = 128
-_MIN_BLOCK = 32
+# Output pixels per block of the fused shift + 1x1 (measured on AVX-512 with
+# OpenBLAS for C_in, C_out in 32 .. 384).  Small layers want the gathered
+# C_in x block panel and the C_out x block output tile near L1 (about 16K
+# floats together).  Layers with many input channels want long blocks: sgemm
+# repacks the C_out x C_in weights on every call and the gather pays a little
+# per channel and block, so blocks of C_in * min(C_in, C_out) / 32 pixels
+# amortise both (192 -> 64 @28: 1.3x slower with 80-pixel blocks than with 400).
+_TILE_FLOATS = 1 << 14
+_WEIGHT_REUSE = 32
 
 
 def _kernel_size(kernel_size) -> int:
@@ -140,14 +143,15 @@ def _check_1x1(x: np.ndarray, weight, bias) -> Tuple[np.ndarray, Optional[np.nda
     return weight, bias
 
 
-def _block_pixels(out_pixels: int, tasks_per_pixel_block: int, nthreads: int) -> int:
-    """Output pixels per gathered panel (see _BLOCK); every thread gets work."""
-    block = _BLOCK
-    if nthreads > 1:
-        # at least two blocks per thread so the static schedule balances
-        per_thread = -(-out_pixels * tasks_per_pixel_block // (2 * nthreads))
-        block = min(block, max(_MIN_BLOCK, -(-per_thread // 16) * 16))
-    return min(block, out_pixels)
+def _block_pixels(in_channels: int, out_channels: int, out_pixels: int, images: int, nthreads: int) -> int:
+    """Output pixels per gathered panel (see _TILE_FLOATS); the block count is
+    rounded so the static schedule gives every thread the same number."""
+    target = max(_TILE_FLOATS // (in_channels + out_channels),
+                 in_channels * min(in_channels, out_channels) // _WEIGHT_REUSE, 16)
+    blocks = -(-out_pixels // target)
+    while (images * blocks) % nthreads and images * blocks < 8 * nthreads:
+        blocks += 1
+    return -(-out_pixels // blocks)
 
 
 def shift_conv1x1(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, kernel_size: int = 3,
@@ -181,7 +185,7 @@ def _run_shift_conv1x1(x, wmat, bias, dy, dx, stride, activation, out):
         return out
     out_pixels = shape[2] * shape[3]
     nthreads = threads_for(n * out_pixels * c * wmat.shape[0])
-    block = _block_pixels(out_pixels, n, nthreads)
+    block = _block_pixels(c, wmat.shape[0], out_pixels, n, nthreads)
     panels = np.empty((nthreads, c * block), dtype=np.float32)
     bias_arg = bias if bias is not None else np.empty(0, np.float32)
     with blas_single_threaded(nthreads > 1):
