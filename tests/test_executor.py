@@ -289,3 +289,37 @@ def test_tensors_read_twice_or_published_are_not_fused_away():
     assert [n.op for n in model.optimized.nodes] == ["conv2d", "relu"]
     out = model.run({"x": rng.standard_normal((1, 2, 5, 5)).astype(np.float32)})
     np.testing.assert_array_equal(out["activated"], np.maximum(out["raw"], 0))
+
+
+def assert_plan_never_shares_live_tensors(graph, plan):
+    """Two tensors may share a buffer only if one is dead before the other is written
+    (an in-place op writes its output over an input read for the last time)."""
+    born, last = {}, {}
+    for t in plan.shapes:
+        born.setdefault(t, -1)
+    for pos, i in enumerate(plan.run_steps):
+        node = graph.nodes[i]
+        for t in node.inputs:
+            last[t] = pos
+        for t in node.outputs:
+            born[t] = pos
+    end = len(plan.run_steps)
+    for o in graph.outputs:
+        last[o.tensor] = end
+    tensors = list(plan.tensor_buffer)
+    for a in tensors:
+        for b in tensors:
+            if a < b and plan.tensor_buffer[a] == plan.tensor_buffer[b]:
+                la, lb = last.get(a, born[a]), last.get(b, born[b])
+                assert la <= born[b] or lb <= born[a], f"{a} and {b} share a buffer while both live"
+    for t, buf in plan.tensor_buffer.items():
+        assert plan.buffer_sizes[buf] >= np.prod(plan.shapes[t])
+
+
+@needs(*NET_OPS)
+@pytest.mark.parametrize("optimize", [True, False])
+def test_buffer_plan_is_sound(resnet_file, optimize):
+    model = pyconv.load(resnet_file, optimize=optimize)
+    model.memory_plan({"input": (2, 3, 12, 12)})
+    for plan, _ in model._plans.values():
+        assert_plan_never_shares_live_tensors(model.optimized, plan)

@@ -128,10 +128,12 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
                 where[t] = where[first]
             else:
                 allocate(t)
-        shared = {where[t] for t in node.outputs}
-        for t in set(node.inputs) | set(node.outputs):
-            dies = last_use.get(t, position) == position
-            if dies and t not in pinned and where[t] not in shared | set(free):
+        # tensors read for the last time here, and outputs nobody reads, give their buffers back
+        dying = [t for t in dict.fromkeys(node.inputs + node.outputs)
+                 if last_use.get(t, position) == position and t not in pinned]
+        still_used = {where[t] for t in node.outputs if t not in dying}
+        for t in dying:
+            if where[t] not in still_used and where[t] not in free:
                 free.append(where[t])
     weight_bytes = sum(a.nbytes for a in graph.weights.values())
     return BufferPlan(shapes, sizes, where, constant, running, weight_bytes)
