@@ -18,8 +18,9 @@ from pyconv._core.shifted_rows cimport gather_shifted_pixels
 from pyconv._core.simd cimport multiversion_void
 
 cdef enum:
-    ADDER_MR = 8   # output channels per register tile
-    ADDER_NR = 16  # output pixels per register tile (one AVX-512 or two AVX2 vectors)
+    ADDER_MR = 4   # output channels per register tile
+    ADDER_NR = 16  # output pixels per register tile (one AVX-512 or two AVX2 vectors;
+                   # 4 x 16 keeps the AVX2 clone's 8 accumulators in its 16 registers)
 
 MR = ADDER_MR
 NR = ADDER_NR
