@@ -922,4 +922,9 @@ def from_onnx(model, input_shapes: Optional[InputShapes] = None, metadata: Optio
     """
     graph, shapes, meta, _ = onnx_to_ir(model, input_shapes)
     meta.update(metadata or {})
-    return _emit(graph, shapes).build(metadata=meta)
+    return emit_graph(graph, shapes, meta)
+
+
+def emit_graph(graph: Graph, input_shapes: Dict[str, Optional[Shape]], metadata: Mapping[str, Any]):
+    """The validated pyconv graph (:class:`pyconv.graph.format.Graph`) for a fused IR."""
+    return _emit(graph, input_shapes).build(metadata=metadata)
