@@ -325,8 +325,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _add_convert(sub, argv: Sequence[str]) -> None:
     """The convert subcommand lives with the ONNX importer; import it only when it is used."""
-    p = sub.add_parser("convert", help="convert an ONNX model to a pyconv .npz (needs the onnx package)",
-                       add_help="convert" not in argv[:1])
+    p = sub.add_parser("convert", help="convert an ONNX model to a pyconv .npz (needs the onnx package)")
     if argv[:1] == ["convert"]:
         from pyconv.convert import command
 
