@@ -447,3 +447,55 @@ def test_input_shape_for_unknown_input_is_an_error():
 
     with pytest.raises(ModelError, match="inputs are"):
         convert(_flatten_by_shape_subgraph(), input_shapes={"image": [1, 3, 5, 5]})
+
+
+def test_resize_sizes_taken_from_shape_with_dynamic_batch():
+    """F.interpolate(x, size=(9, 10)) exports sizes as Concat(Shape(x)[:2], [9, 10])."""
+    nodes = [node("Shape", [X], ["s"]),
+             node("Slice", ["s", "st", "en"], ["nc"]),
+             node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             node("Resize", [X, "", "", "sizes"], ["y"], mode="linear")]
+    inits = {"st": np.array([0], np.int64), "en": np.array([2], np.int64), "hw": np.array([9, 10], np.int64)}
+    model = make_model(nodes, {X: ["N", 3, 4, 5]}, ["y"], inits)
+    converted = convert(model)
+    for batch in (1, 2):
+        x = rand(batch, 3, 4, 5)
+        assert_close(converted.run({X: x})["y"], run_onnxruntime(model, {X: x})["y"])
+
+
+def test_gelu_opset20_and_float_cast():
+    model = make_model([node("Cast", [X], ["c"], to=TensorProto.FLOAT), node("Gelu", ["c"], ["y"], approximate="tanh")],
+                       {X: [2, 3, 4, 4]}, ["y"], opset=20)
+    check_against_onnxruntime(model, {X: rand(2, 3, 4, 4) * 3})
+
+
+@pytest.mark.parametrize("opset", [9, 15, 21])
+def test_small_net_across_opsets(opset):
+    """One net through the opset-specific spellings: Clip, Split, Squeeze/Unsqueeze, Pad, ReduceMean, Resize."""
+    from onnx_testing import OnnxNet
+
+    net = OnnxNet(seed=4, opset=opset)
+    x = net.op("Relu", [net.conv(net.input(X, 3), 8, 3)])
+    x = net.clip(x, 0.0, 6.0)
+    if opset < 13:
+        a, b = net.op("Split", [x], n_out=2, axis=1, split=[4, 4])
+    else:
+        a, b = net.op("Split", [x, net.const([4, 4], np.int64)], n_out=2, axis=1)
+    if opset < 11:
+        p = net.op("Pad", [a], pads=[0, 0, 1, 1, 0, 0, 1, 1], mode="edge")
+        up = net.op("Upsample", [b, net.const([1, 1, 2, 2])], mode="nearest")
+    else:
+        p = net.op("Pad", [a, net.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], mode="edge")
+        up = net.op("Resize", [b, net.const([], np.float32), net.const([1, 1, 2, 2])], mode="nearest",
+                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    if opset < 18:
+        m = net.op("ReduceMean", [up], axes=[2, 3], keepdims=0)
+    else:
+        m = net.op("ReduceMean", [up, net.const([2, 3], np.int64)], keepdims=0)
+    if opset < 13:
+        m = net.op("Unsqueeze", [m], axes=[2, 3])
+    else:
+        m = net.op("Unsqueeze", [m, net.const([2, 3], np.int64)])
+    y = net.op("Mul", [net.op("MaxPool", [p], kernel_shape=[3, 3], strides=[1, 1]), net.op("Sigmoid", [m])])
+    model = net.model({X: [2, 3, 6, 7]}, [y, up])
+    check_against_onnxruntime(model, {X: rand(2, 3, 6, 7)})

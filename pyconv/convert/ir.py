@@ -38,7 +38,8 @@ class Graph:
     consts: Dict[str, np.ndarray]
     shapes: Dict[str, Optional[Shape]]
     inputs: List[str]
-    outputs: List[str]
+    outputs: List[str]  # tensors read by the graph outputs
+    output_names: List[str] = field(default_factory=list)  # their public (ONNX) names
     _counter: int = 0
     _removed: Set[int] = field(default_factory=set)
 

@@ -225,9 +225,8 @@ class _Importer:
         if self.failures:
             raise UnsupportedOpError(self._failure_report())
         outputs = [self.name(o.name) for o in self.model.graph.output]
-        graph = Graph(self.nodes, self.consts, self.shapes, self.inputs, outputs)
-        graph.output_names = [o.name for o in self.model.graph.output]  # type: ignore[attr-defined]
-        return graph
+        return Graph(self.nodes, self.consts, self.shapes, self.inputs, outputs,
+                     [o.name for o in self.model.graph.output])
 
     def _convert_node(self, node) -> None:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
@@ -464,11 +463,11 @@ def _softmax(ctx, node, attrs):
     rank = ctx.rank(node.input[0])
     default_axis = -1 if ctx.opset >= 13 else 1
     axis = int(attrs.get("axis", default_axis)) % rank
-    if ctx.opset >= 13 or axis == rank - 1:
+    shape = ctx.shape(node.input[0])
+    if ctx.opset >= 13 or axis == rank - 1 or all(d == 1 for d in shape[axis + 1:]):
         ctx.emit(op, [node.input[0]], node.output[:1], node, axis=axis)
         return
     # opsets < 13 normalise over all axes from `axis` on: flatten them, apply, restore
-    shape = ctx.shape(node.input[0])
     flat, soft = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
     ctx.emit("reshape", [node.input[0]], [flat], node, shape=_reshape_target(shape, list(shape[:axis]) + [-1]))
     ctx.emit(op, [flat], [soft], node, axis=axis)
@@ -722,6 +721,38 @@ def _squeeze(ctx, node, attrs):
     _emit_reshape(ctx, node, node.input[0], out)
 
 
+def _resize_sizes(ctx, node) -> Optional[List[int]]:
+    """Resize ``sizes`` as [H, W]; N and C may be symbolic (exporters take them from Shape)."""
+    if len(node.input) < 4 or not node.input[3]:
+        return None
+    sizes = ctx.const(node.input[3])
+    if sizes is None:
+        raise _Unsupported("sizes (input 3) must be computable at conversion time")
+    if sizes.size == 0:
+        return None
+    values = list(sizes.reshape(-1))
+    in_shape = ctx.shape(node.input[0])
+    same = lambda v, d: v == d if isinstance(v, Dim) or isinstance(d, Dim) else int(v) == int(d)  # noqa: E731
+    if len(values) != 4 or in_shape is None or not all(same(v, d) for v, d in zip(values[:2], in_shape[:2])):
+        raise _Unsupported(f"only spatial resizing of NCHW tensors is supported, got sizes={values}")
+    if any(isinstance(v, Dim) for v in values[2:]):
+        raise _Unsupported(f"output size {values[2:]} depends on a dynamic input dimension; "
+                           "fix the input shape with --input-shape")
+    return [int(v) for v in values[2:]]
+
+
+@_handles("Cast")
+def _cast(ctx, node, attrs):
+    if attrs.get("to") != 1:  # TensorProto.FLOAT
+        raise _Unsupported(f"Cast of a runtime tensor to ONNX type {attrs.get('to')} (pyconv computes in float32)")
+    ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+@_handles("Gelu")
+def _gelu(ctx, node, attrs):
+    ctx.emit("gelu", [node.input[0]], node.output[:1], node, approximate=attrs.get("approximate", "none"))
+
+
 @_handles("Dropout", "Identity")
 def _identity(ctx, node, attrs):
     if len(node.output) > 1 and node.output[1] in ctx.used:
@@ -771,10 +802,11 @@ def _resize(ctx, node, attrs):
             raise _Unsupported("antialias=1")
         if attrs.get("axes") is not None:
             raise _Unsupported("the axes attribute")
+        if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise _Unsupported(f"keep_aspect_ratio_policy={attrs['keep_aspect_ratio_policy']!r}")
         scales_v = ctx.optional_const(node, 2, "scales")
-        sizes_v = ctx.optional_const(node, 3, "sizes")
         scales = None if scales_v is None or scales_v.size == 0 else [float(v) for v in scales_v]
-        sizes = None if sizes_v is None or sizes_v.size == 0 else [int(v) for v in sizes_v]
+        sizes = _resize_sizes(ctx, node)
         coord = attrs.get("coordinate_transformation_mode", "half_pixel")
         nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
         if coord == "tf_crop_and_resize":
@@ -785,16 +817,13 @@ def _resize(ctx, node, attrs):
         ctx.emit("resize", [node.input[0]], node.output[:1], node, scales=scales[2:], mode=mode,
                  coordinate_transformation_mode=coord, nearest_mode=nearest_mode)
     elif sizes is not None:
-        in_shape = ctx.shape(node.input[0])
-        if len(sizes) != 4 or in_shape is None or list(in_shape[:2]) != list(sizes[:2]) and static(in_shape[:2]):
-            raise _Unsupported(f"only spatial resizing of NCHW tensors is supported, got sizes={sizes}")
-        ctx.emit("resize", [node.input[0]], node.output[:1], node, sizes=sizes[2:], mode=mode,
+        ctx.emit("resize", [node.input[0]], node.output[:1], node, sizes=sizes, mode=mode,
                  coordinate_transformation_mode=coord, nearest_mode=nearest_mode)
     else:
         raise _Unsupported("neither scales nor sizes is given")
 
 
-@_handles("Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Cast", "Range", "Expand", "Tile", "Where",
+@_handles("Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Range", "Expand", "Tile", "Where",
           "Equal", "Less", "Greater", "Not", "ReduceProd", "ReduceSum", "ReduceMin", "Pow", "Neg", "Sqrt", "Exp",
           "Log", "Reciprocal", "Floor", "Ceil", "Abs", "Min", "Max")
 def _constant_only(ctx, node, attrs):
@@ -882,7 +911,7 @@ def _emit(graph: Graph, input_shapes: Dict[str, Optional[Shape]]):
         outs = [outs] if isinstance(outs, str) else list(outs)
         for onnx_name, ours in zip(node.outputs, outs):
             names[onnx_name] = ours
-    for onnx_name, tensor_name in zip(graph.output_names, graph.outputs):  # type: ignore[attr-defined]
+    for onnx_name, tensor_name in zip(graph.output_names, graph.outputs):
         b.output(tensor(tensor_name), alias=onnx_name)
     return b
 
