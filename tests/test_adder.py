@@ -149,3 +149,25 @@ def test_bad_arguments(kwargs, error):
     args.update(kwargs)
     with pytest.raises(error):
         ops.adder2d(args.pop("x"), args.pop("weight"), **args)
+
+
+def test_graph_folds_batch_norm_and_relu_into_adder(tmp_path):
+    """adder2d -> batch_norm -> relu runs as one adder2d node (scale, bias, fused ReLU)."""
+    from pyconv.graph.passes import optimize
+
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    mean, var = rng.standard_normal(6), rng.random(6) + 0.5
+    gamma, beta = rng.standard_normal(6), rng.standard_normal(6)
+    b = pyconv.GraphBuilder()
+    y = b.adder2d(b.input("input", ["N", 4, 7, 7]), weight=w, stride=2, padding=1)
+    y = b.relu(b.batch_norm(y, mean=mean, var=var, weight=gamma, bias=beta, eps=1e-5))
+    b.output(y, "out")
+    graph = b.save(tmp_path / "adder.npz")
+    assert [(n.op, n.attrs.get("activation")) for n in optimize(graph).nodes] == [("adder2d", "relu")]
+    x = rng.standard_normal((3, 4, 7, 7)).astype(np.float32)
+    got = pyconv.load(tmp_path / "adder.npz")(x)
+    raw = adder_loops(x, w, None, (2, 2), (1, 1, 1, 1), 1)
+    k = (gamma / np.sqrt(var + 1e-5))[:, None, None]
+    want = np.maximum((raw - mean[:, None, None]) * k + beta[:, None, None], 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -197,3 +197,28 @@ def test_bad_arguments(call, error):
     w = np.ones((3, 10, 1, 1), np.float32)
     with pytest.raises(error):
         call(x, w)
+
+
+def test_graph_with_shift_table_attribute_and_folded_batch_norm(tmp_path):
+    """A CSC block in a model file: the explicit table is a list attribute (no weight), and
+    shift_conv1x1 -> batch_norm -> relu runs as one node."""
+    from pyconv.graph.passes import optimize
+
+    rng = np.random.default_rng(13)
+    w1 = rng.standard_normal((12, 4, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((5, 12, 1, 1)).astype(np.float32)
+    mean, var = rng.standard_normal(5), rng.random(5) + 0.5
+    table = rng.integers(-1, 2, size=(12, 2)).tolist()
+    b = pyconv.GraphBuilder()
+    y = b.conv2d(b.input("input", ["N", 4, 6, 6]), weight=w1, activation="relu")
+    y = b.shift_conv1x1(y, weight=w2, assignment=table, stride=2)
+    y = b.relu(b.batch_norm(y, mean=mean, var=var, eps=1e-5))
+    b.output(y, "out")
+    graph = b.save(tmp_path / "csc.npz")
+    assert [n.op for n in optimize(graph).nodes] == ["conv2d", "shift_conv1x1"]
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    got = pyconv.load(tmp_path / "csc.npz")(x)
+    hidden = np.maximum(np.einsum("oc,nchw->nohw", w1[:, :, 0, 0], x.astype(np.float64)), 0)
+    y = conv1x1_loops(shift_loops(hidden, table, 1), w2, None, (2, 2), None)
+    want = np.maximum((y - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

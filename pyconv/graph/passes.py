@@ -1,8 +1,9 @@
 """Graph rewrites applied at load time (the file itself is never changed).
 
 * ``drop_identities``: identity nodes (dropout at inference) are bypassed.
-* ``fold_batch_norms``: conv2d (or conv_transpose2d) -> batch_norm becomes one conv with
-  rescaled weights and a bias.
+* ``fold_batch_norms``: conv2d (or conv_transpose2d, shift_conv1x1) -> batch_norm becomes
+  one conv with rescaled weights and a bias; adder2d -> batch_norm becomes one adder2d
+  with a per-channel output scale and a bias.
 * ``fuse_residual_adds``: conv2d -> add(conv, r) becomes conv2d(x, r): the kernel adds
   the residual in its epilogue, while the output row is still in cache.
 * ``fuse_activations``: conv -> relu / relu6 / clip / leaky_relu moves the activation
@@ -108,7 +109,7 @@ def drop_identities(rw: _Rewriter) -> None:
 
 
 # output-channel axis of the weight of layers a following batch norm folds into
-FOLD_AXIS = {"conv2d": 0, "conv_transpose2d": 1}
+FOLD_AXIS = {"conv2d": 0, "conv_transpose2d": 1, "shift_conv1x1": 0}
 
 
 def fold_batch_norms(rw: _Rewriter) -> None:
@@ -129,6 +130,26 @@ def fold_batch_norms(rw: _Rewriter) -> None:
         conv.weights = {"weight": f"{conv.name}.weight+{bn.name}", "bias": f"{conv.name}.bias+{bn.name}"}
         w[conv.weights["weight"]], w[conv.weights["bias"]] = weight, bias
         rw.absorb(conv, bn)
+
+
+def fold_batch_norms_into_adders(rw: _Rewriter) -> None:
+    """adder2d -> batch_norm becomes one adder2d with a per-channel scale and a bias
+    (BN's scale cannot move into the weights of an L1 distance)."""
+    from pyconv.ops import fold_batch_norm_into_adder
+
+    for adder in [n for n in rw.live_nodes("adder2d") if n.attrs.get("activation") is None]:
+        bn = rw.sole_consumer(adder)
+        if bn is None or bn.op != "batch_norm":
+            continue
+        w = rw.graph.weights
+        eps = registry.get("batch_norm").resolve_attrs(bn.attrs)["eps"]
+        get = (lambda node, role: w[node.weights[role]] if role in node.weights else None)
+        scale, bias = fold_batch_norm_into_adder(get(adder, "scale"), get(adder, "bias"), get(bn, "mean"),
+                                                 get(bn, "var"), get(bn, "weight"), get(bn, "bias"), eps)
+        adder.weights = {"weight": adder.weights["weight"], "scale": f"{adder.name}.scale+{bn.name}",
+                         "bias": f"{adder.name}.bias+{bn.name}"}
+        w[adder.weights["scale"]], w[adder.weights["bias"]] = scale, bias
+        rw.absorb(adder, bn)
 
 
 def fuse_residual_adds(rw: _Rewriter, shapes: Dict[str, Shape]) -> None:
@@ -164,6 +185,7 @@ def optimize(graph: Graph) -> Graph:
     drop_identities(rw)
     if "batch_norm" in registry.all_ops():
         fold_batch_norms(rw)
+        fold_batch_norms_into_adders(rw)
     shapes = infer_shapes(rw.graph, input_shapes_for(rw.graph, probe_symbols(rw.graph)), rw.live_nodes())
     fuse_residual_adds(rw, shapes)
     fuse_activations(rw)
