@@ -394,6 +394,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"pyconv: error: no such file: {exc.filename or exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a directory given as a model, no permission, disk errors
+        print(f"pyconv: error: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"pyconv: error: {exc}", file=sys.stderr)
         return 2

@@ -114,6 +114,8 @@ def test_missing_or_corrupt_model(capsys, tmp_path, images):
     bad.write_bytes(b"garbage")
     code, _, err = run_cli(capsys, "summary", bad)
     assert code == 1 and "not a pyconv model" in err
+    code, _, err = run_cli(capsys, "summary", tmp_path)
+    assert code == 2 and "directory" in err
 
 
 def test_summary_table_and_json(capsys, classifier):

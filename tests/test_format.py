@@ -202,6 +202,17 @@ def test_builder_reports_mistakes_where_they_happen():
     assert [n.name for n in graph.nodes] == ["r"] and not graph.weights  # failed calls left nothing behind
 
 
+def test_non_json_values_are_refused_on_save(tmp_path):
+    graph = conv_relu_graph()
+    graph.metadata["threshold"] = float("inf")
+    with pytest.raises(ModelError, match="finite"):
+        save_graph(graph, tmp_path / "inf.npz")
+    graph = conv_relu_graph()
+    graph.weights[GRAPH_KEY] = np.zeros(1, np.float32)
+    with pytest.raises(ModelError, match="reserved"):
+        save_graph(graph, tmp_path / "reserved.npz")
+
+
 def test_builder_weights_are_copied_float32_and_tuples_become_lists():
     w = np.ones((2, 3, 1, 1))
     b = GraphBuilder()

@@ -122,7 +122,7 @@ def save_graph(graph: Graph, path: Union[str, os.PathLike]) -> None:
         text = json.dumps(graph.to_json(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"graph attributes/metadata must be JSON values (ints, floats, strings, lists, "
-                         f"dicts; finite numbers): {exc}") from None
+                         f"dicts; finite numbers: write null for an unbounded clip): {exc}") from None
     arrays = {GRAPH_KEY: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     arrays.update(graph.weights)
     path = os.fspath(path)
