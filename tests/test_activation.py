@@ -66,8 +66,9 @@ def test_pointwise_matches_math(name, shape):
     flat = x.reshape(-1).astype(np.float64)
     sample = np.unique(np.r_[np.arange(min(flat.size, 64)), np.linspace(0, flat.size - 1, 200).astype(int)])
     expected = [_scalar_formula(name, float(flat[i]), **attrs) for i in sample]
-    _close(y.reshape(-1)[sample], expected, rtol=5e-6)
-    _close(y, registry.get(name).reference(x, **attrs), rtol=5e-6)
+    # per element: relative 5e-6, absolute 1e-6 (outputs near zero; float32 eps is 1.2e-7)
+    np.testing.assert_allclose(y.reshape(-1)[sample], expected, rtol=5e-6, atol=1e-6)
+    np.testing.assert_allclose(y, registry.get(name).reference(x, **attrs), rtol=5e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", POINTWISE + ["softmax", "log_softmax"])
@@ -205,3 +206,26 @@ def test_registry_entries():
     assert registry.get("prelu").weights == ("slope",)
     counts = registry.get("relu").count([(2, 3, 4, 5)], {}, {}, [(2, 3, 4, 5)])
     assert counts.adds == 120 and counts.params == 0
+
+
+def test_vectorised_exp_tanh_erf_accuracy_on_a_dense_grid():
+    """The kernels evaluate exp, tanh and erfc with their own polynomials (pyconv/_core/fastmath.h):
+    check them everywhere, including the subnormal and saturated ranges."""
+    x = np.linspace(-110, 95, 400_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    e = np.exp(-np.abs(x64))
+    sig = np.where(x64 >= 0, 1 / (1 + e), e / (1 + e))
+    normal = sig > 1.2e-38  # below FLT_MIN, float32 itself has fewer significant bits
+    np.testing.assert_allclose(ops.sigmoid(x)[normal], sig[normal], rtol=3e-7)
+    np.testing.assert_allclose(ops.sigmoid(x)[~normal], sig[~normal], rtol=0, atol=1.5e-45)
+    np.testing.assert_allclose(ops.softmax(np.stack([x, np.zeros_like(x)], 1), axis=1)[normal, 0], sig[normal],
+                               rtol=4e-7)
+    np.testing.assert_allclose(ops.tanh(x), np.tanh(x64), rtol=3e-7, atol=1e-45)
+    small = np.linspace(-1, 1, 100_001).astype(np.float32)
+    np.testing.assert_allclose(ops.tanh(small), np.tanh(small.astype(np.float64)), rtol=3e-7, atol=1e-45)
+    g = np.linspace(-15, 15, 30_001).astype(np.float32)
+    erfc = np.vectorize(math.erfc)
+    gelu64 = 0.5 * g.astype(np.float64) * erfc(-g.astype(np.float64) / math.sqrt(2))
+    core = np.abs(g) < 4  # beyond, float32 rounding of x^2 limits any float32 erfc to ~1e-5 relative
+    np.testing.assert_allclose(ops.gelu(g)[core], gelu64[core], rtol=2e-6, atol=1e-37)
+    np.testing.assert_allclose(ops.gelu(g), gelu64, rtol=2e-5, atol=1e-37)

@@ -3,9 +3,15 @@
 # Every kernel reads x[i] before writing y[i] at the same index, so ``y`` may be
 # ``x`` (in place).  Comparisons are written so that NaN passes through.
 from cython.parallel cimport prange
-from libc.math cimport expf, expm1f, tanhf, erff, logf, fabsf, INFINITY
+from libc.math cimport logf, fabsf, INFINITY
 
 from pyconv._core.simd cimport multiversion_void
+
+cdef extern from "fastmath.h" nogil:
+    float expf "pyconv_expf"(float x)    # vectorisable exp (see fastmath.h)
+    float tanhf "pyconv_tanhf"(float x)
+    float erfc_nonneg "pyconv_erfcf_nonneg"(float a)
+    float expm1f "pyconv_expm1f"(float x)
 
 cdef enum Kind:
     CLIP = 0         # relu (a=0, b=inf), relu6, clip(a, b)
@@ -57,7 +63,8 @@ cdef multiversion_void activation_tile(int kind, const float* x, float* y, Py_ss
     elif kind == ELU:
         for i in range(n):
             v = x[i]
-            y[i] = v if v > 0 else a * expm1f(v)
+            t = expm1f(0 if v > 0 else v)  # never overflows; NaN passes
+            y[i] = v if v > 0 else a * t
     elif kind == SIGMOID:
         for i in range(n):
             y[i] = sigmoid1(x[i])
@@ -83,7 +90,8 @@ cdef multiversion_void activation_tile(int kind, const float* x, float* y, Py_ss
     elif kind == GELU_ERF:
         for i in range(n):
             v = x[i]
-            y[i] = 0.5 * v * (1.0 + erff(v * 0.70710678118654752))
+            t = erfc_nonneg(fabsf(v) * 0.70710678118654752)
+            y[i] = 0.5 * v * (t if v < 0 else 2.0 - t)  # 1 + erf(u) = erfc(-u)
     elif kind == GELU_TANH:
         for i in range(n):
             v = x[i]
