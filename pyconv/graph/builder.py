@@ -17,7 +17,7 @@ probed as 1; other symbolic dimensions defer shape checks to ``build``).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 

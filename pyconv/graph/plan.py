@@ -24,7 +24,7 @@ import numpy as np
 
 from pyconv import registry
 from pyconv.errors import ModelError
-from pyconv.graph.format import Graph, Node
+from pyconv.graph.format import Graph
 from pyconv.graph.shapes import Shape, infer_shapes, nbytes
 
 Step = Tuple[Callable[..., Any], Tuple[np.ndarray, ...], Any]
