@@ -18,6 +18,7 @@ An :class:`ExecutionState` holds one set of buffers and the flat list of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -177,8 +178,9 @@ def _store(result: Any, out: Any) -> None:
         np.copyto(out, result)
 
 
-def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray], timings: Optional[List[float]] = None) -> List[np.ndarray]:
-    """Copy ``inputs`` in, run every step, return copies of the outputs."""
+def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray],
+              timings: Optional[List[float]] = None) -> List[np.ndarray]:
+    """Copy ``inputs`` in, run every step, return copies of the outputs (``timings``: seconds per step)."""
     for buf, x in zip(state.inputs, inputs):
         np.copyto(buf, x)
     if timings is None:
@@ -187,8 +189,6 @@ def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray], timings: Opti
             if result is not out:
                 np.copyto(out, result)
     else:
-        from time import perf_counter
-
         for fn, args, out in state.steps:
             start = perf_counter()
             _store(fn(*args, out=out), out)
