@@ -104,7 +104,8 @@ class GraphBuilder:
         weights = dict(weights or {})
         for role in weights:
             if role not in spec.weight_names:
-                raise ModelError(f"{where}: op {op!r} has no weight {role!r}; its weights are {list(spec.weight_names)}")
+                raise ModelError(f"{where}: op {op!r} has no weight {role!r}; "
+                                 f"its weights are {list(spec.weight_names)}")
         missing = [r for r in spec.required_weights if weights.get(r) is None]
         if missing:
             raise ModelError(f"{where}: missing weight(s) {missing}")
