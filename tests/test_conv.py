@@ -162,16 +162,20 @@ def test_large_gemm_tiles_and_threads_agree():
         pyconv.set_num_threads(before)
 
 
-def test_kernel_entry_points_single_thread():
-    # the nthreads=1 path is what a build without OpenMP runs
+@pytest.mark.parametrize("algorithm, weight_shape, groups", [
+    ("im2col", (7, 5, 3, 2), 1), ("1x1", (7, 5, 1, 1), 1), ("depthwise", (10, 1, 3, 2), 5),
+])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_kernels_with_explicit_thread_counts(algorithm, weight_shape, groups, nthreads):
+    # nthreads=1 is what a build without OpenMP runs; 2 threads on a 1-image call split tiles/planes
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((1, 5, 9, 8)).astype(np.float32)
-    w = rng.standard_normal((7, 5, 3, 2)).astype(np.float32)
-    out = np.empty((1, 7, 5, 8), np.float32)
-    scratch = np.empty((1, 5 * 3 * 2 * 64), np.float32)
-    C._gemm.conv2d_gemm(x, w.reshape(7, -1).copy(), None, (2, 1), (1, 0, 1, 1), (1, 1), 1, 3, 2,
-                        (0, 0.0, 0.0, 0.0), None, out, 64, scratch, 1)
-    assert rel_err(out, C.conv2d_reference(x, w, stride=(2, 1), padding=(1, 0, 1, 1))) <= 1e-5
+    x = rng.standard_normal((1, 5, 19, 17)).astype(np.float32)
+    w = rng.standard_normal(weight_shape).astype(np.float32)
+    prepared = C.prepare_conv2d(w, stride=(2, 1), padding=(1, 0, 1, 1), groups=groups, algorithm=algorithm)
+    out = np.empty(prepared.output_shape(x.shape), np.float32)
+    prepared._kernel(x, None, out, None, (0, 0.0, 0.0, 0.0), nthreads)
+    ref = C.conv2d_reference(x, w, stride=(2, 1), padding=(1, 0, 1, 1), groups=groups)
+    assert rel_err(out, ref) <= 1e-5
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 8, 1, 7), (1, 8, 9, 1), (3, 8, 5, 3)])

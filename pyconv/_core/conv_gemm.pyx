@@ -1,21 +1,28 @@
 # GEMM convolution on NCHW: 1x1 and general kxk (any stride, padding,
-# dilation, groups) as   out[g] (Co/g x P) = W[g] (Co/g x K) @ B (K x P),
-# K = Ci/g * kh * kw, P = Ho * Wo.
+# dilation, groups):   out[g] (Co/g x P) = W[g] (Co/g x K) @ B (K x P),
+# K = Ci/g * kh * kw.
 #
-# The output columns are cut into tiles of ``tile_cols`` pixels.  For each
-# (image, group, tile) the B operand is either read straight from the input
-# (1x1, stride 1, no padding: the NCHW plane already is a K x P matrix) or
-# gathered for that tile only (im2col of one tile, sized by the caller to stay
-# in L2), multiplied by one single-threaded sgemm, and the fused epilogue runs
-# on the tile's output rows while they are still in cache.  Tiles are spread
-# over the OpenMP threads, so the BLAS must run single-threaded meanwhile
-# (arranged by pyconv.ops.conv).
+# Input layout ("phase planes"): each padded input channel is split into
+# sh * sw phase planes of Hq x Wq, phase (qh, qw) holding the padded pixels
+# (r*sh + qh, j*sw + qw).  Tap (ki, kj) of output pixel (oh, ow) then reads
+# phase ((ki*dh) % sh, (kj*dw) % sw) at (oh + ki*dh // sh, ow + kj*dw // sw):
+# with outputs numbered on a "wide" Ho x Wq grid (Wq >= Wo; the few extra
+# columns are computed and dropped), a B row is one contiguous run of a phase
+# plane for any stride and dilation.  So the im2col of a tile is one memcpy per
+# B row, a 1x1 conv reads B straight from the phase planes, and a 1x1 stride-1
+# unpadded conv straight from x.
+#
+# The wide grid is cut into tiles of ``tile_cols`` pixels; each (group, tile)
+# task gathers its B rows, runs one single-threaded sgemm into a pixel-major
+# tile, and stores it transposed into the NCHW rows with the fused epilogue
+# while they are hot.  Tasks are spread over the OpenMP threads, so the BLAS
+# must run single-threaded meanwhile (arranged by pyconv.ops.conv).
 from cython.parallel cimport prange
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.simd cimport multiversion_void
 
 
@@ -24,79 +31,125 @@ cdef struct ConvGeom:
     int Co, Ho, Wo       # output channels, height, width
     int groups, kh, kw
     int sh, sw, pt, pl, dh, dw
+    int Hq, Wq           # phase plane height and width (Wq: wide-grid row length)
+    Py_ssize_t plane     # Hq * Wq
+    bint direct          # B is x itself (1x1, stride 1, unpadded)
 
 
-cdef multiversion_void im2col_tile(const float* x_group, float* cols, int col0, int ncols,
-                                   const ConvGeom* g) noexcept nogil:
-    """Gather B[K, ncols] (row stride ncols) for output pixels col0 .. col0+ncols-1.
+def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
+    """(Hq, Wq, direct): phase-plane size and whether x is read directly as B."""
+    sh, sw = stride
+    dh, dw = dilation
+    direct = kh == 1 and kw == 1 and (sh, sw) == (1, 1) and not any(pads)
+    return Ho + ((kh - 1) * dh) // sh, Wo + ((kw - 1) * dw) // sw, direct
 
-    x_group points at the group's first input channel plane."""
-    cdef int cig = g.C // g.groups
-    cdef int c, ki, kj, p, oh, ow, ow_end, ow_lo, ow_hi, lo, hi, ih, off, n, i
-    cdef float* dst
+
+def scratch_floats(int k, int cog, int tile_cols, int kh, int kw) -> int:
+    """Floats of scratch one thread needs: the GEMM's output tile, plus an im2col tile for kxk."""
+    return tile_cols * (cog + (k if kh * kw > 1 else 0))
+
+
+def phase_floats(int C, stride, int Hq, int Wq) -> int:
+    """Floats of the shared phase-plane buffer of one image (plus a tail the wide grid may read)."""
+    return C * stride[0] * stride[1] * Hq * Wq + Wq
+
+
+cdef bint phase_used(int q, int s, int k, int d) noexcept nogil:
+    """Whether some tap i < k has (i*d) % s == q."""
+    cdef int i
+    for i in range(k):
+        if (i * d) % s == q:
+            return True
+    return False
+
+
+cdef multiversion_void phase_split_channel(const float* src, float* dst, const ConvGeom* g) noexcept nogil:
+    """Padded phase planes [sh][sw][Hq][Wq] of one H x W input channel (unused phases skipped)."""
+    cdef int qh, qw, r, j, ih, j_lo, j_hi
+    cdef float* row
+    for qh in range(g.sh):
+        if not phase_used(qh, g.sh, g.kh, g.dh):
+            continue
+        for qw in range(g.sw):
+            if not phase_used(qw, g.sw, g.kw, g.dw):
+                continue
+            # padded column j*sw + qw holds input column j*sw + qw - pl
+            j_lo = (g.pl - qw + g.sw - 1) // g.sw if g.pl > qw else 0
+            j_hi = (g.W - 1 + g.pl - qw) // g.sw + 1 if g.W - 1 + g.pl - qw >= 0 else 0
+            if j_hi > g.Wq:
+                j_hi = g.Wq
+            if j_lo > j_hi:
+                j_lo = j_hi
+            for r in range(g.Hq):
+                row = dst + (qh * g.sw + qw) * g.plane + <Py_ssize_t>r * g.Wq
+                ih = r * g.sh + qh - g.pt
+                if ih < 0 or ih >= g.H:
+                    memset(row, 0, g.Wq * sizeof(float))
+                    continue
+                for j in range(j_lo):
+                    row[j] = 0.0
+                if g.sw == 1:
+                    memcpy(row + j_lo, src + <Py_ssize_t>ih * g.W + j_lo - g.pl, (j_hi - j_lo) * sizeof(float))
+                else:
+                    for j in range(j_lo, j_hi):
+                        row[j] = src[<Py_ssize_t>ih * g.W + j * g.sw + qw - g.pl]
+                for j in range(j_hi, g.Wq):
+                    row[j] = 0.0
+
+
+cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int ncols,
+                      const ConvGeom* g) noexcept nogil:
+    """B rows (cig*kh*kw of ncols wide-grid pixels) of one group: a memcpy each."""
+    cdef int c, ki, kj
+    cdef Py_ssize_t row = 0, phase
     cdef const float* src
-    for c in range(cig):
+    for c in range(g.C // g.groups):
         for ki in range(g.kh):
             for kj in range(g.kw):
-                dst = cols + ((c * g.kh + ki) * g.kw + kj) * ncols
-                # valid output columns: 0 <= ow*sw - pl + kj*dw < W
-                off = kj * g.dw - g.pl
-                ow_lo = 0 if off >= 0 else (-off + g.sw - 1) // g.sw
-                ow_hi = (g.W - 1 - off) // g.sw + 1 if g.W - 1 - off >= 0 else 0
-                if ow_lo > g.Wo:
-                    ow_lo = g.Wo
-                if ow_hi > g.Wo:
-                    ow_hi = g.Wo
-                p = col0
-                while p < col0 + ncols:
-                    oh = p // g.Wo
-                    ow = p - oh * g.Wo
-                    ow_end = g.Wo if g.Wo - ow <= col0 + ncols - p else ow + (col0 + ncols - p)
-                    n = ow_end - ow
-                    ih = oh * g.sh - g.pt + ki * g.dh
-                    if ih < 0 or ih >= g.H:
-                        memset(dst, 0, n * sizeof(float))
-                    else:
-                        src = x_group + (c * g.H + ih) * g.W + off
-                        lo = ow_lo if ow_lo < ow_end else ow_end
-                        if lo < ow:
-                            lo = ow
-                        hi = ow_hi if ow_hi < ow_end else ow_end
-                        if hi < lo:
-                            hi = lo
-                        for i in range(ow, lo):
-                            dst[i - ow] = 0.0
-                        if g.sw == 1:
-                            for i in range(lo, hi):
-                                dst[i - ow] = src[i]
-                        else:
-                            for i in range(lo, hi):
-                                dst[i - ow] = src[i * g.sw]
-                        for i in range(hi, ow_end):
-                            dst[i - ow] = 0.0
-                    dst += n
-                    p += n
+                phase = (c * g.sh + (ki * g.dh) % g.sh) * g.sw + (kj * g.dw) % g.sw
+                src = phases + phase * g.plane + <Py_ssize_t>((ki * g.dh) // g.sh) * g.Wq + (kj * g.dw) // g.sw
+                memcpy(cols + row * ncols, src + col0, ncols * sizeof(float))
+                row += 1
 
 
-cdef multiversion_void epilogue_tile(float* out, int rows, int ncols, int ld,
-                                     const float* bias, const float* residual,
-                                     Epilogue ep) noexcept nogil:
-    """Fused bias/residual/activation on a rows x ncols tile (row stride ld)."""
-    cdef int r
-    for r in range(rows):
-        epilogue_row(out + <Py_ssize_t>r * ld, ncols, bias[r] if bias != NULL else 0.0,
-                     residual + <Py_ssize_t>r * ld if residual != NULL else NULL, ep)
+cdef multiversion_void store_tile(const float* ct, float* out, int cog, Py_ssize_t col0, int ncols,
+                                  const float* bias, const float* residual, Epilogue ep,
+                                  const ConvGeom* g) noexcept nogil:
+    """Output rows of one group from the pixel-major GEMM tile ct[ncols][cog]: transpose,
+    drop the wide grid's extra columns, apply the epilogue on each row run while hot.
+
+    out and residual point at the group's first output channel."""
+    cdef Py_ssize_t p = col0, end = col0 + ncols, P = <Py_ssize_t>g.Ho * g.Wo, o
+    cdef int oh, ow, run, n, co, j
+    cdef const float* src
+    cdef float* dst
+    while p < end:
+        oh = p // g.Wq
+        ow = p - <Py_ssize_t>oh * g.Wq
+        run = g.Wq - ow if end - p > g.Wq - ow else end - p  # wide pixels of this row in the tile
+        if ow < g.Wo:
+            n = g.Wo - ow if run > g.Wo - ow else run
+            src = ct + (p - col0) * cog
+            for co in range(cog):
+                o = co * P + <Py_ssize_t>oh * g.Wo + ow
+                dst = out + o
+                for j in range(n):
+                    dst[j] = src[<Py_ssize_t>j * cog + co]
+                epilogue_row(dst, n, bias[co] if bias != NULL else 0.0,
+                             residual + o if residual != NULL else NULL, ep)
+        p += run
 
 
 def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 stride, pads, dilation, int groups, int kh, int kw,
                 tuple epilogue, residual, float[:, :, :, ::1] out,
-                int tile_cols, float[:, ::1] scratch, int nthreads):
+                int tile_cols, float[::1] phases, float[:, ::1] scratch, int nthreads):
     """out = epilogue(conv2d(x, W)) with W given as wmat[Co, Ci/groups*kh*kw].
 
     pads = (top, left, bottom, right); bias float32[Co] or None; residual
-    float32[N, Co, Ho, Wo] or None; scratch float32[nthreads, K * tile_cols]
-    (unused for a 1x1 stride-1 unpadded conv).  Call with the BLAS single-threaded."""
+    float32[N, Co, Ho, Wo] or None; phases float32[phase_floats(...)], zeroed
+    when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)].
+    Call with the BLAS single-threaded."""
     cdef ConvGeom g
     g.C = x.shape[1]; g.H = x.shape[2]; g.W = x.shape[3]
     g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
@@ -104,14 +157,18 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     g.sh, g.sw = stride
     g.pt, g.pl = pads[0], pads[1]
     g.dh, g.dw = dilation
+    g.Hq, g.Wq, g.direct = gemm_layout(kh, kw, stride, pads, dilation, g.Ho, g.Wo)
+    g.plane = <Py_ssize_t>g.Hq * g.Wq
     cdef int N = x.shape[0]
     cdef int cig = g.C // groups, cog = g.Co // groups
     cdef int K = cig * kh * kw
-    cdef int P = g.Ho * g.Wo
-    cdef int ntiles = (P + tile_cols - 1) // tile_cols
-    cdef int ntasks = N * groups * ntiles
-    cdef bint direct = kh == 1 and kw == 1 and g.sh == 1 and g.sw == 1 and \
-        pads[0] == 0 and pads[1] == 0 and pads[2] == 0 and pads[3] == 0
+    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * g.Wq
+    cdef int ntiles = (wide + tile_cols - 1) // tile_cols
+    cdef int ntasks = groups * ntiles
+    if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(K, cog, tile_cols, kh, kw):
+        raise ValueError("scratch too small for the GEMM tiles")
+    if not g.direct and phases.shape[0] < phase_floats(g.C, stride, g.Hq, g.Wq):
+        raise ValueError("phase buffer too small")
     cdef Epilogue ep = epilogue_from_spec(epilogue)
     cdef const float[::1] bias_v
     cdef const float[:, :, :, ::1] res_v
@@ -126,29 +183,39 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef const float* wp = &wmat[0, 0]
     cdef float* op = &out[0, 0, 0, 0]
-    cdef int task, n, grp, t, col0, ncols, ldb
-    cdef Py_ssize_t out_off
+    cdef float* ph = &phases[0]
+    cdef Py_ssize_t phase_stride = <Py_ssize_t>g.sh * g.sw * g.plane
+    cdef int n, c, task, grp, t, ncols, ldb
+    cdef Py_ssize_t col0, out_off
     cdef float* cols
+    cdef float* ct
     cdef const float* b
-    if not direct and (scratch.shape[0] < nthreads or scratch.shape[1] < K * tile_cols):
-        raise ValueError("scratch too small for the im2col tiles")
-    for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
-        t = task % ntiles
-        grp = (task // ntiles) % groups
-        n = task // (ntiles * groups)
-        col0 = t * tile_cols
-        ncols = P - col0 if P - col0 < tile_cols else tile_cols
-        if direct:
-            b = xp + (<Py_ssize_t>n * g.C + grp * cig) * P + col0
-            ldb = P
-        else:
-            cols = &scratch[pyconv_omp_thread_id(), 0]
-            im2col_tile(xp + (<Py_ssize_t>n * g.C + grp * cig) * g.H * g.W, cols, col0, ncols, &g)
-            b = cols
-            ldb = ncols
-        out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P + col0
-        gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
-                      b, ldb, 0.0, op + out_off, P)
-        epilogue_tile(op + out_off, cog, ncols, P,
-                      bias_p + grp * cog if bias_p != NULL else NULL,
-                      res_p + out_off if res_p != NULL else NULL, ep)
+    for n in range(N):
+        if not g.direct:
+            for c in prange(g.C, nogil=True, num_threads=nthreads, schedule="static"):
+                phase_split_channel(xp + (<Py_ssize_t>n * g.C + c) * g.H * g.W, ph + c * phase_stride, &g)
+        for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
+            t = task % ntiles
+            grp = task // ntiles
+            col0 = <Py_ssize_t>t * tile_cols
+            ncols = wide - col0 if wide - col0 < tile_cols else tile_cols
+            ct = &scratch[pyconv_omp_thread_id(), 0]
+            if g.direct:
+                b = xp + (<Py_ssize_t>n * g.C + grp * cig) * P + col0
+                ldb = P
+            elif kh * kw == 1:
+                b = ph + grp * cig * phase_stride + col0
+                ldb = phase_stride
+            else:
+                cols = ct + <Py_ssize_t>cog * tile_cols
+                im2col_tile(ph + grp * cig * phase_stride, cols, col0, ncols, &g)
+                b = cols
+                ldb = ncols
+            # ct (ncols x cog, pixel-major) = B^T @ W^T: OpenBLAS runs this orientation
+            # (channels as BLAS's M) faster than the NCHW one (channels as N).
+            gemm_rowmajor(True, True, ncols, cog, K, 1.0, b, ldb, wp + <Py_ssize_t>grp * cog * K, K,
+                          0.0, ct, cog)
+            out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P
+            store_tile(ct, op + out_off, cog, col0, ncols,
+                       bias_p + grp * cog if bias_p != NULL else NULL,
+                       res_p + out_off if res_p != NULL else NULL, ep, &g)

@@ -183,33 +183,39 @@ class _GemmKernel:
     def __init__(self, g: ConvGeometry, weight: np.ndarray):
         self.g = g
         self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
-        self.direct = g.kernel == (1, 1) and g.stride == (1, 1) and not any(g.pads)
-        self._scratch = threading.local()  # per calling thread: no allocation per run
+        self._buffers = threading.local()  # per calling thread: no allocation per run
 
     def tile_cols(self, n: int, pixels: int, nthreads: int) -> int:
-        """Output pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
+        """Wide-grid pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
         k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
-        cap = max(64, _GEMM_TILE_BUDGET // ((0 if self.direct else k) + cog + (k if self.direct else 0)))
+        cap = max(64, _GEMM_TILE_BUDGET // (k + cog))
         ntiles = -(-pixels // cap)
-        outer = n * self.g.groups
-        if outer * ntiles < 8 * nthreads:
-            while (outer * ntiles) % nthreads:
+        if self.g.groups * ntiles < 8 * nthreads:
+            while (self.g.groups * ntiles) % nthreads:
                 ntiles += 1
         tile = -(-pixels // ntiles)
         return min(pixels, -(-tile // 16) * 16)
 
+    def _buffer(self, name: str, shape: tuple) -> np.ndarray:
+        """A zeroed float32 buffer of at least ``shape``, kept per thread across calls."""
+        buf = getattr(self._buffers, name, None)
+        if buf is None or any(have < want for have, want in zip(buf.shape, shape)):
+            buf = np.zeros(shape, np.float32)
+            setattr(self._buffers, name, buf)
+        return buf
+
     def __call__(self, x, residual, out, bias, epilogue, nthreads):
         g = self.g
-        n, _, ho, wo = out.shape
-        tile = self.tile_cols(n, ho * wo, nthreads)
-        need = 0 if self.direct else self.wmat.shape[1] * tile
-        scratch = getattr(self._scratch, "buf", None)
-        if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
-            scratch = np.empty((nthreads, max(need, 1)), np.float32)
-            self._scratch.buf = scratch
+        kh, kw = g.kernel
+        ho, wo = out.shape[2:]
+        hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
+        tile = self.tile_cols(x.shape[0], ho * wq, nthreads)
+        scratch = self._buffer("scratch", (nthreads, _gemm.scratch_floats(
+            self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw)))
+        phases = self._buffer("phases", (1 if direct else _gemm.phase_floats(x.shape[1], g.stride, hq, wq),))
         with _blas_single_threaded():
-            _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, g.kernel[0], g.kernel[1],
-                              epilogue, residual, out, tile, scratch, nthreads)
+            _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
+                              epilogue, residual, out, tile, phases, scratch, nthreads)
 
 
 class _DepthwiseKernel:
