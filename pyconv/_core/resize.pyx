@@ -2,6 +2,7 @@
 # transformation and rounding modes) is decided in pyconv.ops.tensor and
 # arrives here as per-axis index and weight tables, so the loops only gather.
 from cython.parallel cimport prange
+from libc.string cimport memcpy
 
 from pyconv._core.simd cimport multiversion_void
 
@@ -26,8 +27,12 @@ def resize_nearest(const float[::1] x, float[::1] y, Py_ssize_t planes, Py_ssize
     with nogil:
         for p in prange(planes, num_threads=nthreads, schedule="static"):
             for i in range(out_h):
-                src = &x[(p * in_h + iy[i]) * in_w]
                 dst = &y[(p * out_h + i) * out_w]
+                if i > 0 and iy[i] == iy[i - 1]:
+                    # upsampling repeats source rows: copy the row just gathered
+                    memcpy(dst, dst - out_w, out_w * sizeof(float))
+                    continue
+                src = &x[(p * in_h + iy[i]) * in_w]
                 for j in range(out_w):
                     dst[j] = src[ix[j]]
 
