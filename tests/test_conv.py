@@ -16,7 +16,8 @@ import pyconv
 from pyconv import registry
 from pyconv.ops import conv as C
 
-TOL = {"im2col": 1e-5, "1x1": 1e-5, "depthwise": 1e-5, "winograd2": 1e-5, "winograd4": 2e-5, "winograd6": 1e-4}
+TOL = {"im2col": 1e-5, "1x1": 1e-5, "depthwise": 1e-5, "winograd": 2e-5, "winograd2": 1e-5, "winograd4": 2e-5,
+       "winograd6": 1e-4}
 ACTIVATIONS = [None, "relu", "relu6", ("clip", -0.5, 0.5), ("leaky_relu", 0.1), ["clip", None, 1.0]]
 
 
@@ -120,7 +121,7 @@ def test_transpose_reference_is_the_adjoint_of_conv(seed):
 
 # ----------------------------------------------------------------------------- conv2d sweeps
 
-@pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd", "winograd2", "winograd4", "winograd6"])
 def test_conv2d_sweep(algorithm, threads):
     if algorithm.startswith("winograd") and C._winograd_kernels() is None:
         pytest.skip("winograd kernel not built")
@@ -179,7 +180,7 @@ def test_kernels_with_explicit_thread_counts(algorithm, weight_shape, groups, nt
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 8, 1, 7), (1, 8, 9, 1), (3, 8, 5, 3)])
-@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "winograd4", "winograd6"])
 def test_conv3x3_tiny_and_odd_spatial_sizes(shape, algorithm):
     if algorithm.startswith("winograd") and C._winograd_kernels() is None:
         pytest.skip("winograd kernel not built")
@@ -232,9 +233,11 @@ def test_auto_algorithm_rule():
     assert algo((64, 16, 3, 3), groups=2) == "im2col"
     assert algo((8, 3, 3, 3)) == "im2col"  # too few channels for Winograd to pay
     if C._winograd_kernels() is not None:
-        assert algo((64, 64, 3, 3), padding=1) == f"winograd{C.WINOGRAD_DEFAULT_TILE}"
-        assert algo((64, 64, 3, 3), algorithm="winograd") == f"winograd{C.WINOGRAD_DEFAULT_TILE}"
+        assert algo((64, 64, 3, 3), padding=1) == "winograd"
+        assert algo((64, 64, 3, 3), algorithm="winograd") == "winograd"
         assert algo((64, 64, 3, 3), algorithm="winograd6") == "winograd6"
+    assert C.winograd_tile_for(1, 56, 56) == 4 and C.winograd_tile_for(1, 14, 14) == 2
+    assert C.winograd_tile_for(4, 14, 14) == 4
 
 
 @pytest.mark.parametrize("shape, kwargs, message", [

@@ -32,13 +32,15 @@ from pyconv.registry import Counts, OpSpec, Window, register
 
 __all__ = [
     "conv2d", "prepare_conv2d", "PreparedConv2d", "conv1d", "conv_transpose2d",
-    "choose_algorithm", "ALGORITHMS",
+    "choose_algorithm", "winograd_tile_for", "ALGORITHMS",
 ]
 
 ALGORITHMS = ("auto", "winograd", "winograd2", "winograd4", "winograd6", "1x1", "depthwise", "im2col", "direct")
-# "winograd" (and "auto") use F(4x4, 3x3): its error with the sqrt(2) points is
-# ~1e-6 of the output magnitude, and it does 4x fewer multiplies than direct.
-WINOGRAD_DEFAULT_TILE = 4
+# "winograd" (and "auto") pick the tile per call: F(4x4, 3x3) (error ~2e-6 of the
+# output magnitude, 4x fewer multiplies than direct) when the output has at least
+# WINOGRAD_MIN_TILES 4x4 tiles, else F(2x2, 3x3): each of the (m+2)^2 GEMMs has
+# one row per tile, and a few dozen rows make BLAS inefficient (256 ch @14x14).
+WINOGRAD_MIN_TILES = 64
 # "auto" uses Winograd only from this many input and output channels on: below
 # it the transforms cost more than the GEMM they save (measured, docs/kernels.md).
 WINOGRAD_MIN_CHANNELS = 16
@@ -140,10 +142,11 @@ def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
     """The algorithm conv2d runs for ``geometry``; ValueError when a forced one does not apply.
 
     Rule for "auto": depthwise when groups == C_in (one input channel per
-    group); the direct 1x1 GEMM for 1x1 kernels; Winograd F(4x4,3x3) for 3x3
-    stride-1 undilated ungrouped convs with at least WINOGRAD_MIN_CHANNELS
-    input and output channels (when the Winograd kernel is built); tiled
-    im2col + GEMM otherwise.  "direct" is an alias of "im2col" (the tiled
+    group); the direct 1x1 GEMM for 1x1 kernels; "winograd" for 3x3 stride-1
+    undilated ungrouped convs with at least WINOGRAD_MIN_CHANNELS input and
+    output channels (when the Winograd kernel is built); tiled im2col + GEMM
+    otherwise.  "winograd" picks F(4x4) or F(2x2) per call from the output size
+    (:func:`winograd_tile_for`); "winograd2/4/6" force a tile.  "direct" is an alias of "im2col" (the tiled
     im2col is an implicit GEMM: B is built one cache-sized tile at a time)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -155,7 +158,7 @@ def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
             return "1x1"
         if (g.winograd_applies and min(g.in_channels, g.out_channels) >= WINOGRAD_MIN_CHANNELS
                 and _winograd_kernels() is not None):
-            return f"winograd{WINOGRAD_DEFAULT_TILE}"
+            return "winograd"
         return "im2col"
     if algorithm.startswith("winograd"):
         if not g.winograd_applies:
@@ -165,7 +168,7 @@ def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
             )
         if _winograd_kernels() is None:
             raise ValueError(f"algorithm {algorithm!r} is unavailable: pyconv._core.winograd is not built")
-        return algorithm if algorithm != "winograd" else f"winograd{WINOGRAD_DEFAULT_TILE}"
+        return algorithm
     if algorithm == "1x1" and g.kernel != (1, 1):
         raise ValueError(f"algorithm '1x1' needs a 1x1 kernel, got kernel {g.kernel}")
     if algorithm == "depthwise" and not g.is_depthwise:
@@ -238,17 +241,33 @@ class _DepthwiseKernel:
                                     out, scratch, nthreads)
 
 
-class _WinogradKernel:
-    """3x3 stride-1 convs by Winograd F(m x m, 3x3) (pyconv/_core/winograd.pyx)."""
+def winograd_tile_for(n: int, ho: int, wo: int) -> int:
+    """Output tile m of F(m x m, 3x3) that algorithm "winograd" uses for an (n, *, ho, wo) output."""
+    return 4 if n * -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES else 2
 
-    def __init__(self, g: ConvGeometry, weight: np.ndarray, tile: int):
+
+class _WinogradKernel:
+    """3x3 stride-1 convs by Winograd F(m x m, 3x3) (pyconv/_core/winograd.pyx).
+
+    ``tile`` None: chosen per call by :func:`winograd_tile_for`, each tile's
+    filters transformed on first use."""
+
+    def __init__(self, g: ConvGeometry, weight: np.ndarray, tile: Optional[int]):
         self.g = g
         self.tile = tile
         self.module = _winograd_kernels()
-        self.packed = self.module.winograd_pack(np.ascontiguousarray(weight), tile)
+        self.weight = np.ascontiguousarray(weight)
+        self.packed = {}
+        if tile is not None:
+            self.packed[tile] = self.module.winograd_pack(self.weight, tile)
+            self.weight = None
 
     def __call__(self, x, residual, out, bias, epilogue, nthreads):
-        self.module.winograd_conv(x, self.packed, self.tile, bias, self.g.pads, epilogue, residual, out, nthreads)
+        tile = self.tile or winograd_tile_for(out.shape[0], out.shape[2], out.shape[3])
+        packed = self.packed.get(tile)
+        if packed is None:
+            packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile)
+        self.module.winograd_conv(x, packed, tile, bias, self.g.pads, epilogue, residual, out, nthreads)
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -268,7 +287,8 @@ class PreparedConv2d:
         self.epilogue = parse_activation(activation)
         self.algorithm = choose_algorithm(self.geometry, algorithm)
         if self.algorithm.startswith("winograd"):
-            self._kernel = _WinogradKernel(self.geometry, weight, int(self.algorithm[len("winograd"):]))
+            tile = self.algorithm[len("winograd"):]
+            self._kernel = _WinogradKernel(self.geometry, weight, int(tile) if tile else None)
         elif self.algorithm == "depthwise":
             self._kernel = _DepthwiseKernel(self.geometry, weight)
         else:
