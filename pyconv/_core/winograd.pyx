@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 # Winograd F(m x m, 3 x 3) convolution, m in {2, 4, 6}: stride 1, dilation 1,
 # groups 1, any padding.  With n = m + 2 and P = n * n transform positions:
 #
