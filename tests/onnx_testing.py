@@ -60,16 +60,16 @@ def run_onnxruntime(model, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndar
     return dict(zip(names, session.run(names, dict(feeds))))
 
 
-def convert(model, tmp_path=None, input_shapes=None, **kwargs) -> "pyconv.Model":
+def convert(model, tmp_path=None, input_shapes=None, winograd: bool = True) -> "pyconv.Model":
     """from_onnx + (optionally) a save/load round trip, as the CLI does."""
-    graph = from_onnx(model, input_shapes=input_shapes, **kwargs)
+    graph = from_onnx(model, input_shapes=input_shapes)
     if tmp_path is not None:
         path = tmp_path / "model.npz"
         save_graph(graph, path)
-        return pyconv.load(path)
+        return pyconv.load(path, winograd=winograd)
     from pyconv.graph.executor import Model
 
-    return Model(graph)
+    return Model(graph, winograd=winograd)
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL, what: str = "") -> None:
