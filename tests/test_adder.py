@@ -171,3 +171,11 @@ def test_graph_folds_batch_norm_and_relu_into_adder(tmp_path):
     k = (gamma / np.sqrt(var + 1e-5))[:, None, None]
     want = np.maximum((raw - mean[:, None, None]) * k + beta[:, None, None], 0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_empty_tensors():
+    """No input channels: the sum is empty (bias + activation only); no images: empty output."""
+    bias = np.array([-1, 0, 1, 2], np.float32)
+    y = ops.adder2d(np.ones((2, 0, 3, 3), np.float32), np.ones((4, 0, 1, 1), np.float32), bias, activation="relu")
+    np.testing.assert_array_equal(y, np.broadcast_to(np.maximum(bias, 0)[None, :, None, None], (2, 4, 3, 3)))
+    assert ops.adder2d(np.ones((0, 5, 3, 3), np.float32), np.ones((4, 5, 1, 1), np.float32)).shape == (0, 4, 3, 3)

@@ -222,3 +222,14 @@ def test_graph_with_shift_table_attribute_and_folded_batch_norm(tmp_path):
     y = conv1x1_loops(shift_loops(hidden, table, 1), w2, None, (2, 2), None)
     want = np.maximum((y - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5), 0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_empty_tensors():
+    """No channels: the 1x1 sum is empty (bias + activation only); no images: empty outputs."""
+    bias = np.array([-1, 0, 1, 2], np.float32)
+    y = ops.shift_conv1x1(np.ones((2, 0, 3, 3), np.float32), np.ones((4, 0, 1, 1), np.float32), bias,
+                          activation="relu")
+    np.testing.assert_array_equal(y, np.broadcast_to(np.maximum(bias, 0)[None, :, None, None], (2, 4, 3, 3)))
+    assert ops.shift_conv1x1(np.ones((0, 5, 3, 3), np.float32), np.ones((4, 5, 1, 1), np.float32)).shape == (0, 4, 3, 3)
+    assert ops.shift2d(np.ones((0, 5, 3, 3), np.float32)).shape == (0, 5, 3, 3)
+    assert ops.shift2d(np.ones((1, 0, 3, 3), np.float32)).shape == (1, 0, 3, 3)

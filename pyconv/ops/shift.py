@@ -109,7 +109,7 @@ def _offsets(channels: int, kernel_size, dilation, assignment) -> Tuple[np.ndarr
     return np.ascontiguousarray(table[:, 0], np.int32), np.ascontiguousarray(table[:, 1], np.int32)
 
 
-def _shift2d_kernel():
+def _kernel():
     from pyconv._core import shift as kernel
 
     return kernel
@@ -126,7 +126,7 @@ def shift2d(x: np.ndarray, kernel_size: int = 3, dilation: int = 1, assignment: 
 def _run_shift2d(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     out = check_out(out, x.shape)
     if x.size:
-        _shift2d_kernel().shift2d_forward(x, out, dy, dx, threads_for(x.size))
+        _kernel().shift2d_forward(x, out, dy, dx, threads_for(x.size))
     return out
 
 
@@ -189,7 +189,7 @@ def _run_shift_conv1x1(x, wmat, bias, dy, dx, stride, activation, out):
     panels = np.empty((nthreads, c * block), dtype=np.float32)
     bias_arg = bias if bias is not None else np.empty(0, np.float32)
     with blas_single_threaded(nthreads > 1):
-        _shift2d_kernel().shift_conv1x1_forward(x, wmat, bias_arg, out, dy, dx, sh, sw,
+        _kernel().shift_conv1x1_forward(x, wmat, bias_arg, out, dy, dx, sh, sw,
                                                 epilogue, panels, nthreads)
     return out
 
