@@ -125,7 +125,7 @@ def test_summary_table_and_json(capsys, classifier):
     code, out, err = run_cli(capsys, "summary", classifier, "--json", "--input-shape", "2,3,8,8")
     data = json.loads(out)
     assert data["totals"]["params"] == 9 + 9 + 3  # conv without bias, linear with bias
-    assert data["layers"][0]["macs"] == 2 * 3 * 8 * 8 * 3 and data["layers"][0]["receptive_field"] == [1, 1]
+    assert data["layers"][0]["macs"] == 2 * 3 * 8 * 8 * 3 and data["layers"][0]["receptive_field"] == "1x1"
 
 
 def test_bench_reports_latency_throughput_memory(capsys, classifier):

@@ -326,3 +326,32 @@ def test_buffer_plan_is_sound(resnet_file, optimize):
     model.memory_plan({"input": (2, 3, 12, 12)})
     for plan, _ in model._plans.values():
         assert_plan_never_shares_live_tensors(model.optimized, plan)
+
+
+@needs("conv2d", "max_pool2d", "global_avg_pool2d")
+def test_summary_counts_and_receptive_fields():
+    from pyconv.graph.summary import summarize, totals
+
+    c = 8
+    b = GraphBuilder()
+    x = b.input("x", [1, c, 32, 32])
+    y = x
+    for i in range(3):  # three stacked 3x3 convs see 7x7 with 27 C^2 weights...
+        y = b.conv2d(y, weight=np.zeros((c, c, 3, 3)), padding=1, name=f"s{i}")
+    seven = b.conv2d(x, weight=np.zeros((c, c, 7, 7)), bias=np.zeros(c), padding=3, name="seven")  # ...one 7x7: 49 C^2
+    y = b.max_pool2d(y, kernel_size=2, stride=2)
+    y = b.conv2d(y, weight=np.zeros((c, c, 3, 3)), dilation=2, name="after_pool")
+    b.output(b.global_avg_pool2d(y))
+    b.output(seven)
+    graph = b.build()
+    rows = {r.name: r for r in summarize(graph, {"x": (1, c, 32, 32)})}
+    assert [rows[f"s{i}"].receptive_field for i in range(3)] == [(3, 3), (5, 5), (7, 7)]
+    assert rows["seven"].receptive_field == (7, 7)
+    assert sum(rows[f"s{i}"].params for i in range(3)) == 27 * c * c and rows["seven"].params == 49 * c * c + c
+    assert rows["max_pool2d_1"].receptive_field == (8, 8)
+    assert rows["after_pool"].receptive_field == (8 + 2 * 2 * 2, 8 + 2 * 2 * 2)  # dilation 2, jump 2
+    assert rows["global_avg_pool2d_1"].field_text() == "global"
+    assert rows["s0"].macs == c * 9 * c * 32 * 32
+    assert totals(list(rows.values()))["params"] == 27 * c * c + 49 * c * c + c + 9 * c * c
+    text = pyconv.Model(graph).summary()
+    assert "global" in text and "s2" in text and f"{27 * c * c + 49 * c * c + c + 9 * c * c:,} parameters" in text

@@ -10,12 +10,15 @@ through each windowed op, ``k_eff = dilation * (kernel - 1) + 1``, and the jump
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pyconv import registry
 from pyconv.graph.format import Graph
 from pyconv.graph.shapes import Shape, infer_shapes, topological_order, weight_shapes
+
+GLOBAL = math.inf  # receptive field of a layer that sees the whole input (after global pooling)
 
 
 @dataclass
@@ -26,7 +29,18 @@ class LayerRow:
     params: int
     macs: int
     adds: int
-    receptive_field: Optional[Tuple[int, int]]  # (height, width) in input pixels; None when not spatial
+    receptive_field: Optional[Tuple[float, float]]  # (height, width) in input pixels; None when not spatial
+
+    def field_text(self) -> Optional[str]:
+        if self.receptive_field is None:
+            return None
+        h, w = self.receptive_field
+        return "global" if GLOBAL in (h, w) else f"{int(h)}x{int(w)}"
+
+
+def _reduces_to_a_point(in_shapes: List[Shape], out_shapes: List[Shape]) -> bool:
+    return (len(in_shapes) == 1 and len(in_shapes[0]) == 4 and in_shapes[0][2:] != (1, 1)
+            and all(len(s) == 4 and s[2:] == (1, 1) for s in out_shapes))
 
 
 def summarize(graph: Graph, input_shapes: Mapping[str, Shape]) -> List[LayerRow]:
@@ -48,6 +62,8 @@ def summarize(graph: Graph, input_shapes: Mapping[str, Shape]) -> List[LayerRow]
         if window is not None:
             (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
             rf = (rf[0] + dh * (kh - 1) * rf[2], rf[1] + dw * (kw - 1) * rf[3], rf[2] * sh, rf[3] * sw)
+        elif _reduces_to_a_point(in_shapes, out_shapes):  # global pooling: every input pixel counts
+            rf = (GLOBAL, GLOBAL, rf[2], rf[3])
         spatial = all(len(s) == 4 for s in out_shapes)
         for t in node.outputs:
             if spatial:
@@ -72,7 +88,7 @@ def _human(n: float) -> str:
 def rows_as_json(rows: List[LayerRow]) -> List[Dict[str, Any]]:
     return [{"name": r.name, "op": r.op, "output_shapes": [list(s) for s in r.output_shapes], "params": r.params,
              "macs": r.macs, "adds": r.adds,
-             "receptive_field": list(r.receptive_field) if r.receptive_field else None} for r in rows]
+             "receptive_field": r.field_text()} for r in rows]
 
 
 def _dims(shape) -> str:
@@ -90,7 +106,7 @@ def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = N
     table = [("layer", "op", "output shape", "params", "MACs", "receptive field")]
     for r in rows:
         shape = ", ".join(_dims(s) for s in r.output_shapes)
-        rf = f"{r.receptive_field[0]}x{r.receptive_field[1]}" if r.receptive_field else "-"
+        rf = r.field_text() or "-"
         table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), rf))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
 
