@@ -251,3 +251,44 @@ def test_trained_mobilenet_v2_classifies_real_photos(trained_mobilenet_v2, photo
     top = [entry["label"] for entry in json.loads(result.stdout)["top"]]
     assert top[0] in accepted_top1, top
     assert expected_in_top5 <= set(top), top
+
+
+# ---------------------------------------------------------------- the tiny CNN trained on sklearn's digits
+
+TRAINED_DIGITS = ROOT / "models" / "trained" / "digits_cnn.npz"
+
+
+def test_digits_cnn_held_out_accuracy():
+    pytest.importorskip("sklearn", reason="scikit-learn provides the digits dataset")
+    from models.train_digits import load_split
+
+    _, _, x_test, y_test = load_split()
+    model = pyconv.load(TRAINED_DIGITS)
+    predictions = model(x_test).argmax(axis=1)
+    assert (predictions == y_test).mean() >= 0.97  # 0.991 when trained (see the file's metadata)
+    assert model.metadata["labels"] == [str(d) for d in range(10)]
+
+
+def test_digits_cnn_file_matches_its_builder():
+    graph = read_graph(TRAINED_DIGITS)
+    assert literature_counts(graph) == (3_818, 64 * 8 * 9 + 64 * 16 * 72 + 256 * 10)
+
+
+def test_digits_training_gradients_match_finite_differences():
+    from models import train_digits
+
+    rng = np.random.default_rng(0)
+    graph = train_digits.digits_cnn(seed=1).build()
+    params = {f"{n.name}.{role}": graph.weights[key].astype(np.float64)
+              for n in graph.nodes for role, key in n.weights.items()}
+    x, y = rng.random((3, 1, 8, 8)), np.array([1, 4, 7])
+    _, grads = train_digits._loss_and_grads(params, x, y)
+    for key in params:
+        index = tuple(rng.integers(0, s) for s in params[key].shape)
+        saved, eps = params[key][index], 1e-6
+        params[key][index] = saved + eps
+        up, _ = train_digits._loss_and_grads(params, x, y)
+        params[key][index] = saved - eps
+        down, _ = train_digits._loss_and_grads(params, x, y)
+        params[key][index] = saved
+        assert grads[key][index] == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7), key
