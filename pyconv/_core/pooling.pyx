@@ -7,11 +7,16 @@
 # loop over the columns), then each output column reduces its taps of that row.
 # Padding is never materialised: window bounds are clipped to the input.
 from cython.parallel cimport prange, threadid
-from libc.math cimport INFINITY, fabsf, powf, sqrtf
+from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
 
 import numpy as np
 
 from pyconv._core.simd cimport multiversion_void
+
+
+# Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
+cdef enum:
+    VECTOR_SLACK = 16
 
 
 cdef struct Window2d:
@@ -20,74 +25,121 @@ cdef struct Window2d:
     Py_ssize_t pt, pl, dh, dw        # top/left padding, dilation
     Py_ssize_t ow_lo, ow_hi          # output columns whose taps all lie inside the input
     Py_ssize_t x_row, out_row        # row strides (floats)
+    Py_ssize_t phase_len             # ceil(W / sw): length of one stride phase of a row
 
 
 cdef inline float max_nan(float a, float b) noexcept nogil:
-    # b wins when larger or NaN; a NaN already in a stays: NaN propagates (PyTorch).
-    # Bitwise | keeps the select branch-free so the loops vectorize.
+    # For vectorized loops: b wins when larger or NaN; a NaN already in a stays, so
+    # NaN propagates (PyTorch).  Bitwise | keeps the select branch-free.
     return b if (b > a) | (b != b) else a
+
+
+cdef struct ScalarMax:
+    # Branch-free running maximum for scalar loops (a compare-and-branch there
+    # mispredicts on real data): the max itself compiles to maxss, NaN is tracked apart.
+    float value
+    bint nan
+
+
+cdef inline void scalar_max_add(ScalarMax* m, float v) noexcept nogil:
+    m.value = m.value if m.value > v else v
+    m.nan = m.nan | (v != v)
+
+
+cdef inline float scalar_max_result(ScalarMax* m) noexcept nogil:
+    return m.value if not m.nan else NAN
+
+
+cdef inline void combine_rows(float* dst, const float* a, const float* b, Py_ssize_t n, bint is_max) noexcept nogil:
+    """dst[i] = max_nan(a[i], b[i]) or a[i] + b[i] (dst must not overlap a or b)."""
+    cdef Py_ssize_t i
+    if is_max:
+        for i in range(n):
+            dst[i] = max_nan(a[i], b[i])
+    else:
+        for i in range(n):
+            dst[i] = a[i] + b[i]
+
+
+cdef inline void accumulate_row(float* acc, const float* b, Py_ssize_t n, bint is_max) noexcept nogil:
+    """acc[i] = max_nan(acc[i], b[i]) or acc[i] + b[i].
+
+    (In place through one pointer: with a separate destination argument equal to a
+    source, GCC's overlap check fails at run time and the scalar loop runs.)
+    Callers round n up to whole vectors where they can: a scalar tail's
+    data-dependent compares mispredict and cost more than the vector body."""
+    cdef Py_ssize_t i
+    if is_max:
+        for i in range(n):
+            acc[i] = max_nan(acc[i], b[i])
+    else:
+        for i in range(n):
+            acc[i] = acc[i] + b[i]
 
 
 cdef inline void reduce_rows(float* dst, const float* src, Py_ssize_t nrows, Py_ssize_t row_step,
                              Py_ssize_t width, bint is_max) noexcept nogil:
     """dst[w] = max or sum over r < nrows of src[r * row_step + w] (nrows >= 1)."""
     cdef Py_ssize_t r, w
-    cdef const float* row
-    for w in range(width):
-        dst[w] = src[w]
-    for r in range(1, nrows):
-        row = src + r * row_step
-        if is_max:
-            for w in range(width):
-                dst[w] = max_nan(dst[w], row[w])
-        else:
-            for w in range(width):
-                dst[w] = dst[w] + row[w]
+    if nrows == 1:
+        for w in range(width):
+            dst[w] = src[w]
+        return
+    combine_rows(dst, src, src + row_step, width, is_max)
+    for r in range(2, nrows):
+        accumulate_row(dst, src + r * row_step, width, is_max)
 
 
-cdef inline void accumulate_taps(float* o, const float* t, Py_ssize_t lo, Py_ssize_t hi,
-                                 Py_ssize_t stride, Py_ssize_t offset, bint is_max) noexcept nogil:
-    """o[j] (op)= t[j * stride + offset] for lo <= j < hi; strides 1 and 2 get constant-stride loops."""
-    cdef Py_ssize_t j
-    if is_max:
-        if stride == 1:
-            for j in range(lo, hi):
-                o[j] = max_nan(o[j], t[j + offset])
-        elif stride == 2:
-            for j in range(lo, hi):
-                o[j] = max_nan(o[j], t[2 * j + offset])
-        else:
-            for j in range(lo, hi):
-                o[j] = max_nan(o[j], t[j * stride + offset])
-    else:
-        if stride == 1:
-            for j in range(lo, hi):
-                o[j] = o[j] + t[j + offset]
-        elif stride == 2:
-            for j in range(lo, hi):
-                o[j] = o[j] + t[2 * j + offset]
-        else:
-            for j in range(lo, hi):
-                o[j] = o[j] + t[j * stride + offset]
+cdef inline void split_phases(float* phases, const float* row, Py_ssize_t width, Py_ssize_t stride,
+                              Py_ssize_t phase_len) noexcept nogil:
+    """phases[r * phase_len + j] = row[j * stride + r]: afterwards every tap of a strided
+    window is a unit-stride run of one phase."""
+    cdef Py_ssize_t r, j
+    if stride == 2:
+        for j in range(width // 2):
+            phases[j] = row[2 * j]
+            phases[phase_len + j] = row[2 * j + 1]
+        if width % 2:
+            phases[width // 2] = row[width - 1]
+        return
+    for r in range(stride):
+        for j in range((width - r + stride - 1) // stride):
+            phases[r * phase_len + j] = row[j * stride + r]
 
 
 cdef inline float reduce_clipped_taps(const float* t, Py_ssize_t start, Py_ssize_t taps, Py_ssize_t step,
                                       Py_ssize_t size, bint is_max) noexcept nogil:
-    """max or sum of t[start + k * step] over the k < taps that fall in [0, size)."""
+    """max or sum of t[start + k * step] over the k < taps that fall in [0, size) (-inf / 0 if none)."""
     cdef Py_ssize_t k, i
-    cdef float acc = -INFINITY if is_max else 0.0
+    cdef ScalarMax m = ScalarMax(-INFINITY, False)
+    cdef float total = 0.0
     for k in range(taps):
         i = start + k * step
         if 0 <= i < size:
-            acc = max_nan(acc, t[i]) if is_max else acc + t[i]
-    return acc
+            if is_max:
+                scalar_max_add(&m, t[i])
+            else:
+                total = total + t[i]
+    return scalar_max_result(&m) if is_max else total
+
+
+cdef inline Py_ssize_t floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a // b if a >= 0 else -((-a + b - 1) // b)
 
 
 cdef multiversion_void window_pool_plane(const float* x, float* out, const Window2d* g, float* row_buf,
                                          const float* scale, bint is_max) noexcept nogil:
-    """One plane of a strided, dilated, padded max pool or window sum (times ``scale``, Ho x Wo)."""
-    cdef Py_ssize_t oh, ow, kx, h0, ky0, ky1
+    """One plane of a strided, dilated, padded max pool or window sum (times ``scale``, Ho x Wo).
+
+    ``row_buf`` (see window_row_buffer_size) holds the reduced rows, their stride phases
+    and the interior accumulator; the interior runs over whole vectors (n_vec), reading
+    up to VECTOR_SLACK floats of scratch past the phases, and is copied out after."""
+    cdef Py_ssize_t oh, ow, kx, h0, ky0, ky1, tap, n = g.ow_hi - g.ow_lo
+    cdef Py_ssize_t n_vec = (n + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
     cdef float* o
+    cdef const float* phases = row_buf if g.sw == 1 else row_buf + g.W
+    cdef float* acc = row_buf + g.W + g.sw * g.phase_len + VECTOR_SLACK
+    cdef const float* run
     for oh in range(g.Ho):
         h0 = oh * g.sh - g.pt
         ky0 = 0 if h0 >= 0 else (-h0 + g.dh - 1) // g.dh
@@ -95,7 +147,7 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
         if ky1 > g.kh:
             ky1 = g.kh
         o = out + oh * g.out_row
-        if ky1 <= ky0:                             # only reachable for windows inside the padding
+        if ky1 <= ky0:                             # dilated taps all in the padding
             for ow in range(g.Wo):
                 o[ow] = -INFINITY if is_max else 0.0
             continue
@@ -104,17 +156,23 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
             o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
         for ow in range(g.ow_hi, g.Wo):
             o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
-        for ow in range(g.ow_lo, g.ow_hi):
-            o[ow] = -INFINITY if is_max else 0.0
-        for kx in range(g.kw):
-            accumulate_taps(o, row_buf, g.ow_lo, g.ow_hi, g.sw, kx * g.dw - g.pl, is_max)
+        if n > 0:
+            if g.sw > 1:
+                split_phases(row_buf + g.W, row_buf, g.W, g.sw, g.phase_len)
+            for kx in range(g.kw):
+                # input column ow * sw + tap = (ow + tap // sw) * sw + tap % sw
+                tap = kx * g.dw - g.pl
+                run = phases + (tap - floor_div(tap, g.sw) * g.sw) * g.phase_len + g.ow_lo + floor_div(tap, g.sw)
+                if kx == 0:
+                    for ow in range(n_vec):
+                        acc[ow] = run[ow]
+                else:
+                    accumulate_row(acc, run, n_vec, is_max)
+            for ow in range(n):
+                o[g.ow_lo + ow] = acc[ow]
         if scale != NULL:
             for ow in range(g.Wo):
                 o[ow] = o[ow] * scale[oh * g.Wo + ow]
-
-
-cdef Py_ssize_t floor_div(Py_ssize_t a, Py_ssize_t b) noexcept:
-    return a // b if a >= 0 else -((-a + b - 1) // b)
 
 
 cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
@@ -143,7 +201,8 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     if scale is not None:
         scale_view = scale
         scale_ptr = &scale_view[0, 0]
-    row_bufs = np.empty((max(nthreads, 1), g.W), dtype=np.float32)
+    g.phase_len = (g.W + g.sw - 1) // g.sw
+    row_bufs = np.zeros((max(nthreads, 1), g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
     for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
         n = p // C
@@ -158,6 +217,7 @@ cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* o
     [hbins[2i], hbins[2i+1]) x columns [wbins[2j], wbins[2j+1]).  Empty bins give 0."""
     cdef Py_ssize_t oh, ow, w, hs, he, ws, we, wmin = wbins[0], wmax = wbins[1]
     cdef float acc
+    cdef ScalarMax m
     cdef float* o
     for ow in range(1, Wo):
         wmin = min(wmin, wbins[2 * ow])
@@ -175,12 +235,16 @@ cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* o
             if we <= ws:
                 o[ow] = 0.0
                 continue
-            acc = -INFINITY if is_max else 0.0
+            if is_max:
+                m = ScalarMax(-INFINITY, False)
+                for w in range(ws, we):
+                    scalar_max_add(&m, row_buf[w])
+                o[ow] = scalar_max_result(&m)
+                continue
+            acc = 0.0
             for w in range(ws, we):
-                acc = max_nan(acc, row_buf[w]) if is_max else acc + row_buf[w]
-            if average:
-                acc = acc / <float>((he - hs) * (we - ws))
-            o[ow] = acc
+                acc = acc + row_buf[w]
+            o[ow] = acc / <float>((he - hs) * (we - ws)) if average else acc
 
 
 def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[::1] image_of,
@@ -203,6 +267,54 @@ def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[
         b = r * per_box
         bin_pool_plane(&x[image_of[r], c, 0, 0], x_row, &out[r, c, 0, 0], out_row, &hbins[b, 0, 0], Ho,
                        &wbins[b, 0, 0], Wo, &bufs[threadid(), 0], is_max, average)
+
+
+cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize_t size, float* out,
+                                     bint is_max, float scale, Py_ssize_t width) noexcept nogil:
+    """out[p] = scale * sum, or max, of the ``size`` contiguous floats of each plane p.
+
+    A plane is reduced as rows of ``width`` (<= VECTOR_SLACK) lanes, vectorized like the
+    other passes, then the lanes and the leftover tail with branch-free scalar code.
+    ``width`` is a run-time argument on purpose: as a constant, GCC unrolls the lane
+    loop into scalar compares and branches instead of vectorizing it."""
+    cdef float lanes[VECTOR_SLACK]
+    cdef Py_ssize_t p, i, full = size // width
+    cdef const float* plane
+    cdef ScalarMax m
+    cdef float total
+    for p in range(planes):
+        plane = x + p * size
+        if is_max:
+            m = ScalarMax(-INFINITY, False)
+        total = 0.0
+        if full > 0:
+            reduce_rows(lanes, plane, full, width, width, is_max)
+            for i in range(width):
+                if is_max:
+                    scalar_max_add(&m, lanes[i])
+                else:
+                    total = total + lanes[i]
+        for i in range(full * width, size):
+            if is_max:
+                scalar_max_add(&m, plane[i])
+            else:
+                total = total + plane[i]
+        out[p] = scalar_max_result(&m) if is_max else total * scale
+
+
+def global_pool(const float[:, ::1] x, float[::1] out, bint is_max, float scale, int nthreads,
+                Py_ssize_t lanes=VECTOR_SLACK):
+    """out[p] = max (NaN propagating) or scale * sum of row p of x (one row per plane)."""
+    cdef Py_ssize_t planes = x.shape[0], chunk, t, lo, hi
+    if planes == 0:
+        return
+    nthreads = max(1, min(nthreads, planes))
+    chunk = (planes + nthreads - 1) // nthreads
+    for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
+        lo = t * chunk
+        hi = min(lo + chunk, planes)
+        if hi > lo:
+            reduce_planes(&x[lo, 0], hi - lo, x.shape[1], &out[lo], is_max, scale, lanes)
 
 
 cdef multiversion_void power_row(const float* x, float* y, Py_ssize_t n, float p, bint signed_power) noexcept nogil:

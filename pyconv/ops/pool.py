@@ -17,7 +17,7 @@ import numpy as np
 from pyconv._core import pooling as _kernels
 from pyconv._threads import threads_for
 from pyconv.ops import _pool_reference as _reference
-from pyconv.ops._args import IntPair, as_float32, as_nchw, check_out, int_pair, padding4
+from pyconv.ops._args import IntPair, as_nchw, check_out, int_pair, padding4
 from pyconv.registry import REQUIRED, Counts, OpSpec, Window, register
 
 __all__ = [
@@ -40,6 +40,14 @@ Pads = Tuple[int, int, int, int]
 
 
 # ----------------------------------------------------------------------------- geometry
+
+def _as_input(x) -> np.ndarray:
+    """``as_nchw`` with a fast exit for what the executor passes (pooling is often cheaper
+    than the checks)."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and x.flags.c_contiguous:
+        return x
+    return as_nchw(x)
+
 
 def pool_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
                      dilation: int = 1, ceil_mode: bool = False) -> int:
@@ -91,6 +99,21 @@ class _WindowGeometry:
                 f"is larger than the padded input {H + pt + pb}x{W + pl + pr} (input {H}x{W}, padding {self.pads})"
             )
         self.out_hw = (Ho, Wo)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_geometry(op, in_hw, kernel_size, stride, padding, dilation, ceil_mode) -> _WindowGeometry:
+    return _WindowGeometry(op, in_hw, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, (list, np.ndarray)) else value
+
+
+def _geometry(op: str, in_hw, kernel_size, stride, padding, dilation, ceil_mode) -> _WindowGeometry:
+    """The window geometry for one call; cached, since working it out costs more than a small pool."""
+    return _cached_geometry(op, tuple(in_hw), _hashable(kernel_size), _hashable(stride), _hashable(padding),
+                            _hashable(dilation), bool(ceil_mode))
 
 
 def _window_counts(size: int, out: int, kernel: int, stride: int, pad_before: int, pad_after: int,
@@ -154,8 +177,8 @@ def max_pool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = 
 
     Padding is never selected (it acts as -inf).  NaN propagates: a window holding a
     NaN gives NaN, as in PyTorch."""
-    x = as_nchw(x)
-    geo = _WindowGeometry("max_pool2d", x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    x = _as_input(x)
+    geo = _geometry("max_pool2d", x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     y = check_out(out, x.shape[:2] + geo.out_hw)
     return _run_window_pool(x, y, geo, None, True)
 
@@ -167,8 +190,8 @@ def avg_pool2d(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = 
 
     Divisor: ``divisor_override`` if given; else the window clipped to the padded input
     (``count_include_pad``: padding counts, the ceil-mode overhang does not) or to the input."""
-    x = as_nchw(x)
-    geo = _WindowGeometry("avg_pool2d", x.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
+    x = _as_input(x)
+    geo = _geometry("avg_pool2d", x.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
     scale = _average_scale(x.shape[2:], geo.out_hw, geo.kernel, geo.stride, geo.pads, bool(count_include_pad),
                            _check_divisor(divisor_override))
     y = check_out(out, x.shape[:2] + geo.out_hw)
@@ -187,11 +210,11 @@ def lp_pool2d(x: np.ndarray, p: float, kernel_size: IntPair, stride: Optional[In
     ``(avg_pool2d(x^p) * kh * kw)^(1/p)`` with the signed power ``x^p`` (NaN for negative
     x with non-integer p, or a negative sum with p != 1), and ceil-mode windows rescaled by
     the average's divisor.  Padding adds zeros in both conventions."""
-    x = as_nchw(x)
+    x = _as_input(x)
     p = _check_p("lp_pool2d", p)
     if convention not in LP_CONVENTIONS:
         raise ValueError(f"lp_pool2d: convention must be one of {LP_CONVENTIONS}, got {convention!r}")
-    geo = _WindowGeometry("lp_pool2d", x.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
+    geo = _geometry("lp_pool2d", x.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
     scale = None
     if convention == "torch":
         scale = _average_scale(x.shape[2:], geo.out_hw, geo.kernel, geo.stride, geo.pads, True, None,
@@ -253,36 +276,42 @@ def _adaptive_output_size(op: str, output_size, in_hw: Sequence[int]) -> Tuple[i
         raise ValueError(f"{op}: {err}") from None
 
 
+def _global_pool(x: np.ndarray, out: Optional[np.ndarray], is_max: bool, scale: float) -> np.ndarray:
+    N, C, H, W = x.shape
+    y = check_out(out, (N, C, 1, 1))
+    _kernels.global_pool(x.reshape(N * C, H * W), y.reshape(N * C), is_max, scale, threads_for(x.size))
+    return y
+
+
 def global_max_pool2d(x: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Maximum over each whole plane: (N, C, H, W) -> (N, C, 1, 1); NaN propagates."""
-    x = as_nchw(x)
-    return _pool_adaptive(x, check_out(out, x.shape[:2] + (1, 1)), "max")
+    x = _as_input(x)
+    return _global_pool(x, out, True, 1.0)
 
 
 def global_avg_pool2d(x: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Mean over each whole plane: (N, C, H, W) -> (N, C, 1, 1)."""
-    x = as_nchw(x)
-    return _pool_adaptive(x, check_out(out, x.shape[:2] + (1, 1)), "avg")
+    x = _as_input(x)
+    return _global_pool(x, out, False, 1.0 / (x.shape[2] * x.shape[3]))
 
 
 def global_lp_pool2d(x: np.ndarray, p: float = 2.0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``(sum over each plane of |x|^p)^(1/p)`` (ONNX ``GlobalLpPool``): (N, C, H, W) -> (N, C, 1, 1)."""
-    x = as_nchw(x)
+    x = _as_input(x)
     p = _check_p("global_lp_pool2d", p)
-    y = _pool_adaptive(_power(x, p, signed=False), check_out(out, x.shape[:2] + (1, 1)), "sum")
-    return _root(y, p)
+    return _root(_global_pool(_power(x, p, signed=False), out, False, 1.0), p)
 
 
 def adaptive_max_pool2d(x: np.ndarray, output_size, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Max over bins [floor(i*in/out), ceil((i+1)*in/out)) per axis (PyTorch); any in/out sizes."""
-    x = as_nchw(x)
+    x = _as_input(x)
     out_hw = _adaptive_output_size("adaptive_max_pool2d", output_size, x.shape[2:])
     return _pool_adaptive(x, check_out(out, x.shape[:2] + out_hw), "max")
 
 
 def adaptive_avg_pool2d(x: np.ndarray, output_size, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Mean over bins [floor(i*in/out), ceil((i+1)*in/out)) per axis (PyTorch); any in/out sizes."""
-    x = as_nchw(x)
+    x = _as_input(x)
     out_hw = _adaptive_output_size("adaptive_avg_pool2d", output_size, x.shape[2:])
     return _pool_adaptive(x, check_out(out, x.shape[:2] + out_hw), "avg")
 
@@ -307,7 +336,7 @@ def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode:
     Returns (N, C * sum(n^2)) whatever the input size: level by level, each level laid out
     as (C, n, n) flattened.  Bins are the adaptive ones, so every level has exactly n x n bins
     (the classic window/stride formula does not, see docs/pooling.md)."""
-    x = as_nchw(x)
+    x = _as_input(x)
     levels = _check_levels(levels)
     if mode not in SPP_MODES:
         raise ValueError(f"spatial_pyramid_pool: mode must be one of {SPP_MODES}, got {mode!r}")
@@ -315,8 +344,8 @@ def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode:
     y = check_out(out, (N, C * sum(n * n for n in levels)))
     offset = 0
     for n in levels:
-        block = np.lib.stride_tricks.as_strided(  # the level's columns of y seen as (N, C, n, n)
-            y[:, offset:], shape=(N, C, n, n), strides=(y.strides[0], 4 * n * n, 4 * n, 4))
+        block = np.ndarray((N, C, n, n), np.float32, y, 4 * offset,  # the level's columns of y
+                           (y.strides[0], 4 * n * n, 4 * n, 4))
         _pool_adaptive(x, block, mode)
         offset += C * n * n
     return y
@@ -336,12 +365,12 @@ def sppf(x: np.ndarray, kernel_size: int = 5, repeats: int = 3, *, out: Optional
     max pool of ``kernel_size`` and padding ``kernel_size // 2`` applied ``repeats`` times.
 
     Equals concatenating x with max pools of kernels k, 2k-1, 3k-2, ... (5, 9, 13 for k = 5)."""
-    x = as_nchw(x)
+    x = _as_input(x)
     k, r = _sppf_kernel(kernel_size, repeats)
     N, C, H, W = x.shape
     y = check_out(out, (N, C * (r + 1), H, W))
     y[:, :C] = x
-    geo = _WindowGeometry("sppf", (H, W), k, 1, k // 2, 1, False)
+    geo = _geometry("sppf", (H, W), k, 1, k // 2, 1, False)
     for i in range(r):
         _run_window_pool(y[:, i * C:(i + 1) * C], y[:, (i + 1) * C:(i + 2) * C], geo, None, True)
     return y
@@ -351,8 +380,11 @@ def sppf(x: np.ndarray, kernel_size: int = 5, repeats: int = 3, *, out: Optional
 
 def _check_boxes(op: str, boxes, x_shape: Sequence[int], spatial_scale: float) -> Tuple[np.ndarray, np.ndarray]:
     """(boxes as float32 (R, 5), batch indices as intp); ValueError for malformed or out-of-range boxes."""
-    boxes = as_float32(boxes, "boxes", ndim=2)
-    if boxes.shape[1] != 5:
+    boxes = np.asarray(boxes)
+    if boxes.dtype.kind not in "fiu":
+        raise TypeError(f"{op}: boxes must be a numeric array, got dtype {boxes.dtype}")
+    boxes = np.ascontiguousarray(boxes, dtype=np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
         raise ValueError(f"{op}: boxes must have shape (R, 5) as (batch_index, x1, y1, x2, y2), got {boxes.shape}")
     N, _, H, W = x_shape
     if not np.isfinite(boxes).all():
@@ -399,7 +431,7 @@ def roi_pool(x: np.ndarray, boxes: np.ndarray, output_size: IntPair, spatial_sca
 
     Box corners are scaled and rounded to the nearest cell; the box (both ends inclusive)
     is cut into PH x PW integer bins (floor/ceil); empty bins give 0."""
-    x = as_nchw(x)
+    x = _as_input(x)
     PH, PW = int_pair(output_size, "output_size", 1)
     boxes, image_of = _check_boxes("roi_pool", boxes, x.shape, spatial_scale)
     y = check_out(out, (boxes.shape[0], x.shape[1], PH, PW))
@@ -452,7 +484,7 @@ def roi_align(x: np.ndarray, boxes: np.ndarray, output_size: IntPair, spatial_sc
     Each bin averages a grid of bilinear samples (``sampling_ratio`` per axis, or
     ceil(box size / output size) when <= 0).  ``aligned=True`` shifts the box by -0.5
     cell (pixel-centre model); ``aligned=False`` stretches boxes to at least 1 cell."""
-    x = as_nchw(x)
+    x = _as_input(x)
     PH, PW = int_pair(output_size, "output_size", 1)
     boxes, image_of = _check_boxes("roi_align", boxes, x.shape, spatial_scale)
     y = check_out(out, (boxes.shape[0], x.shape[1], PH, PW))
@@ -492,7 +524,7 @@ def _spatial(shape: Sequence[int], op: str) -> Tuple[int, int]:
 def _window_shape(op: str, dilated: bool):
     def infer(input_shapes, weight_shapes, attrs) -> List[Tuple[int, ...]]:
         shape = input_shapes[0]
-        geo = _WindowGeometry(op, _spatial(shape, op), attrs["kernel_size"], attrs["stride"], attrs["padding"],
+        geo = _geometry(op, _spatial(shape, op), attrs["kernel_size"], attrs["stride"], attrs["padding"],
                               attrs["dilation"] if dilated else 1, attrs["ceil_mode"])
         return [tuple(shape[:2]) + geo.out_hw]
     return infer
