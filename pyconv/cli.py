@@ -132,7 +132,7 @@ def _statistics(output: np.ndarray) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------- run
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pyconv.errors import ImageError, InputError
+    from pyconv.errors import ImageError, InputError, ModelError
     from pyconv.io.images import load_image
 
     _set_threads(args.threads)
@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise InputError(f"the model's preprocessing metadata is invalid: {exc}") from None
             try:
                 outputs = model.run({model.input_names[0]: x})
-            except InputError as exc:
+            except (InputError, ModelError) as exc:  # wrong channels, or too small for the network
                 raise InputError(f"{path}: the image (preprocessed to shape {list(x.shape)}) does not fit the "
                                  f"model: {exc}") from None
         except (ImageError, InputError) as exc:

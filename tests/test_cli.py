@@ -94,6 +94,11 @@ def test_run_reports_model_image_mismatch(capsys, tmp_path, images):
     b.save(path, metadata={"preprocess": {"resize": [8, 8]}})  # forgot "grayscale": true
     code, _, err = run_cli(capsys, "run", path, images["red"])
     assert code == 1 and "does not fit the model" in err and "axis 1 is 3" in err
+    b = GraphBuilder()
+    b.output(b.conv2d(b.input("input", [1, 3, "H", "W"]), weight=np.ones((1, 3, 16, 16))))
+    b.save(path, metadata={"task": "segmentation"})
+    code, out, err = run_cli(capsys, "run", path, images["red"], images["blue"])  # 12x20 < 16x16 kernel
+    assert code == 1 and err.count("does not fit the model") == 2 and "conv2d" in err
 
 
 def test_run_shows_statistics_for_non_classifiers(capsys, tmp_path, images):
