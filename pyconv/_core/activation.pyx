@@ -37,6 +37,7 @@ KINDS = {
 cdef enum:
     CHUNK = 16384
     SOFTMAX_BLOCK = 512
+    LANES = 16  # independent accumulators of a row reduction (one AVX-512 vector)
 
 
 cdef inline float sigmoid1(float v) noexcept nogil:
@@ -122,13 +123,28 @@ def prelu_forward(const float[::1] x, float[::1] y, const float[::1] slope,
             activation_tile(LEAKY, &x[start], &y[start], plane, slope[p % channels], 0.0)
 
 
+cdef inline float row_max(const float* x, Py_ssize_t n) noexcept nogil:
+    """max of n floats; LANES independent maxima so the compiler can use vector max."""
+    cdef float acc[LANES]
+    cdef Py_ssize_t i, j, body = n - n % LANES
+    cdef float m = -INFINITY
+    for j in range(LANES):
+        acc[j] = -INFINITY
+    for i in range(body // LANES):
+        for j in range(LANES):
+            acc[j] = x[i * LANES + j] if x[i * LANES + j] > acc[j] else acc[j]
+    for i in range(body, n):
+        m = x[i] if x[i] > m else m
+    for j in range(LANES):
+        m = acc[j] if acc[j] > m else m
+    return m
+
+
 cdef multiversion_void softmax_row(const float* x, float* y, Py_ssize_t n, bint log) noexcept nogil:
     """(log-)softmax of n contiguous floats."""
     cdef Py_ssize_t i
-    cdef float m = -INFINITY
+    cdef float m = row_max(x, n)
     cdef float s = 0, shift
-    for i in range(n):
-        m = x[i] if x[i] > m else m
     if log:
         for i in range(n):
             s = s + expf(x[i] - m)

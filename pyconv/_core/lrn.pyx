@@ -3,7 +3,7 @@
 # The window of channel c is [c - before, c - before + size - 1] clipped to the
 # valid channels; pyconv.ops.norm chooses ``before`` (PyTorch vs ONNX).
 from cython.parallel cimport prange
-from libc.math cimport powf
+from libc.math cimport powf, sqrtf
 
 from pyconv._core.simd cimport multiversion_void
 
@@ -20,14 +20,20 @@ cdef multiversion_void lrn_block(const float* x, float* y, Py_ssize_t width, Py_
     cdef float acc[BLOCK]
     cdef Py_ssize_t j, d
     cdef const float* xc
+    cdef float r
     for j in range(width):
         acc[j] = 0
     for d in range(lo, hi + 1):
         xc = x + d * channel_stride
         for j in range(width):
             acc[j] = acc[j] + xc[j] * xc[j]
-    for j in range(width):
-        y[j] = x[j] * powf(k + alpha_over_size * acc[j], -beta)
+    if beta == 0.75:  # AlexNet, GoogLeNet: b^-0.75 = 1 / (sqrt(b) sqrt(sqrt(b))), which vectorises
+        for j in range(width):
+            r = sqrtf(k + alpha_over_size * acc[j])
+            y[j] = x[j] / (r * sqrtf(r))
+    else:
+        for j in range(width):
+            y[j] = x[j] * powf(k + alpha_over_size * acc[j], -beta)
 
 
 def lrn_forward(const float[::1] x, float[::1] y, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t plane,
