@@ -330,3 +330,32 @@ def test_validate_accepts_built_graphs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate(conv_relu_graph())
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_corrupted_files_only_raise_model_errors(tmp_path, compressed):
+    """Random byte flips and truncations: the reader fails with a ModelError, never another exception."""
+    graph = conv_relu_graph()
+    path = tmp_path / "m.npz"
+    if compressed:
+        payload = {GRAPH_KEY: np.frombuffer(json.dumps(graph.to_json()).encode(), np.uint8), **graph.weights}
+        np.savez_compressed(path, **payload)
+    else:
+        save_graph(graph, path)
+    data = path.read_bytes()
+    rng = np.random.default_rng(1)
+    outcomes = set()
+    for _ in range(400):
+        mutated = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            mutated = mutated[: int(rng.integers(0, len(mutated)))]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ModelWarning)
+                validate(fmt.graph_from_bytes(bytes(mutated)))
+            outcomes.add("loaded")
+        except ModelError as exc:
+            outcomes.add(type(exc).__name__)
+    assert "ModelError" in outcomes

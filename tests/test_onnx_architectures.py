@@ -232,6 +232,12 @@ def test_shufflenet_shuffles_become_channel_shuffle_ops():
     assert ops.count("channel_shuffle") == 4 and "transpose" not in ops
 
 
+def test_yolo_neck_sppf_becomes_one_op():
+    model, _ = yolo_neck()
+    ops = [n.op for n in convert(model).graph.nodes]
+    assert ops.count("sppf") == 1 and "max_pool2d" not in ops and ops.count("silu") == 12
+
+
 @pytest.mark.parametrize("name", ["yolo_neck", "dbnet_fpn"])
 def test_fully_convolutional_architectures_run_at_any_size(name):
     model, _ = ARCHITECTURES[name]()

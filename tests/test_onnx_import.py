@@ -499,3 +499,11 @@ def test_small_net_across_opsets(opset):
     y = net.op("Mul", [net.op("MaxPool", [p], kernel_shape=[3, 3], strides=[1, 1]), net.op("Sigmoid", [m])])
     model = net.model({X: [2, 3, 6, 7]}, [y, up])
     check_against_onnxruntime(model, {X: rand(2, 3, 6, 7)})
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 2]), dict(strides=[2], dilations=[2], pads=[2, 2]),
+                                   dict(auto_pad="SAME_UPPER"), dict(group=2)])
+def test_conv1d(attrs):
+    model, feeds = _single("Conv", (2, 4, 11), attrs, {"w": rand(6, 4 // attrs.get("group", 1), 4, seed=2),
+                                                       "b": rand(6, seed=3)}, ["w", "b"])
+    check_against_onnxruntime(model, feeds)

@@ -182,3 +182,38 @@ def test_ir_conversion_is_separate_from_emission():
     assert [n.op for n in graph.nodes] == ["conv2d", "batch_norm", "silu"]
     assert counts["fuse_silu"] == 1
     assert [str(d) for d in shapes[X]] == ["N", "4", "H", "W"]
+
+
+@pytest.mark.parametrize("repeats,kernel", [(3, 5), (2, 3)])
+def test_sppf_fused(repeats, kernel):
+    net = OnnxNet()
+    y = net.conv(net.input(X, 4), 6, k=1)
+    pools = [y]
+    for _ in range(repeats):
+        pools.append(net.op("MaxPool", [pools[-1]], kernel_shape=[kernel, kernel], strides=[1, 1],
+                            pads=[kernel // 2] * 4))
+    out = net.op("Concat", pools, axis=1)
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [out]))
+    assert _ops(converted) == ["conv2d", "sppf"], _ops(converted)
+    assert converted.graph.nodes[1].attrs == {"kernel_size": kernel, "repeats": repeats}
+
+
+def test_sppf_not_fused_when_a_pool_is_also_an_output():
+    net = OnnxNet()
+    y = net.input(X, 4)
+    m1 = net.op("MaxPool", [y], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])
+    m2 = net.op("MaxPool", [m1], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])
+    out = net.op("Concat", [y, m1, m2], axis=1)
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [out, m2]))
+    assert "sppf" not in _ops(converted)
+
+
+def test_integer_input_is_refused():
+    from onnx import TensorProto
+    from pyconv.errors import ModelError
+
+    graph = helper.make_graph([node("Relu", [X], ["y"])], "g", [helper.make_tensor_value_info(X, TensorProto.INT64,
+                                                                                             [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    with pytest.raises(ModelError, match="element type 7"):
+        convert(helper.make_model(graph))

@@ -5,6 +5,7 @@ primitive ones; these passes turn the chains back into pyconv's own ops.
 - ``clip(x + 3, 0, 6) / 6`` -> hardsigmoid(1/6, 1/2); ``x * hardsigmoid(x)`` and
   ``x * clip(x + 3, 0, 6) / 6`` -> hardswish
 - Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) -> channel_shuffle
+- Concat(x, m(x), m(m(x)), m(m(m(x)))) with m a stride-1 "same" max pool -> sppf
 - per-channel Mul/Add/Sub/Div by constants (BatchNormalization decomposed) -> batch_norm, and
   chains of batch_norms merged into one
 """
@@ -174,6 +175,44 @@ def fuse_channel_shuffle(graph: Graph) -> int:
     return count
 
 
+def _sppf_pool(node, kernel: Optional[int] = None) -> Optional[int]:
+    """The kernel size if ``node`` is SPPF's stride-1 "same" max pool (optionally of ``kernel``)."""
+    if node is None or node.op != "max_pool2d":
+        return None
+    a = node.attrs
+    k = a.get("kernel_size")
+    k = k[0] if isinstance(k, list) and len(k) == 2 and k[0] == k[1] else k
+    if not isinstance(k, int) or k % 2 == 0 or (kernel is not None and k != kernel):
+        return None
+    same = a.get("stride") in ([1, 1], 1) and a.get("padding") in ([k // 2] * 4, k // 2) \
+        and a.get("dilation", 1) in ([1, 1], 1) and not a.get("ceil_mode", False)
+    return k if same else None
+
+
+def fuse_sppf(graph: Graph) -> int:
+    """Concat(x, m(x), m(m(x)), ...) with m a stride-1 same-size max pool -> sppf (YOLOv5's SPPF)."""
+    prod, users, count = graph.producers(), graph.consumers(), 0
+    protected = graph.protected()
+    for node in list(graph.nodes):
+        if node.op != "concat" or node.attrs.get("axis", 1) != 1 or len(node.inputs) < 2 or not graph.alive(node):
+            continue
+        x, chain = node.inputs[0], [prod.get(t) for t in node.inputs[1:]]
+        kernel = _sppf_pool(chain[0])
+        if kernel is None or any(_sppf_pool(p, kernel) is None for p in chain):
+            continue
+        feeds = [x] + node.inputs[1:-1]
+        if any(p.inputs[0] != f for p, f in zip(chain, feeds)):
+            continue
+        # each pooled map is read only by the next pool and the concat
+        if any(t in protected or len(users.get(t, [])) != (1 if t == node.inputs[-1] else 2)
+               for t in node.inputs[1:]):
+            continue
+        graph.replace(chain + [node], Node("sppf", [x], node.outputs,
+                                           attrs={"kernel_size": kernel, "repeats": len(chain)}, name=node.name))
+        count += 1
+    return count
+
+
 def _per_channel(graph: Graph, x: str, const: str) -> Optional[np.ndarray]:
     """The constant as a length-C vector when ``x`` is NCHW and the constant broadcasts per channel only."""
     shape, value = graph.shape(x), graph.consts[const]
@@ -254,6 +293,7 @@ PASSES: List[Callable[[Graph], int]] = [
     fuse_hardsigmoid,
     fuse_hardswish,
     fuse_channel_shuffle,
+    fuse_sppf,
     lower_channel_affine,
     merge_batch_norms,
 ]

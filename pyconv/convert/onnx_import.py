@@ -220,6 +220,10 @@ class _Importer:
     # ---- the walk
 
     def run(self) -> Graph:
+        for name, elem_type in self.input_dtypes.items():
+            if elem_type not in (0, 1, 10, 11):  # undefined, float, float16, double
+                raise ModelError(f"input {name!r} has ONNX element type {elem_type}; pyconv models take float "
+                                 "tensors (NCHW float32)")
         for node in self.model.graph.node:
             self._convert_node(node)
         if self.failures:
@@ -349,12 +353,32 @@ def _check_2d(ctx: _Importer, node, what: str) -> None:
         raise _Unsupported(f"{what} is supported on 4-D NCHW tensors only, got rank {len(shape)}")
 
 
+def _conv1d(ctx, node, attrs, weight: np.ndarray, bias: Optional[np.ndarray]) -> None:
+    """Conv on (N, C, L): pyconv's conv1d."""
+    stride, dilation = list(attrs.get("strides", [1]))[0], list(attrs.get("dilations", [1]))[0]
+    auto_pad, k = attrs.get("auto_pad", "NOTSET"), weight.shape[2]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if stride != 1:
+            raise _Unsupported("1-D auto_pad SAME with stride > 1")
+        total = (k - 1) * dilation
+        left = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        pads = [left, total - left]
+    else:
+        pads = [0, 0] if auto_pad == "VALID" else list(attrs.get("pads", [0, 0]))
+    ctx.emit("conv1d", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias},
+             stride=int(stride), padding=[int(p) for p in pads], dilation=int(dilation),
+             groups=int(attrs.get("group", 1)))
+
+
 @_handles("Conv")
 def _conv(ctx, node, attrs):
     weight = ctx.need_const(node, 1, "the weight")
-    if weight.ndim != 4:
-        raise _Unsupported(f"only 2-D convolutions are supported (weight of rank {weight.ndim})")
     bias = ctx.optional_const(node, 2, "the bias")
+    if weight.ndim == 3:
+        _conv1d(ctx, node, attrs, weight, bias)
+        return
+    if weight.ndim != 4:
+        raise _Unsupported(f"only 1-D and 2-D convolutions are supported (weight of rank {weight.ndim})")
     kernel = _pair(attrs.get("kernel_shape", weight.shape[2:]), 1)
     strides, dilations = _pair(attrs.get("strides"), 1), _pair(attrs.get("dilations"), 1)
     ctx.emit("conv2d", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias},
