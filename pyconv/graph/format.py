@@ -13,6 +13,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -295,7 +296,7 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
     label = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "model"
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError):  # not a zip, or a damaged one
         raise ModelError(f"{label}: not a pyconv model (expected an .npz zip archive)") from None
     with zf:
         try:
@@ -308,7 +309,10 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
             doc = _parse_graph_json(_read_member(zf, GRAPH_KEY, members.pop(GRAPH_KEY)))
             check_format_version(doc)  # before reading weights: a newer file may store them differently
             weights = {key: _read_member(zf, key, info) for key, info in members.items()}
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError) as exc:
+        except ModelError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
+                RuntimeError, ValueError) as exc:
             raise ModelError(f"{label}: corrupt archive: {exc}") from None
     return graph_from_json(doc, weights)
 
