@@ -2,15 +2,10 @@
 # dilation, groups):   out[g] (Co/g x P) = W[g] (Co/g x K) @ B (K x P),
 # K = Ci/g * kh * kw.
 #
-# Input layout ("phase planes"): each padded input channel is split into
-# sh * sw phase planes of Hq x Wq, phase (qh, qw) holding the padded pixels
-# (r*sh + qh, j*sw + qw).  Tap (ki, kj) of output pixel (oh, ow) then reads
-# phase ((ki*dh) % sh, (kj*dw) % sw) at (oh + ki*dh // sh, ow + kj*dw // sw):
-# with outputs numbered on a "wide" Ho x Wq grid (Wq >= Wo; the few extra
-# columns are computed and dropped), a B row is one contiguous run of a phase
-# plane for any stride and dilation.  So the im2col of a tile is one memcpy per
-# B row, a 1x1 conv reads B straight from the phase planes, and a 1x1 stride-1
-# unpadded conv straight from x.
+# B comes from the input's phase planes (pyconv/_core/phase_planes.pxd): on
+# the wide output grid every B row is one contiguous run of a phase plane, so
+# the im2col of a tile is one memcpy per B row, a 1x1 conv reads B straight
+# from the phase planes, and a 1x1 stride-1 unpadded conv straight from x.
 #
 # The wide grid is cut into tiles of ``tile_cols`` pixels; each (group, tile)
 # task gathers its B rows, runs one single-threaded sgemm into a pixel-major
@@ -18,30 +13,25 @@
 # while they are hot.  Tasks are spread over the OpenMP threads, so the BLAS
 # must run single-threaded meanwhile (arranged by pyconv.ops.conv).
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id
+from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.simd cimport multiversion_void
 
 
 cdef struct ConvGeom:
-    int C, H, W          # input channels (all groups), height, width
-    int Co, Ho, Wo       # output channels, height, width
-    int groups, kh, kw
-    int sh, sw, pt, pl, dh, dw
-    int Hq, Wq           # phase plane height and width (Wq: wide-grid row length)
-    Py_ssize_t plane     # Hq * Wq
+    PhaseGeom ph
+    int C, Co, Ho, Wo, groups
     bint direct          # B is x itself (1x1, stride 1, unpadded)
 
 
 def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
-    """(Hq, Wq, direct): phase-plane size and whether x is read directly as B."""
-    sh, sw = stride
-    dh, dw = dilation
-    direct = kh == 1 and kw == 1 and (sh, sw) == (1, 1) and not any(pads)
-    return Ho + ((kh - 1) * dh) // sh, Wo + ((kw - 1) * dw) // sw, direct
+    """(Hq, Wq, direct): phase-plane size (phase_planes.pxd) and whether x is read directly as B."""
+    cdef PhaseGeom g = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, pads, dilation)
+    return g.Hq, g.Wq, kh == 1 and kw == 1 and tuple(stride) == (1, 1) and not any(pads)
 
 
 def scratch_floats(int k, int cog, int tile_cols, int kh, int kw) -> int:
@@ -54,61 +44,20 @@ def phase_floats(int C, stride, int Hq, int Wq) -> int:
     return C * stride[0] * stride[1] * Hq * Wq + Wq
 
 
-cdef bint phase_used(int q, int s, int k, int d) noexcept nogil:
-    """Whether some tap i < k has (i*d) % s == q."""
-    cdef int i
-    for i in range(k):
-        if (i * d) % s == q:
-            return True
-    return False
-
-
-cdef multiversion_void phase_split_channel(const float* src, float* dst, const ConvGeom* g) noexcept nogil:
-    """Padded phase planes [sh][sw][Hq][Wq] of one H x W input channel (unused phases skipped)."""
-    cdef int qh, qw, r, j, ih, j_lo, j_hi
-    cdef float* row
-    for qh in range(g.sh):
-        if not phase_used(qh, g.sh, g.kh, g.dh):
-            continue
-        for qw in range(g.sw):
-            if not phase_used(qw, g.sw, g.kw, g.dw):
-                continue
-            # padded column j*sw + qw holds input column j*sw + qw - pl
-            j_lo = (g.pl - qw + g.sw - 1) // g.sw if g.pl > qw else 0
-            j_hi = (g.W - 1 + g.pl - qw) // g.sw + 1 if g.W - 1 + g.pl - qw >= 0 else 0
-            if j_hi > g.Wq:
-                j_hi = g.Wq
-            if j_lo > j_hi:
-                j_lo = j_hi
-            for r in range(g.Hq):
-                row = dst + (qh * g.sw + qw) * g.plane + <Py_ssize_t>r * g.Wq
-                ih = r * g.sh + qh - g.pt
-                if ih < 0 or ih >= g.H:
-                    memset(row, 0, g.Wq * sizeof(float))
-                    continue
-                for j in range(j_lo):
-                    row[j] = 0.0
-                if g.sw == 1:
-                    memcpy(row + j_lo, src + <Py_ssize_t>ih * g.W + j_lo - g.pl, (j_hi - j_lo) * sizeof(float))
-                else:
-                    for j in range(j_lo, j_hi):
-                        row[j] = src[<Py_ssize_t>ih * g.W + j * g.sw + qw - g.pl]
-                for j in range(j_hi, g.Wq):
-                    row[j] = 0.0
+cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
+    phase_split(src, dst, g)
 
 
 cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int ncols,
                       const ConvGeom* g) noexcept nogil:
     """B rows (cig*kh*kw of ncols wide-grid pixels) of one group: a memcpy each."""
     cdef int c, ki, kj
-    cdef Py_ssize_t row = 0, phase
-    cdef const float* src
+    cdef Py_ssize_t row = 0
     for c in range(g.C // g.groups):
-        for ki in range(g.kh):
-            for kj in range(g.kw):
-                phase = (c * g.sh + (ki * g.dh) % g.sh) * g.sw + (kj * g.dw) % g.sw
-                src = phases + phase * g.plane + <Py_ssize_t>((ki * g.dh) // g.sh) * g.Wq + (kj * g.dw) // g.sw
-                memcpy(cols + row * ncols, src + col0, ncols * sizeof(float))
+        for ki in range(g.ph.kh):
+            for kj in range(g.ph.kw):
+                memcpy(cols + row * ncols, phases + c * g.ph.channel + tap_offset(&g.ph, ki, kj) + col0,
+                       ncols * sizeof(float))
                 row += 1
 
 
@@ -124,9 +73,9 @@ cdef multiversion_void store_tile(const float* ct, float* out, int cog, Py_ssize
     cdef const float* src
     cdef float* dst
     while p < end:
-        oh = p // g.Wq
-        ow = p - <Py_ssize_t>oh * g.Wq
-        run = g.Wq - ow if end - p > g.Wq - ow else end - p  # wide pixels of this row in the tile
+        oh = p // g.ph.Wq
+        ow = p - <Py_ssize_t>oh * g.ph.Wq
+        run = g.ph.Wq - ow if end - p > g.ph.Wq - ow else end - p  # wide pixels of this row in the tile
         if ow < g.Wo:
             n = g.Wo - ow if run > g.Wo - ow else run
             src = ct + (p - col0) * cog
@@ -151,23 +100,19 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)].
     Call with the BLAS single-threaded."""
     cdef ConvGeom g
-    g.C = x.shape[1]; g.H = x.shape[2]; g.W = x.shape[3]
-    g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
-    g.groups = groups; g.kh = kh; g.kw = kw
-    g.sh, g.sw = stride
-    g.pt, g.pl = pads[0], pads[1]
-    g.dh, g.dw = dilation
-    g.Hq, g.Wq, g.direct = gemm_layout(kh, kw, stride, pads, dilation, g.Ho, g.Wo)
-    g.plane = <Py_ssize_t>g.Hq * g.Wq
+    g.C = x.shape[1]; g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
+    g.groups = groups
+    g.ph = phase_geometry(x.shape[2], x.shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
+    g.direct = gemm_layout(kh, kw, stride, pads, dilation, g.Ho, g.Wo)[2]
     cdef int N = x.shape[0]
     cdef int cig = g.C // groups, cog = g.Co // groups
     cdef int K = cig * kh * kw
-    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * g.Wq
+    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * g.ph.Wq
     cdef int ntiles = (wide + tile_cols - 1) // tile_cols
     cdef int ntasks = groups * ntiles
     if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(K, cog, tile_cols, kh, kw):
         raise ValueError("scratch too small for the GEMM tiles")
-    if not g.direct and phases.shape[0] < phase_floats(g.C, stride, g.Hq, g.Wq):
+    if not g.direct and phases.shape[0] < phase_floats(g.C, stride, g.ph.Hq, g.ph.Wq):
         raise ValueError("phase buffer too small")
     cdef Epilogue ep = epilogue_from_spec(epilogue)
     cdef const float[::1] bias_v
@@ -184,7 +129,7 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     cdef const float* wp = &wmat[0, 0]
     cdef float* op = &out[0, 0, 0, 0]
     cdef float* ph = &phases[0]
-    cdef Py_ssize_t phase_stride = <Py_ssize_t>g.sh * g.sw * g.plane
+    cdef Py_ssize_t phase_stride = g.ph.channel
     cdef int n, c, task, grp, t, ncols, ldb
     cdef Py_ssize_t col0, out_off
     cdef float* cols
@@ -193,7 +138,7 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     for n in range(N):
         if not g.direct:
             for c in prange(g.C, nogil=True, num_threads=nthreads, schedule="static"):
-                phase_split_channel(xp + (<Py_ssize_t>n * g.C + c) * g.H * g.W, ph + c * phase_stride, &g)
+                phase_split_channel(xp + (<Py_ssize_t>n * g.C + c) * g.ph.H * g.ph.W, ph + c * phase_stride, &g.ph)
         for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
             t = task % ntiles
             grp = task // ntiles

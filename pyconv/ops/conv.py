@@ -222,21 +222,21 @@ class _GemmKernel:
 
 
 class _DepthwiseKernel:
-    """groups == C_in: padded, phase-split planes (pyconv/_core/depthwise.pyx)."""
+    """groups == C_in: phase planes and wide output planes (pyconv/_core/depthwise.pyx)."""
 
     def __init__(self, g: ConvGeometry, weight: np.ndarray):
         self.g = g
         self.weight = np.ascontiguousarray(weight)
-        self._scratch = threading.local()
+        self._buffers = threading.local()
 
     def __call__(self, x, residual, out, bias, epilogue, nthreads):
         g = self.g
         nthreads = min(nthreads, x.shape[0] * x.shape[1])
-        need = _depthwise.scratch_size(out.shape[2], out.shape[3], *g.kernel, *g.stride, *g.dilation)
-        scratch = getattr(self._scratch, "buf", None)
+        need = _depthwise.scratch_floats(out.shape[2], out.shape[3], *g.kernel, g.stride, g.dilation)
+        scratch = getattr(self._buffers, "scratch", None)
         if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
-            scratch = np.empty((nthreads, need), np.float32)
-            self._scratch.buf = scratch
+            scratch = np.zeros((nthreads, need), np.float32)  # zeroed: see depthwise_conv2d
+            self._buffers.scratch = scratch
         _depthwise.depthwise_conv2d(x, self.weight, bias, g.stride, g.pads, g.dilation, epilogue, residual,
                                     out, scratch, nthreads)
 
