@@ -18,6 +18,7 @@ import copy
 from typing import Any, Dict, List, Optional
 
 from pyconv import registry
+from pyconv.errors import ModelError
 from pyconv.graph.format import Graph, Node
 from pyconv.graph.shapes import Shape, infer_shapes, input_shapes_for, probe_symbols, topological_order
 
@@ -123,10 +124,13 @@ def fold_batch_norms(rw: _Rewriter) -> None:
         w = rw.graph.weights
         bn_attrs = registry.get("batch_norm").resolve_attrs(bn.attrs)
         get = (lambda node, role: w[node.weights[role]] if role in node.weights else None)
-        weight, bias = fold_batch_norm(get(conv, "weight"), get(conv, "bias"), get(bn, "mean"), get(bn, "var"),
-                                       get(bn, "weight"), get(bn, "bias"), bn_attrs["eps"],
-                                       axis=FOLD_AXIS[conv.op],
-                                       groups=conv.attrs.get("groups", 1) if FOLD_AXIS[conv.op] else 1)
+        try:
+            weight, bias = fold_batch_norm(get(conv, "weight"), get(conv, "bias"), get(bn, "mean"), get(bn, "var"),
+                                           get(bn, "weight"), get(bn, "bias"), bn_attrs["eps"],
+                                           axis=FOLD_AXIS[conv.op],
+                                           groups=conv.attrs.get("groups", 1) if FOLD_AXIS[conv.op] else 1)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"node {bn.name!r} (batch_norm): cannot fold into {conv.name!r}: {exc}") from None
         conv.weights = {"weight": f"{conv.name}.weight+{bn.name}", "bias": f"{conv.name}.bias+{bn.name}"}
         w[conv.weights["weight"]], w[conv.weights["bias"]] = weight, bias
         rw.absorb(conv, bn)
