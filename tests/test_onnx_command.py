@@ -85,3 +85,14 @@ def test_parse_input_shapes():
     assert parse_input_shapes(["a:Nx3xHxW;b:1,1,8,8"]) == {"a": ["N", 3, "H", "W"], "b": [1, 1, 8, 8]}
     with pytest.raises(Exception, match="name each input"):
         parse_input_shapes(["1x3x8x8", "b:1x1x8x8"])
+
+
+def test_summary_and_bench_work_on_a_converted_model(onnx_file, tmp_path, capsys):
+    path, _ = onnx_file
+    out = tmp_path / "m.npz"
+    assert main(["convert", str(path), str(out), "--size", "32,32"]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(out), "--input-shape", "1,3,32,32"]) == 0
+    assert "conv2d" in capsys.readouterr().out
+    assert main(["bench", str(out), "--runs", "2", "--warmup", "1", "--input-shape", "1,3,32,32", "--json"]) == 0
+    assert "latency" in capsys.readouterr().out

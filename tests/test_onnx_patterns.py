@@ -217,3 +217,29 @@ def test_integer_input_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
     with pytest.raises(ModelError, match="element type 7"):
         convert(helper.make_model(graph))
+
+
+def _nhwc_model():
+    net = OnnxNet()
+    t = net.op("Transpose", ["img"], perm=[0, 3, 1, 2], channels=3)
+    return net.model({"img": ["N", 6, 5, 3]}, [net.op("Relu", [net.conv(t, 4, 3)])])
+
+
+def test_nhwc_input_becomes_nchw():
+    from onnx_testing import assert_close, run_onnxruntime
+
+    model = _nhwc_model()
+    converted = convert(model)
+    assert list(converted.graph.inputs[0].shape) == ["N", 3, 6, 5]
+    assert "transpose" not in _ops(converted)
+    assert converted.metadata["source"]["input_layout"] == {"img": "NHWC"}
+    x = rand(2, 3, 6, 5)
+    (name,) = [o.name for o in model.graph.output]
+    assert_close(converted.run({"img": x})[name], run_onnxruntime(model, {"img": x.transpose(0, 2, 3, 1)})[name])
+
+
+def test_nhwc_input_kept_on_request():
+    from pyconv.convert import from_onnx
+
+    graph = from_onnx(_nhwc_model(), nchw_inputs=False)
+    assert list(graph.inputs[0].shape) == ["N", 6, 5, 3] and graph.nodes[0].op == "transpose"

@@ -131,13 +131,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scale", metavar="1/255", help="factor applied to the 0..255 pixel values first")
     group.add_argument("--channel-order", choices=["RGB", "BGR", "rgb", "bgr"], help="channel order the model expects")
     group.add_argument("--grayscale", action="store_true", help="the model takes one grayscale channel")
+    parser.add_argument("--keep-nhwc", action="store_true",
+                        help="keep NHWC inputs as they are (by default an input the model transposes to NCHW "
+                             "right away becomes an NCHW input)")
     parser.add_argument("--verify", action="store_true",
                         help="run the ONNX model with onnxruntime and the converted one on a random input and "
                              "report the largest difference")
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
 
 
-def _verify(onnx_path: str, graph, input_shapes: Dict[str, Any]) -> Dict[str, float]:
+def _verify(onnx_path: str, graph) -> Dict[str, float]:
     """Max |difference| per output between onnxruntime and pyconv on one random input."""
     import numpy as np
 
@@ -155,7 +158,9 @@ def _verify(onnx_path: str, graph, input_shapes: Dict[str, Any]) -> Dict[str, fl
         feeds[t.name] = rng.standard_normal(dims).astype(np.float32)
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    expected = dict(zip(names, session.run(names, feeds)))
+    layouts = graph.metadata.get("source", {}).get("input_layout", {})
+    onnx_feeds = {k: v.transpose(0, 2, 3, 1) if layouts.get(k) == "NHWC" else v for k, v in feeds.items()}
+    expected = dict(zip(names, session.run(names, onnx_feeds)))
     actual = model.run(feeds)
     return {k: float(np.max(np.abs(actual[k].astype(np.float64) - v))) if v.size else 0.0
             for k, v in expected.items()}
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = parse_input_shapes(args.input_shape)
 
     start = time.perf_counter()
-    ir, input_shapes, metadata, fused = onnx_to_ir(args.onnx_model, shapes)
+    ir, input_shapes, metadata, fused = onnx_to_ir(args.onnx_model, shapes, nchw_inputs=not args.keep_nhwc)
     metadata.update(extra)
     graph = emit_graph(ir, input_shapes, metadata)
     save_graph(graph, args.output)
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "fused": {k: v for k, v in fused.items() if v}, "labels": len(metadata.get("labels") or []),
     }
     if args.verify:
-        report["max_abs_difference"] = _verify(args.onnx_model, graph, input_shapes)
+        report["max_abs_difference"] = _verify(args.onnx_model, graph)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -115,6 +115,7 @@ class _Importer:
         self.inputs = [i.name for i in real_inputs]
         self.input_shapes = {i.name: _dims(i.type, i.name, graph_input=True) for i in real_inputs}
         self.input_dtypes = {i.name: i.type.tensor_type.elem_type for i in real_inputs}
+        self.skipped: set = set()  # ids of ONNX nodes made redundant before the walk
         self.nodes: List[Node] = []
         self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
         self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
@@ -219,12 +220,38 @@ class _Importer:
 
     # ---- the walk
 
+    def absorb_nhwc_inputs(self) -> Dict[str, str]:
+        """Inputs read only through Transpose(0, 3, 1, 2) (Keras/TensorFlow exports) become NCHW inputs.
+
+        Returns ``{input: "NHWC"}`` for the inputs changed; their Transpose nodes are skipped."""
+        readers: Dict[str, List[Any]] = {}
+        for node in self.model.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        outputs = {o.name for o in self.model.graph.output}
+        changed = {}
+        for name in self.inputs:
+            users, shape = readers.get(name, []), self.input_shapes.get(name)
+            if len(users) != 1 or name in outputs or shape is None or len(shape) != 4:
+                continue
+            node = users[0]
+            attrs = _attr_values(node)
+            if node.op_type == "Transpose" and list(attrs.get("perm", [])) == [0, 3, 1, 2]:
+                nchw = (shape[0], shape[3], shape[1], shape[2])
+                self.input_shapes[name] = self.shapes[name] = nchw
+                self.alias[node.output[0]] = name
+                self.skipped.add(id(node))
+                changed[name] = "NHWC"
+        return changed
+
     def run(self) -> Graph:
         for name, elem_type in self.input_dtypes.items():
             if elem_type not in (0, 1, 10, 11):  # undefined, float, float16, double
                 raise ModelError(f"input {name!r} has ONNX element type {elem_type}; pyconv models take float "
                                  "tensors (NCHW float32)")
         for node in self.model.graph.node:
+            if id(node) in self.skipped:
+                continue
             self._convert_node(node)
         if self.failures:
             raise UnsupportedOpError(self._failure_report())
@@ -954,26 +981,36 @@ def _load_model(model):
     return copy
 
 
-def onnx_to_ir(model, input_shapes: Optional[InputShapes] = None):
-    """Convert and fuse without emitting: ``(ir Graph, input shapes, metadata, rewrites per pass)``."""
+def onnx_to_ir(model, input_shapes: Optional[InputShapes] = None, nchw_inputs: bool = True):
+    """Convert and fuse without emitting: ``(ir Graph, input shapes, metadata, rewrites per pass)``.
+
+    ``nchw_inputs``: an input read only through ``Transpose(0, 3, 1, 2)`` (an NHWC model) is
+    declared NCHW instead and the transpose dropped (``--input-shape`` still uses the file's layout)."""
     proto = _load_model(model)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset < MIN_OPSET:
         raise ModelError(f"ONNX opset {opset} is older than the oldest supported ({MIN_OPSET})")
     importer = _Importer(proto, input_shapes)
+    layouts = importer.absorb_nhwc_inputs() if nchw_inputs else {}
     graph = importer.run()
     counts = fusion.run_passes(graph)
-    return graph, importer.input_shapes, _onnx_metadata(proto), counts
+    metadata = _onnx_metadata(proto)
+    if layouts:
+        metadata["source"]["input_layout"] = layouts  # the file's layout; the pyconv model takes NCHW
+    return graph, importer.input_shapes, metadata, counts
 
 
-def from_onnx(model, input_shapes: Optional[InputShapes] = None, metadata: Optional[Mapping[str, Any]] = None):
+def from_onnx(model, input_shapes: Optional[InputShapes] = None, metadata: Optional[Mapping[str, Any]] = None,
+              nchw_inputs: bool = True):
     """Convert an ONNX model (path, bytes or ``onnx.ModelProto``) to a pyconv graph.
 
     ``input_shapes`` fixes input dimensions (``{"input": [1, 3, 224, 224]}``; strings stay symbolic);
     ``metadata`` is merged over what the ONNX file carries (labels, preprocessing).
+    ``nchw_inputs``: NHWC inputs that the model immediately transposes to NCHW become NCHW
+    inputs (see :func:`onnx_to_ir`).
     Raises :class:`pyconv.UnsupportedOpError` listing every node that cannot be converted.
     """
-    graph, shapes, meta, _ = onnx_to_ir(model, input_shapes)
+    graph, shapes, meta, _ = onnx_to_ir(model, input_shapes, nchw_inputs)
     meta.update(metadata or {})
     return emit_graph(graph, shapes, meta)
 
