@@ -355,3 +355,40 @@ def test_summary_counts_and_receptive_fields():
     assert totals(list(rows.values()))["params"] == 27 * c * c + 49 * c * c + c + 9 * c * c
     text = pyconv.Model(graph).summary()
     assert "global" in text and "s2" in text and f"{27 * c * c + 49 * c * c + c + 9 * c * c:,} parameters" in text
+
+
+@needs(*NET_OPS)
+def test_mutated_graphs_fail_with_model_errors_only():
+    """Wrong attribute types/values, rewired inputs, other input sizes: load and run either work
+    or raise a pyconv error (never a bare TypeError/KeyError from deep inside)."""
+    import copy
+    import warnings
+
+    from pyconv.errors import PyconvError
+    from pyconv.graph.format import graph_from_json
+
+    graph = small_resnet(np.random.default_rng(0)).build()
+    original = graph.to_json()
+    values = [None, -1, 0, 1, 2, 3, 1e308, -0.5, "x", "relu", [], [1], [1, 2], [0, 0, 0, 0], [-1, 2], {}, True, [[1]]]
+    attr_names = ["stride", "padding", "dilation", "groups", "activation", "kernel_size", "axis", "eps",
+                  "negative_slope", "start_dim", "algorithm"]
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(150):
+        doc = copy.deepcopy(original)
+        node = doc["nodes"][int(rng.integers(len(doc["nodes"])))]
+        value = values[int(rng.integers(len(values)))]
+        if rng.random() < 0.7:
+            keys = list(node["attrs"]) + attr_names
+            node["attrs"][keys[int(rng.integers(len(keys)))]] = value
+        else:
+            node["inputs"] = node["inputs"][::-1] if rng.random() < 0.5 else value
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = pyconv.Model(graph_from_json(doc, dict(graph.weights)))
+                model(np.zeros((1, 3, 6, 6), np.float32))
+            outcomes.add("ran")
+        except PyconvError:
+            outcomes.add("refused")
+    assert outcomes == {"ran", "refused"}

@@ -169,6 +169,7 @@ class ExecutionState:
         self.outputs = [views[o.tensor] for o in graph.outputs]
         self.steps: List[Step] = [step(i) for i in plan.run_steps]
         self.names = [graph.nodes[i].name for i in plan.run_steps]
+        self.ops = [graph.nodes[i].op for i in plan.run_steps]
         for fn, args, out in (step(i) for i in plan.constant_steps):
             _store(fn(*args, out=out), out)
 
@@ -180,17 +181,25 @@ def _store(result: Any, out: Any) -> None:
 
 def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray],
               timings: Optional[List[float]] = None) -> List[np.ndarray]:
-    """Copy ``inputs`` in, run every step, return copies of the outputs (``timings``: seconds per step)."""
+    """Copy ``inputs`` in, run every step, return copies of the outputs (``timings``: seconds per step).
+
+    An op refusing its arguments (ValueError/TypeError: an attribute its shape rule
+    did not check) becomes a ModelError naming the node."""
     for buf, x in zip(state.inputs, inputs):
         np.copyto(buf, x)
-    if timings is None:
-        for fn, args, out in state.steps:
-            result = fn(*args, out=out)
-            if result is not out:
-                np.copyto(out, result)
-    else:
-        for fn, args, out in state.steps:
-            start = perf_counter()
-            _store(fn(*args, out=out), out)
-            timings.append(perf_counter() - start)
+    index = 0
+    try:
+        if timings is None:
+            for index, (fn, args, out) in enumerate(state.steps):
+                result = fn(*args, out=out)
+                if result is not out:
+                    np.copyto(out, result)
+        else:
+            for index, (fn, args, out) in enumerate(state.steps):
+                start = perf_counter()
+                _store(fn(*args, out=out), out)
+                timings.append(perf_counter() - start)
+    except (ValueError, TypeError) as exc:
+        name, op = state.names[index], state.ops[index]
+        raise ModelError(f"node {name!r} ({op}) failed: {exc}; check its attributes") from exc
     return [o.copy() for o in state.outputs]
