@@ -202,8 +202,15 @@ def test_registry_entries():
     for name in POINTWISE + ["prelu", "softmax", "log_softmax"]:
         spec = registry.get(name)
         assert spec.window is None and spec.reference is not None
-        assert spec.infer_shape([(2, 3, 4, 5)], {}, spec.resolve_attrs({})) == [(2, 3, 4, 5)]
+        weights = {"slope": (3,)} if name == "prelu" else {}
+        assert spec.infer_shape([(2, 3, 4, 5)], weights, spec.resolve_attrs({})) == [(2, 3, 4, 5)]
     assert registry.get("prelu").weights == ("slope",)
+    prelu = registry.get("prelu")
+    assert prelu.infer_shape([(2, 3, 4, 5)], {"slope": (3,)}, {}) == [(2, 3, 4, 5)]
+    with pytest.raises(ValueError, match="slope"):
+        prelu.infer_shape([(2, 3, 4, 5)], {"slope": (4,)}, {})
+    with pytest.raises(ValueError, match="axis"):
+        registry.get("softmax").infer_shape([(2, 3)], {}, {"axis": 2})
     counts = registry.get("relu").count([(2, 3, 4, 5)], {}, {}, [(2, 3, 4, 5)])
     assert counts.adds == 120 and counts.params == 0
 

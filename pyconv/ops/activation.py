@@ -192,6 +192,23 @@ _REFERENCES = {
     "log_softmax": lambda x, axis=-1: _softmax_ref(x, axis, log=True),
 }
 
+def _prelu_shape(input_shapes, weight_shapes, attrs):
+    shape, slope = tuple(input_shapes[0]), numel(weight_shapes["slope"])
+    if len(shape) < 2 or slope not in (1, shape[1]):
+        raise ValueError(f"prelu slope has {slope} elements; input {shape} needs 1 or one per channel (axis 1)")
+    return [shape]
+
+
+def _softmax_shape(input_shapes, weight_shapes, attrs):
+    shape = tuple(input_shapes[0])
+    axis = attrs["axis"]
+    if not shape or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        raise ValueError(f"softmax axis {axis!r} is out of range for input {shape}")
+    return [shape]
+
+
+_SHAPE_RULES = {"prelu": _prelu_shape, "softmax": _softmax_shape, "log_softmax": _softmax_shape}
+
 _ATTRS = {
     "clip": {"min": None, "max": None},
     "leaky_relu": {"negative_slope": 0.01},
@@ -209,7 +226,7 @@ for _fn in (relu, relu6, clip, leaky_relu, prelu, elu, sigmoid, tanh, silu, hard
     register(OpSpec(
         name=_name,
         fn=_fn,
-        infer_shape=same_shape,
+        infer_shape=_SHAPE_RULES.get(_name, same_shape),
         weights=("slope",) if _name == "prelu" else (),
         attrs=_ATTRS.get(_name, {}),
         count=per_element_counts(adds=_ADDS_PER_ELEMENT.get(_name, 1)),
