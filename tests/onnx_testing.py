@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import pyconv  # noqa: E402
 from pyconv.convert import from_onnx  # noqa: E402
-from pyconv.graph.format import read_graph, save_graph  # noqa: E402
+from pyconv.graph.format import save_graph  # noqa: E402
 
 # float32 kernels against onnxruntime's float32 kernels: differences come from summation order
 # (and Winograd for 3x3 convs), so tolerances are relative to the output's magnitude.

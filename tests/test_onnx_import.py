@@ -334,6 +334,8 @@ RESIZE_CASES = {
     "linear_asymmetric_sizes": (11, "linear", "asymmetric", None, None, [2, 3, 9, 5]),
     "opset10_nearest": (10, "nearest", None, None, [1, 1, 2, 2], None),
     "opset10_linear": (10, "linear", None, None, [1, 1, 2, 2], None),
+    "opset10_nearest_down": (10, "nearest", None, None, [1, 1, 0.6, 0.75], None),
+    "opset10_nearest_fractional": (10, "nearest", None, None, [1, 1, 1.5, 2.5], None),
     "opset18_nearest": (18, "nearest", "asymmetric", "floor", [1, 1, 2, 2], None),
 }
 
@@ -363,9 +365,10 @@ def test_resize(case):
     check_against_onnxruntime(model, feeds)
 
 
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 2.5]])
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
-def test_upsample_opset9(mode):
-    model, feeds = _single("Upsample", (1, 2, 3, 4), dict(mode=mode), {"s": np.array([1, 1, 2, 2], np.float32)}, ["s"],
+def test_upsample_opset9(mode, scales):
+    model, feeds = _single("Upsample", (1, 2, 3, 4), dict(mode=mode), {"s": np.array(scales, np.float32)}, ["s"],
                            opset=9)
     check_against_onnxruntime(model, feeds)
 

@@ -8,8 +8,8 @@ Every unsupported node is collected and reported in a single
 """
 from __future__ import annotations
 
+import ast
 import json
-import math
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -530,8 +530,6 @@ _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 
 @_handles(*_BINARY)
 def _binary(ctx, node, attrs):
-    if ctx.opset < 7 and attrs.get("broadcast"):
-        raise _Unsupported("legacy broadcast attribute (opset < 7)")
     ctx.emit(_BINARY[node.op_type], list(node.input[:2]), node.output[:1], node)
 
 
@@ -713,7 +711,10 @@ def _emit_reshape(ctx, node, data: str, out_shape: Sequence[Any]) -> None:
     in_shape = ctx.shape(data)
     if in_shape is None:
         raise _Unsupported(f"the shape of {data!r} is unknown")
-    ctx.emit("reshape", [data], node.output[:1], node, shape=_reshape_target(in_shape, out_shape))
+    target = _reshape_target(in_shape, out_shape)
+    if ctx.shapes.get(node.output[0]) is None:
+        ctx.shapes[node.output[0]] = tuple(out_shape)  # keeps the symbols, which re-inference could not
+    ctx.emit("reshape", [data], node.output[:1], node, shape=target)
 
 
 @_handles("Reshape")
@@ -735,7 +736,7 @@ def _reshape(ctx, node, attrs):
         elif inferred is not None and len(inferred) == len(out):
             out = [i if o == -1 else o for o, i in zip(out, inferred)]  # ONNX shape inference resolved it
         else:
-            out = [Dim("?") if o == -1 else o for o in out]
+            out = [Dim(f"{node.output[0]}:{i}") if o == -1 else o for i, o in enumerate(out)]
     _emit_reshape(ctx, node, node.input[0], out)
 
 
@@ -845,9 +846,13 @@ def _resize(ctx, node, attrs):
         scales = attrs.get("scales")
         if scales is None:
             scales = [float(v) for v in ctx.need_const(node, 1, "scales")]
-        sizes = None
-        coord = "asymmetric"
-        nearest_mode = "floor" if node.op_type == "Upsample" or ctx.opset < 11 else "round_prefer_floor"
+        # pre-opset-11 semantics: asymmetric coordinates; nearest floors when upsampling and, in
+        # onnxruntime, takes the ceiling when downsampling
+        sizes, coord = None, "asymmetric"
+        down = [float(v) < 1 for v in scales[2:]]
+        if mode == "nearest" and any(down) and not all(down):
+            raise _Unsupported(f"nearest resampling that upsamples one axis and downsamples the other ({scales})")
+        nearest_mode = "ceil" if any(down) else "floor"
     else:
         if attrs.get("antialias", 0):
             raise _Unsupported("antialias=1")
@@ -908,8 +913,6 @@ def _parse_labels(text: str) -> Optional[List[str]]:
         value = json.loads(text)
     except ValueError:
         try:
-            import ast
-
             value = ast.literal_eval(text)  # Ultralytics writes a Python dict repr
         except (ValueError, SyntaxError):
             value = None
@@ -930,35 +933,34 @@ def _emit(graph: Graph, input_shapes: Dict[str, Optional[Shape]]):
     from pyconv.graph.builder import GraphBuilder
 
     b = GraphBuilder()
-    names: Dict[str, str] = {}
+    names: Dict[str, str] = {}  # IR tensor -> builder tensor
     for name in graph.inputs:
         shape = input_shapes.get(name)
         if shape is None:
             raise ModelError(f"input {name!r} has no declared shape; give one with --input-shape")
         names[name] = b.input(name, [d.name if isinstance(d, Dim) else int(d) for d in shape])
+    taken = set(names)  # the builder names a node's output after the node: names must be unique
+
+    def unique(base: str) -> str:
+        name, suffix = base, 1
+        while name in taken:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        taken.add(name)
+        return name
 
     def tensor(name: str) -> str:
         if name not in names:
             if name not in graph.consts:
                 raise ModelError(f"tensor {name!r} is used before it is produced")
-            const_name = f"{name}_const"
-            while const_name in taken:
-                const_name += "_"
-            taken.add(const_name)
-            names[name] = b.add_node("constant", [], weights={"value": np.atleast_1d(np.asarray(graph.consts[name], np.float32))},
-                                     name=const_name)
+            # 0-d constants are stored as shape (1,): same broadcasting, and what `constant` declares
+            value = np.atleast_1d(np.asarray(graph.consts[name], np.float32))
+            names[name] = b.add_node("constant", [], weights={"value": value}, name=unique(f"{name}_const"))
         return names[name]
 
-    taken = set(names)
     for node in graph.nodes:
-        base = unique = node.name or node.op
-        suffix = 1
-        while unique in taken:  # the builder names a node's output after the node
-            suffix += 1
-            unique = f"{base}_{suffix}"
-        taken.add(unique)
-        outs = b.add_node(node.op, [tensor(i) for i in node.inputs], weights=node.weights or None, name=unique,
-                          **node.attrs)
+        outs = b.add_node(node.op, [tensor(i) for i in node.inputs], weights=node.weights or None,
+                          name=unique(node.name or node.op), **node.attrs)
         outs = [outs] if isinstance(outs, str) else list(outs)
         for onnx_name, ours in zip(node.outputs, outs):
             names[onnx_name] = ours
