@@ -18,6 +18,10 @@ from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, t
 from pyconv._core.simd cimport multiversion_void
 
 
+cdef enum:
+    ACC_CHUNK = 2048  # floats (8 KiB) of the wide plane accumulated at a time
+
+
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     phase_split(src, dst, g)
 
@@ -28,8 +32,8 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
     """One Ho x Wo output plane from one channel's phase planes and a kh x kw filter.
 
     acc: scratch for the wide Ho x Wq plane."""
-    cdef Py_ssize_t p, wide = <Py_ssize_t>Ho * g.Wq
-    cdef int oh, ow, ki, kj
+    cdef Py_ssize_t p, p0, n, wide = <Py_ssize_t>Ho * g.Wq
+    cdef int oh, ow, t, ntaps
     cdef const float* t0
     cdef const float* t1
     cdef const float* t2
@@ -40,7 +44,6 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
     cdef const float* t7
     cdef const float* t8
     cdef const float* src
-    cdef float wt
     if g.kh == 3 and g.kw == 3:
         t0 = phases + tap_offset(g, 0, 0); t1 = phases + tap_offset(g, 0, 1); t2 = phases + tap_offset(g, 0, 2)
         t3 = phases + tap_offset(g, 1, 0); t4 = phases + tap_offset(g, 1, 1); t5 = phases + tap_offset(g, 1, 2)
@@ -50,14 +53,26 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
                       + w[3] * t3[p] + w[4] * t4[p] + w[5] * t5[p]
                       + w[6] * t6[p] + w[7] * t7[p] + w[8] * t8[p])
     else:
-        for p in range(wide):
-            acc[p] = 0.0
-        for ki in range(g.kh):
-            for kj in range(g.kw):
-                src = phases + tap_offset(g, ki, kj)
-                wt = w[ki * g.kw + kj]
-                for p in range(wide):
-                    acc[p] += wt * src[p]
+        # chunks of the wide plane small enough that acc stays in L1 across all
+        # taps; taps four at a time, so each acc load/store carries four FMAs
+        ntaps = g.kh * g.kw
+        p0 = 0
+        while p0 < wide:
+            n = wide - p0 if wide - p0 < ACC_CHUNK else ACC_CHUNK
+            for p in range(p0, p0 + n):
+                acc[p] = 0.0
+            for t in range(0, ntaps - 3, 4):
+                t0 = phases + tap_offset(g, t // g.kw, t % g.kw)
+                t1 = phases + tap_offset(g, (t + 1) // g.kw, (t + 1) % g.kw)
+                t2 = phases + tap_offset(g, (t + 2) // g.kw, (t + 2) % g.kw)
+                t3 = phases + tap_offset(g, (t + 3) // g.kw, (t + 3) % g.kw)
+                for p in range(p0, p0 + n):
+                    acc[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
+            for t in range(ntaps - ntaps % 4, ntaps):
+                src = phases + tap_offset(g, t // g.kw, t % g.kw)
+                for p in range(p0, p0 + n):
+                    acc[p] += w[t] * src[p]
+            p0 += ACC_CHUNK
     for oh in range(Ho):
         for ow in range(Wo):
             out[<Py_ssize_t>oh * Wo + ow] = acc[<Py_ssize_t>oh * g.Wq + ow]
