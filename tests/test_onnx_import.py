@@ -510,3 +510,19 @@ def test_conv1d(attrs):
     model, feeds = _single("Conv", (2, 4, 11), attrs, {"w": rand(6, 4 // attrs.get("group", 1), 4, seed=2),
                                                        "b": rand(6, seed=3)}, ["w", "b"])
     check_against_onnxruntime(model, feeds)
+
+
+@pytest.mark.parametrize("op_type,constants", [("Pow", [2.0]), ("Pow", [1.0]), ("Neg", []), ("Max", [0.25]),
+                                               ("Min", [0.5, 1.5]), ("Max", [-1.0, 0.0])])
+def test_elementwise_with_implicit_constants(op_type, constants):
+    inits = {f"c{i}": np.array(v, np.float32) for i, v in enumerate(constants)}
+    model, feeds = _single(op_type, (2, 3, 4, 5), inits=inits, extra_inputs=list(inits), opset=13)
+    check_against_onnxruntime(model, feeds)
+
+
+def test_pow_with_other_exponent_is_reported():
+    from pyconv.errors import UnsupportedOpError
+
+    model, _ = _single("Pow", (1, 3, 4, 4), inits={"e": np.array(3.0, np.float32)}, extra_inputs=["e"])
+    with pytest.raises(UnsupportedOpError, match="exponents 1 and 2"):
+        convert(model)

@@ -533,6 +533,49 @@ def _binary(ctx, node, attrs):
     ctx.emit(_BINARY[node.op_type], list(node.input[:2]), node.output[:1], node)
 
 
+def _scalar_const(ctx, name: str) -> Optional[float]:
+    value = ctx.const(name)
+    if value is None or value.size != 1 or has_symbols(value):
+        return None
+    return float(value.reshape(()))
+
+
+def _const_input(ctx, value: float, base: str) -> str:
+    """A new scalar constant tensor (for ops spelled with an implicit constant)."""
+    name = ctx.fresh(base)
+    ctx.consts[name] = np.asarray([value], np.float32)
+    return name
+
+
+@_handles("Pow")
+def _pow(ctx, node, attrs):
+    exponent = _scalar_const(ctx, node.input[1])
+    if exponent == 1.0:
+        ctx.alias[node.output[0]] = ctx.name(node.input[0])
+    elif exponent == 2.0:  # YOLOv5's (2 * sigmoid(x)) ** 2
+        ctx.emit("mul", [node.input[0], node.input[0]], node.output[:1], node)
+    else:
+        raise _Unsupported(f"only the exponents 1 and 2 of a runtime base are supported, got {exponent}")
+
+
+@_handles("Neg")
+def _neg(ctx, node, attrs):
+    ctx.emit("mul", [node.input[0], _const_input(ctx, -1.0, node.output[0])], node.output[:1], node)
+
+
+@_handles("Max", "Min")
+def _max_min(ctx, node, attrs):
+    inputs = [i for i in node.input if i]
+    bounds = [_scalar_const(ctx, i) for i in inputs]
+    runtime = [i for i, b in zip(inputs, bounds) if b is None]
+    if len(runtime) != 1:
+        raise _Unsupported("only the maximum/minimum of one runtime tensor and scalar constants is supported")
+    if node.op_type == "Max":
+        ctx.emit("clip", runtime, node.output[:1], node, min=max(b for b in bounds if b is not None), max=None)
+    else:
+        ctx.emit("clip", runtime, node.output[:1], node, min=None, max=min(b for b in bounds if b is not None))
+
+
 @_handles("Sum")
 def _sum(ctx, node, attrs):
     inputs = [i for i in node.input if i]
@@ -880,8 +923,8 @@ def _resize(ctx, node, attrs):
 
 
 @_handles("Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Range", "Expand", "Tile", "Where",
-          "Equal", "Less", "Greater", "Not", "ReduceProd", "ReduceSum", "ReduceMin", "Pow", "Neg", "Sqrt", "Exp",
-          "Log", "Reciprocal", "Floor", "Ceil", "Abs", "Min", "Max")
+          "Equal", "Less", "Greater", "Not", "ReduceProd", "ReduceSum", "ReduceMin", "Sqrt", "Exp",
+          "Log", "Reciprocal", "Floor", "Ceil", "Abs")
 def _constant_only(ctx, node, attrs):
     raise _Unsupported("supported only when its inputs are known at conversion time "
                        "(constant folding); it depends on a runtime tensor here")
