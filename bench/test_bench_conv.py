@@ -130,6 +130,8 @@ def onnxruntime_session(layer: Layer, w: np.ndarray, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # a spinning thread pool would keep a core busy into the next competitor's turn
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

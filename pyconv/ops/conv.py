@@ -28,6 +28,7 @@ from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
 )
+from pyconv.ops._spec_helpers import bind_with_out
 from pyconv.registry import Counts, OpSpec, Window, register
 
 __all__ = [
@@ -644,6 +645,6 @@ register(OpSpec(
 register(OpSpec(
     name="conv_transpose2d", fn=conv_transpose2d, infer_shape=_transpose_infer_shape, inputs=1,
     weights=("weight", "bias?"), attrs=dict(_CONV_ATTRS, output_padding=0), count=_conv_counts,
-    window=_transpose_window, reference=conv_transpose2d_reference,
+    window=_transpose_window, prepare=bind_with_out(conv_transpose2d), reference=conv_transpose2d_reference,
     doc="transposed 2-D convolution (weight C_in x C_out/groups x kh x kw) with fused bias and activation",
 ))
