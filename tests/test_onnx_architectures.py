@@ -216,8 +216,28 @@ def dbnet_fpn() -> tuple:
     return net.model({X: ["N", 3, "H", "W"]}, [y]), (1, 3, 32, 32)
 
 
+def yolov5_head() -> tuple:
+    """YOLOv5's Detect layer as exported: 5-D reshape/transpose, sigmoid, grid/anchor arithmetic
+    (Mul, Sub, Add, Pow with constants), Split, Concat and a final flattening Reshape."""
+    net = OnnxNet(seed=10, opset=13)
+    x = net.conv_bn_act(net.conv_bn_act(net.input(X, 3), 8, 3, 2, act="SiLU"), 16, 3, 2, act="SiLU")  # 4x4
+    na, no, ny, nx, stride = 3, 6, 4, 4, 8.0
+    p = net.conv(x, na * no, 1)
+    p = net.op("Transpose", [net.op("Reshape", [p, net.const([1, na, no, ny, nx], np.int64)])], perm=[0, 1, 3, 4, 2])
+    y = net.op("Sigmoid", [p])
+    xy, wh, conf = net.op("Split", [y, net.const([2, 2, no - 4], np.int64)], n_out=3, axis=4)
+    gy, gx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    grid = np.stack((gx, gy), -1).reshape(1, 1, ny, nx, 2).astype(np.float32) - 0.5
+    anchors = (np.array([[10, 13], [16, 30], [33, 23]], np.float32)).reshape(1, na, 1, 1, 2)
+    xy = net.op("Mul", [net.op("Add", [net.op("Mul", [xy, net.const(2.0)]), net.const(grid)]), net.const(stride)])
+    wh = net.op("Mul", [net.op("Pow", [net.op("Mul", [wh, net.const(2.0)]), net.const(2.0)]), net.const(anchors)])
+    out = net.op("Concat", [xy, wh, conf], axis=4)
+    out = net.op("Reshape", [out, net.const([1, -1, no], np.int64)])
+    return net.model({X: [1, 3, 16, 16]}, [out]), (1, 3, 16, 16)
+
+
 ARCHITECTURES = {f.__name__: f for f in (resnet, mobilenet_v2, shufflenet_v2, squeezenet, inception, densenet,
-                                         squeeze_excitation, yolo_neck, dbnet_fpn)}
+                                         squeeze_excitation, yolo_neck, dbnet_fpn, yolov5_head)}
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
