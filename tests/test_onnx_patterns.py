@@ -243,3 +243,12 @@ def test_nhwc_input_kept_on_request():
 
     graph = from_onnx(_nhwc_model(), nchw_inputs=False)
     assert list(graph.inputs[0].shape) == ["N", 6, 5, 3] and graph.nodes[0].op == "transpose"
+
+
+@pytest.mark.parametrize("bias_shape", [(5,), (1, 5)])
+def test_matmul_add_becomes_linear_with_bias(bias_shape):
+    net = OnnxNet()
+    pooled = net.op("Flatten", [net.op("GlobalAveragePool", [net.conv(net.input(X, 4), 6, 1)])])
+    y = net.op("Add", [net.const(rand(*bias_shape, seed=8)), net.op("MatMul", [pooled, net.weight(6, 5)])])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "global_avg_pool2d", "flatten", "linear"], _ops(converted)

@@ -6,6 +6,7 @@ primitive ones; these passes turn the chains back into pyconv's own ops.
   ``x * clip(x + 3, 0, 6) / 6`` -> hardswish
 - Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) -> channel_shuffle
 - Concat(x, m(x), m(m(x)), m(m(m(x)))) with m a stride-1 "same" max pool -> sppf
+- linear (MatMul) -> Add of a constant over the last axis -> linear with bias
 - per-channel Mul/Add/Sub/Div by constants (BatchNormalization decomposed) -> batch_norm, and
   chains of batch_norms merged into one
 """
@@ -213,6 +214,28 @@ def fuse_sppf(graph: Graph) -> int:
     return count
 
 
+def fuse_linear_bias(graph: Graph) -> int:
+    """linear -> Add of a constant over the last axis (MatMul + Add exports) -> linear with that bias."""
+    prod, users, count = graph.producers(), graph.consumers(), 0
+    for node in list(graph.nodes):
+        if node.op != "add" or not graph.alive(node):
+            continue
+        for i in (0, 1):
+            lin, const = prod.get(node.inputs[i]), node.inputs[1 - i]
+            if lin is None or lin.op != "linear" or not graph.is_const(const):
+                continue
+            value, out_features = graph.consts[const], lin.weights["weight"].shape[0]
+            if value.size != out_features or value.shape[-1:] != (out_features,) \
+                    or not _only_user(graph, users, lin.outputs[0], node):
+                continue
+            bias = value.reshape(-1).astype(np.float32) + lin.weights.get("bias", np.float32(0))
+            graph.replace([lin, node], Node("linear", lin.inputs, node.outputs,
+                                            weights={**lin.weights, "bias": bias}, name=lin.name))
+            count += 1
+            break
+    return count
+
+
 def _per_channel(graph: Graph, x: str, const: str) -> Optional[np.ndarray]:
     """The constant as a length-C vector when ``x`` is NCHW and the constant broadcasts per channel only."""
     shape, value = graph.shape(x), graph.consts[const]
@@ -294,6 +317,7 @@ PASSES: List[Callable[[Graph], int]] = [
     fuse_hardswish,
     fuse_channel_shuffle,
     fuse_sppf,
+    fuse_linear_bias,
     lower_channel_affine,
     merge_batch_norms,
 ]
