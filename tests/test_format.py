@@ -184,6 +184,7 @@ def test_builder_reports_mistakes_where_they_happen():
         b.add_node("frobnicate", [x])
     with pytest.raises(AttributeError):
         b.frobnicate(x)
+    assert "conv2d" in dir(b) and "relu" in dir(b)  # every op is a method (tab completion)
     with pytest.raises(ModelError, match="not a tensor"):
         b.relu("y")
     with pytest.raises(ModelError, match="channels"):

@@ -150,6 +150,9 @@ class GraphBuilder:
         add.__doc__ = f"Add a {op!r} node. {spec.doc}"
         return add
 
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(registry.names()))
+
     def shape(self, tensor: str) -> Optional[Shape]:
         """Shape of ``tensor`` with batch 1, or None when it depends on symbolic spatial dims."""
         return self._shapes[tensor]
