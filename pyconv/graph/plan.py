@@ -17,6 +17,7 @@ An :class:`ExecutionState` holds one set of buffers and the flat list of
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -75,12 +76,6 @@ class BufferPlan:
 def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: int) -> BufferPlan:
     """Assign every tensor to a buffer by liveness (see the module docstring)."""
     shapes = infer_shapes(graph, input_shapes, graph.nodes)
-    total = sum(nbytes(s) for s in shapes.values())
-    if total > memory_limit:
-        biggest = max(shapes, key=lambda t: nbytes(shapes[t]))
-        raise ModelError(f"input shapes {dict(input_shapes)} need {total / 2**20:.0f} MiB of activations "
-                         f"(largest: {biggest!r} {shapes[biggest]}), more than the {memory_limit / 2**20:.0f} MiB "
-                         "available; use smaller inputs")
     steps = list(range(len(graph.nodes)))
     constant = [i for i in steps if not graph.nodes[i].inputs]
     running = [i for i in steps if graph.nodes[i].inputs]
@@ -95,7 +90,7 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
     free: List[int] = []
 
     def allocate(tensor: str) -> None:
-        need = max(1, int(np.prod(shapes[tensor])))
+        need = max(1, math.prod(shapes[tensor]))
         fitting = [b for b in free if sizes[b] >= need]
         if fitting:
             b = min(fitting, key=lambda b: sizes[b])
@@ -110,7 +105,7 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
         where[tensor] = b
 
     def new_buffer(tensor: str) -> None:
-        sizes.append(max(1, int(np.prod(shapes[tensor]))))
+        sizes.append(max(1, math.prod(shapes[tensor])))
         where[tensor] = len(sizes) - 1
 
     for t in sorted(pinned):  # outputs and constants are never overwritten
@@ -125,7 +120,7 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
             if t in where:
                 continue
             if (k == 0 and spec.inplace and last_use.get(first) == position and first not in pinned
-                    and node.inputs.count(first) == 1 and np.prod(shapes[first]) == np.prod(shapes[t])):
+                    and node.inputs.count(first) == 1 and math.prod(shapes[first]) == math.prod(shapes[t])):
                 where[t] = where[first]
             else:
                 allocate(t)
@@ -136,6 +131,12 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
         for t in dying:
             if where[t] not in still_used and where[t] not in free:
                 free.append(where[t])
+    total = 4 * sum(sizes)
+    if total > memory_limit:  # checked before any buffer exists
+        biggest = max(shapes, key=lambda t: nbytes(shapes[t]))
+        raise ModelError(f"input shapes {dict(input_shapes)} need {total / 2**20:.0f} MiB of activations "
+                         f"(largest: {biggest!r} {shapes[biggest]}), more than the {memory_limit / 2**20:.0f} MiB "
+                         "available; use smaller inputs")
     weight_bytes = sum(a.nbytes for a in graph.weights.values())
     return BufferPlan(shapes, sizes, where, constant, running, weight_bytes)
 
@@ -157,7 +158,7 @@ class ExecutionState:
 
     def __init__(self, graph: Graph, plan: BufferPlan, calls: Sequence[Callable[..., Any]]) -> None:
         buffers = [np.empty(n, dtype=np.float32) for n in plan.buffer_sizes]
-        views = {t: buffers[b][: int(np.prod(plan.shapes[t]))].reshape(plan.shapes[t])
+        views = {t: buffers[b][: math.prod(plan.shapes[t])].reshape(plan.shapes[t])
                  for t, b in plan.tensor_buffer.items()}
 
         def step(i: int) -> Step:
