@@ -360,3 +360,11 @@ def test_corrupted_files_only_raise_model_errors(tmp_path, compressed):
         except ModelError as exc:
             outcomes.add(type(exc).__name__)
     assert "ModelError" in outcomes
+
+
+def test_giant_declared_input_shape_is_refused_before_allocating(tmp_path):
+    doc, arrays = doc_and_arrays(conv_relu_graph())
+    doc["inputs"][0]["shape"] = [1, 3, 1 << 30, 1 << 30]
+    model = pyconv.load(write_raw(tmp_path / "giant_input.npz", doc, arrays))  # shapes are inferred, not allocated
+    with pytest.raises(ModelError, match="MiB of activations"):
+        model.memory_plan()
