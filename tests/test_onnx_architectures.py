@@ -330,3 +330,28 @@ def test_conversion_of_a_mobilenet_v2_sized_model_is_fast():
     elapsed = time.perf_counter() - start
     assert sum(int(np.prod(w.shape)) for w in graph.weights.values()) > 3_000_000
     assert elapsed < 2.0, f"conversion took {elapsed:.2f} s"
+
+
+def test_keras_style_nhwc_model_with_same_padding():
+    """What tf2onnx writes for a Keras MobileNet: NHWC input transposed once, SAME_UPPER convs with
+    stride 2, Relu6 as Clip, a spatial ReduceMean, MatMul + Add, Softmax."""
+    net = OnnxNet(seed=15, opset=13)
+    x = net.op("Transpose", [net.input("image", 3)], perm=[0, 3, 1, 2])
+    for cout, stride, groups in ((8, 2, 1), (8, 1, 8), (16, 1, 1), (16, 2, 16), (24, 1, 1)):
+        cin = net.channels[x]
+        w = net.weight(cout, cin // groups, 3 if groups > 1 or cout == 8 and stride == 2 else 1,
+                       3 if groups > 1 or cout == 8 and stride == 2 else 1)
+        k = net.inits[w].shape[2]
+        x = net.op("Conv", [x, w, net.weight(cout, scale=0.1)], channels=cout, kernel_shape=[k, k],
+                   strides=[stride, stride], group=groups, auto_pad="SAME_UPPER")
+        x = net.clip(x, 0.0, 6.0)
+    x = net.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+    y = net.op("Softmax", [net.op("Add", [net.op("MatMul", [x, net.weight(24, 10)]), net.const(rand(10, seed=2))])],
+               axis=-1)
+    model = net.model({"image": [1, 19, 17, 3]}, [y])
+    converted = convert(model)
+    assert list(converted.graph.inputs[0].shape) == [1, 3, 19, 17]
+    assert {"transpose", "add", "mul"}.isdisjoint(n.op for n in converted.graph.nodes)
+    x = rand(1, 3, 19, 17, seed=3)
+    expected = run_onnxruntime(model, {"image": x.transpose(0, 2, 3, 1)})[y]
+    assert_close(converted.run({"image": x})[y], expected, ARCH_RTOL)

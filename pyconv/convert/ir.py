@@ -41,7 +41,7 @@ class Graph:
     outputs: List[str]  # tensors read by the graph outputs
     output_names: List[str] = field(default_factory=list)  # their public (ONNX) names
     _counter: int = 0
-    _removed: Set[int] = field(default_factory=set)
+    _removed: Dict[int, Node] = field(default_factory=dict)  # holding the nodes keeps their ids unique
 
     def fresh(self, base: str) -> str:
         """A tensor name not used anywhere yet."""
@@ -76,7 +76,7 @@ class Graph:
         last = max(i for i, n in enumerate(self.nodes) if id(n) in ids)
         self.nodes[last] = new
         self.nodes = [n for n in self.nodes if id(n) not in ids]
-        self._removed |= ids
+        self._removed.update((id(n), n) for n in remove)
 
     def alive(self, node: Node) -> bool:
         """False once a pass has replaced ``node`` (passes iterate over snapshots)."""

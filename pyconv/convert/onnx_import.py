@@ -115,7 +115,8 @@ class _Importer:
         self.inputs = [i.name for i in real_inputs]
         self.input_shapes = {i.name: _dims(i.type, i.name, graph_input=True) for i in real_inputs}
         self.input_dtypes = {i.name: i.type.tensor_type.elem_type for i in real_inputs}
-        self.skipped: set = set()  # ids of ONNX nodes made redundant before the walk
+        self.skipped: set = set()  # indices of ONNX nodes made redundant before the walk
+        # (protobuf hands out fresh wrapper objects: their id() is not stable)
         self.nodes: List[Node] = []
         self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
         self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
@@ -224,23 +225,23 @@ class _Importer:
         """Inputs read only through Transpose(0, 3, 1, 2) (Keras/TensorFlow exports) become NCHW inputs.
 
         Returns ``{input: "NHWC"}`` for the inputs changed; their Transpose nodes are skipped."""
-        readers: Dict[str, List[Any]] = {}
-        for node in self.model.graph.node:
+        readers: Dict[str, List[int]] = {}
+        for index, node in enumerate(self.model.graph.node):
             for name in node.input:
-                readers.setdefault(name, []).append(node)
+                readers.setdefault(name, []).append(index)
         outputs = {o.name for o in self.model.graph.output}
         changed = {}
         for name in self.inputs:
             users, shape = readers.get(name, []), self.input_shapes.get(name)
             if len(users) != 1 or name in outputs or shape is None or len(shape) != 4:
                 continue
-            node = users[0]
+            node = self.model.graph.node[users[0]]
             attrs = _attr_values(node)
             if node.op_type == "Transpose" and list(attrs.get("perm", [])) == [0, 3, 1, 2]:
                 nchw = (shape[0], shape[3], shape[1], shape[2])
                 self.input_shapes[name] = self.shapes[name] = nchw
                 self.alias[node.output[0]] = name
-                self.skipped.add(id(node))
+                self.skipped.add(users[0])
                 changed[name] = "NHWC"
         return changed
 
@@ -249,8 +250,8 @@ class _Importer:
             if elem_type not in (0, 1, 10, 11):  # undefined, float, float16, double
                 raise ModelError(f"input {name!r} has ONNX element type {elem_type}; pyconv models take float "
                                  "tensors (NCHW float32)")
-        for node in self.model.graph.node:
-            if id(node) in self.skipped:
+        for index, node in enumerate(self.model.graph.node):
+            if index in self.skipped:
                 continue
             self._convert_node(node)
         if self.failures:
