@@ -157,6 +157,15 @@ def test_softmax_every_axis(shape, log):
         _close(y, expected, rtol=1e-5 if log else 2e-6, atol_scale=1e-6)
 
 
+@pytest.mark.parametrize("shape, axis", [((1, 21, 128, 128), 1), ((256, 1000), 1), ((3, 7, 300, 2), 2)])
+def test_softmax_large_threaded(shape, axis):
+    x = _input(shape, seed=7, scale=5.0)
+    for log in (False, True):
+        y = (ops.log_softmax if log else ops.softmax)(x, axis=axis)
+        expected = registry.get("log_softmax" if log else "softmax").reference(x, axis=axis)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_softmax_is_stable_for_huge_inputs():
     x = np.array([[1e30, 1e30, -1e30], [-1e4, -1e4 + 1, -np.inf], [3e38, 0, -3e38]], np.float32)
     y = ops.softmax(x, axis=1)

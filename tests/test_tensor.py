@@ -336,6 +336,15 @@ def test_resize_matches_onnxruntime(coordinates, mode, nearest_mode):
         assert spec.infer_shape([x.shape], {}, spec.resolve_attrs({**target, **attrs})) == [y.shape]
 
 
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_of_a_single_pixel(mode):
+    x = _rand((3, 2, 1, 1), 14)
+    for target in (dict(scales=[3.0, 2.0]), dict(sizes=[4, 1])):
+        y = ops.resize(x, mode=mode, **target)
+        np.testing.assert_array_equal(y, np.broadcast_to(x, y.shape))
+        _close(y, _ort_resize(x, mode=mode, **target))
+
+
 def test_resize_large_threaded_bilinear():
     x = _rand((1, 32, 40, 40), 11)
     y = ops.resize(x, scales=[2, 2], mode="bilinear")

@@ -140,24 +140,39 @@ cdef inline float row_max(const float* x, Py_ssize_t n) noexcept nogil:
     return m
 
 
+cdef inline double exp_sum(const float* x, Py_ssize_t n, float m, bint stored) noexcept nogil:
+    """sum of exp(x[i] - m) (of x[i] itself when ``stored``), in double over LANES partial sums:
+    a float32 running sum of a thousand terms would lose ~1e-5 (visible in log_softmax)."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, body = n - n % LANES
+    cdef double total = 0
+    for j in range(LANES):
+        acc[j] = 0
+    for i in range(body // LANES):
+        for j in range(LANES):
+            acc[j] = acc[j] + (x[i * LANES + j] if stored else expf(x[i * LANES + j] - m))
+    for i in range(body, n):
+        total = total + (x[i] if stored else expf(x[i] - m))
+    for j in range(LANES):
+        total = total + acc[j]
+    return total
+
+
 cdef multiversion_void softmax_row(const float* x, float* y, Py_ssize_t n, bint log) noexcept nogil:
     """(log-)softmax of n contiguous floats."""
     cdef Py_ssize_t i
     cdef float m = row_max(x, n)
-    cdef float s = 0, shift
+    cdef float shift, scale
     if log:
-        for i in range(n):
-            s = s + expf(x[i] - m)
-        shift = logf(s)
+        shift = logf(<float>exp_sum(x, n, m, False))
         for i in range(n):
             y[i] = (x[i] - m) - shift  # x - m first: exact for nearby values, whatever |m|
     else:
         for i in range(n):
             y[i] = expf(x[i] - m)
-            s = s + y[i]
-        s = 1.0 / s
+        scale = <float>(1.0 / exp_sum(y, n, m, True))
         for i in range(n):
-            y[i] = y[i] * s
+            y[i] = y[i] * scale
 
 
 cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t length, Py_ssize_t stride,
@@ -166,7 +181,8 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
 
     Works row by row across the columns so the inner loops are unit stride."""
     cdef float m[SOFTMAX_BLOCK]
-    cdef float s[SOFTMAX_BLOCK]
+    cdef double s[SOFTMAX_BLOCK]  # double: see exp_sum
+    cdef float r[SOFTMAX_BLOCK]
     cdef Py_ssize_t l, j
     cdef const float* xr
     cdef float* yr
@@ -183,12 +199,12 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
             for j in range(width):
                 s[j] = s[j] + expf(xr[j] - m[j])
         for j in range(width):
-            s[j] = logf(s[j])
+            r[j] = logf(<float>s[j])
         for l in range(length):
             xr = x + l * stride
             yr = y + l * stride
             for j in range(width):
-                yr[j] = (xr[j] - m[j]) - s[j]
+                yr[j] = (xr[j] - m[j]) - r[j]
     else:
         for l in range(length):
             xr = x + l * stride
@@ -197,11 +213,11 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
                 yr[j] = expf(xr[j] - m[j])
                 s[j] = s[j] + yr[j]
         for j in range(width):
-            s[j] = 1.0 / s[j]
+            r[j] = <float>(1.0 / s[j])
         for l in range(length):
             yr = y + l * stride
             for j in range(width):
-                yr[j] = yr[j] * s[j]
+                yr[j] = yr[j] * r[j]
 
 
 def softmax_forward(const float[::1] x, float[::1] y, Py_ssize_t outer, Py_ssize_t length,

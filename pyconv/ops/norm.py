@@ -126,7 +126,7 @@ def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k
         raise ValueError(f"local_response_norm needs x of shape (N, C, ...) with ndim >= 3, got {x.shape}")
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    if out is not None and np.shares_memory(out, x):
+    if out is not None and np.may_share_memory(out, x):
         raise ValueError("local_response_norm cannot run in place (out shares memory with x)")
     y = check_out(out, x.shape)
     batch, channels, plane = x.shape[0], x.shape[1], numel(x.shape[2:])

@@ -217,7 +217,7 @@ def channel_shuffle(x, groups: int, out: Optional[np.ndarray] = None) -> np.ndar
         raise ValueError(f"channel_shuffle needs x of shape (N, C, ...), got {x.shape}")
     if not isinstance(groups, (int, np.integer)) or groups < 1 or x.shape[1] % groups:
         raise ValueError(f"groups must be a positive int dividing C={x.shape[1]}, got {groups!r}")
-    if out is not None and np.shares_memory(out, x):
+    if out is not None and np.may_share_memory(out, x):
         raise ValueError("channel_shuffle cannot run in place (out shares memory with x)")
     y = check_out(out, x.shape)
     _shuffle.channel_shuffle_forward(x.reshape(-1), y.reshape(-1), x.shape[0], x.shape[1], int(groups),
