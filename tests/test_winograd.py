@@ -146,14 +146,20 @@ def test_residual_may_be_the_output_buffer(tile):
 
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("block_bytes", [1, 20000])
-def test_small_blocks_span_images(tile, block_bytes):
-    """One or a few tile rows per block: blocks start mid-image and cross image boundaries."""
+@pytest.mark.parametrize("schedule", ["thread per block", "threads share stages"])
+def test_small_blocks_span_images(tile, block_bytes, schedule):
+    """One or a few tile rows per block: blocks start mid-image and cross image boundaries.
+
+    Both multi-thread schedules: per-thread blocks (small filters) and shared
+    stages with the GEMM split by position (filters above per_thread_weight_bytes)."""
+    weight_limit = 0 if schedule == "threads share stages" else 1 << 30
     rng = np.random.default_rng(11)
     x, w = random_case(rng, 3, 7, 9, 13, 10)
     bias = rng.standard_normal(9).astype(np.float32)
     pads = (1, 2, 1, 0)
     for nthreads in (1, 2):
-        got = run(x, w, tile, bias, pads, nthreads=nthreads, block_bytes=block_bytes)
+        got = run(x, w, tile, bias, pads, nthreads=nthreads, block_bytes=block_bytes,
+                  per_thread_weight_bytes=weight_limit)
         assert_close(got, direct_conv3x3(x, w, bias, pads), tile)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.simd cimport multiversion_void
 
 from pyconv._core.winograd_transforms import TILE_SIZES, transform_matrices
@@ -35,7 +36,9 @@ from pyconv._threads import blas_single_threaded
 __all__ = ["winograd_pack", "winograd_conv", "TILE_SIZES"]
 
 # Working-set target of one block (packed input + V + M + Y), bytes.
-DEFAULT_BLOCK_BYTES = 1 << 21
+DEFAULT_BLOCK_BYTES = 1 << 20
+# Transformed filters up to this size are read by every thread (see winograd_conv).
+PER_THREAD_WEIGHT_BYTES = 1 << 20
 
 
 cdef struct Geometry:
@@ -219,6 +222,10 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
             epilogue_row(orow, g.Wo, bias[co] if bias != NULL else 0.0, res_row, ep)
 
 
+cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
 _workspaces = threading.local()
 
 
@@ -265,7 +272,8 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
 
 
 def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,
-                  residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+                  residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES) -> None:
     """``out = act(conv3x3(x) + bias [+ residual])`` with Winograd F(tile x tile, 3 x 3).
 
     x: float32 C-contiguous ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)``;
@@ -273,7 +281,10 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``(kind, lo, hi, slope)`` from ``parse_activation``; residual: like ``out`` or
     None; out: preallocated ``[N, Co, Ho, Wo]``, ``Ho = H + top + bottom - 2``.
 
-    With ``nthreads > 1`` the kernel's own threads call sgemm concurrently, so the
+    ``block_bytes`` (working set of one block of tile rows) and
+    ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
+    own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
+    ``nthreads > 1`` the kernel's own threads call sgemm concurrently, so the
     BLAS is switched to one thread for the call and restored afterwards."""
     m = _check_tile(tile)
     n = m + 2
@@ -319,18 +330,30 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef int threads = int(nthreads)
     cdef Py_ssize_t rows_total = N * g.TY
     cdef Py_ssize_t row_bytes = 4 * (g.TX * g.P * (Ci + Co) + m * g.Xw * Co + m * g.Wp * Ci)
-    cdef Py_ssize_t rows_per_block = max(1, min(rows_total, block_bytes // row_bytes))
+    cdef Py_ssize_t nblocks = ceil_div(rows_total, max(1, block_bytes // row_bytes))
+    # Several threads either each run whole blocks (no barriers, nothing shared
+    # between cores, but every thread reads all of U: for U that fits in L2),
+    # or share every block's stages with the GEMM split by position (U read
+    # once: for the large U of deep layers, where streaming U dominates).
+    cdef bint thread_per_block = (threads > 1 and packed.nbytes <= per_thread_weight_bytes
+                                  and rows_total >= threads)
+    if thread_per_block:
+        nblocks = ceil_div(nblocks, threads) * threads
+    nblocks = min(nblocks, rows_total)
+    cdef Py_ssize_t rows_per_block = ceil_div(rows_total, nblocks)
     cdef Py_ssize_t max_packed = rows_per_block * m + 2 * min(rows_per_block, N)
     cdef Py_ssize_t tiles = rows_per_block * g.TX
     cdef Py_ssize_t xb_size = max_packed * g.Wp * Ci
     cdef Py_ssize_t v_size = g.P * tiles * Ci
     cdef Py_ssize_t m_size = g.P * tiles * Co
     cdef Py_ssize_t y_size = rows_per_block * m * g.Xw * Co
-    work = _workspace(xb_size + v_size + m_size + y_size)
-    index = np.empty((3, max_packed), dtype=np.intp)
+    cdef Py_ssize_t block_floats = xb_size + v_size + m_size + y_size
+    cdef int copies = threads if thread_per_block else 1
+    work = _workspace(copies * block_floats)
+    index = np.empty((copies, 3, max_packed), dtype=np.intp)
 
     cdef float[::1] work_v = work
-    cdef Py_ssize_t[:, ::1] index_v = index
+    cdef Py_ssize_t[:, :, ::1] index_v = index
     cdef const float[:, :, :, ::1] x_v = x
     cdef const float[:, :, ::1] u_v = packed
     cdef float[:, :, :, ::1] out_v = out
@@ -338,16 +361,27 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef const float[:, :, :, ::1] res_v = residual
     cdef const float* bias_p = &bias_v[0] if bias is not None else NULL
     cdef const float* res_p = &res_v[0, 0, 0, 0] if residual is not None else NULL
-    cdef float* base = &work_v[0]
-    cdef Py_ssize_t r0, nrows
+    cdef float* base
+    cdef Py_ssize_t b, r0, tid
 
     with blas_single_threaded(threads > 1):
         with nogil:
-            r0 = 0
-            while r0 < rows_total:
-                nrows = min(rows_per_block, rows_total - r0)
-                run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
-                          ep, &g, r0, nrows, base, base + xb_size, base + xb_size + v_size,
-                          base + xb_size + v_size + m_size,
-                          &index_v[0, 0], &index_v[1, 0], &index_v[2, 0], threads)
-                r0 += nrows
+            if thread_per_block:
+                for b in prange(nblocks, num_threads=threads, schedule="static"):
+                    tid = pyconv_omp_thread_id()
+                    base = &work_v[0] + tid * block_floats
+                    r0 = b * rows_total // nblocks
+                    run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                              ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
+                              base, base + xb_size, base + xb_size + v_size,
+                              base + xb_size + v_size + m_size,
+                              &index_v[tid, 0, 0], &index_v[tid, 1, 0], &index_v[tid, 2, 0], 1)
+            else:
+                base = &work_v[0]
+                for b in range(nblocks):
+                    r0 = b * rows_total // nblocks
+                    run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                              ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
+                              base, base + xb_size, base + xb_size + v_size,
+                              base + xb_size + v_size + m_size,
+                              &index_v[0, 0, 0], &index_v[0, 1, 0], &index_v[0, 2, 0], threads)

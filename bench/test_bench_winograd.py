@@ -1,0 +1,160 @@
+"""Winograd kernel benchmarks: F(2x2), F(4x4), F(6x6) against onnxruntime and NumPy im2col.
+
+Calls the kernel directly (filters transformed once, output preallocated), the
+way the executor runs a prepared conv2d.  Layers: conv3x3 64->64 @56x56 and
+256->256 @14x14, batch 1, padding 1, at 1 and 2 threads.
+
+    python -m pytest bench/test_bench_winograd.py                  # pytest-benchmark table
+    python -m pytest bench/test_bench_winograd.py -k ratios -s     # interleaved medians -> ratio table
+
+The ratio test runs the competitors round-robin in short bursts and reports
+medians, so load from other processes slows all of them alike.  onnxruntime runs one Conv node
+with ``intra_op_num_threads`` = threads and thread spinning off (its spinning
+pool would otherwise steal the core from whatever runs next).  Nothing about
+speed is asserted; each competitor's result is checked once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict
+
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv._core.winograd import winograd_conv, winograd_pack
+from pyconv.ops._args import parse_activation
+
+LAYERS = {"conv3x3 64->64 @56": (64, 56), "conv3x3 256->256 @14": (256, 14)}
+TILES = (2, 4, 6)
+PADS = (1, 1, 1, 1)
+ROUNDS = int(os.environ.get("PYCONV_BENCH_ROUNDS", "15"))
+
+
+def layer_arrays(name: str):
+    channels, size = LAYERS[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2.0 / (9 * channels))).astype(np.float32)
+    return x, w
+
+
+def numpy_im2col(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    xp = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))
+    ho, wo = windows.shape[1:3]
+    cols = windows.transpose(0, 3, 4, 1, 2).reshape(-1, ho * wo)
+    return np.matmul(w.reshape(w.shape[0], -1), cols).reshape(1, w.shape[0], ho, wo)
+
+
+def onnxruntime_session(w: np.ndarray, threads: int):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=list(PADS))
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return numpy_im2col(x.astype(np.float64), w.astype(np.float64))
+
+
+def competitors(name: str, threads: int) -> Dict[str, Callable[[], object]]:
+    """Implementation name -> zero-argument callable; each result checked against float64 once."""
+    x, w = layer_arrays(name)
+    out = np.empty((1, w.shape[0], x.shape[2], x.shape[3]), np.float32)
+    no_act = parse_activation(None)
+    funcs: Dict[str, Callable[[], object]] = {}
+    for tile in TILES:
+        packed = winograd_pack(w, tile)
+        funcs[f"pyconv F({tile}x{tile},3x3)"] = (
+            lambda u=packed, m=tile: winograd_conv(x, u, m, None, PADS, no_act, None, out, threads) or out)
+    try:
+        session = onnxruntime_session(w, threads)
+        funcs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
+    except pytest.skip.Exception:
+        pass
+    funcs["numpy im2col+matmul"] = lambda: numpy_im2col(x, w)
+    ref = reference(x, w)
+    for impl, fn in funcs.items():
+        err = np.abs(fn() - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, (name, impl, err)
+    return funcs
+
+
+class threads_set:
+    """pyconv (and SciPy's BLAS it calls) and, when threadpoolctl is installed, NumPy's BLAS on ``n`` threads."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.before = pyconv.get_num_threads()
+        try:
+            import threadpoolctl
+        except ImportError:
+            self.limits = None
+        else:
+            self.limits = threadpoolctl.threadpool_limits(self.n)
+        pyconv.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.limits is not None:
+            self.limits.restore_original_limits()
+        pyconv.set_num_threads(self.before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("impl", [f"pyconv F({m}x{m},3x3)" for m in TILES] + ["onnxruntime", "numpy im2col+matmul"])
+def test_winograd_layer(benchmark, layer, threads, impl):
+    with threads_set(threads):
+        funcs = competitors(layer, threads)
+        if impl not in funcs:
+            pytest.skip(f"{impl} not available")
+        benchmark.group = f"{layer} / {threads} thread(s)"
+        benchmark.pedantic(funcs[impl], rounds=20, warmup_rounds=3)
+
+
+def interleaved_medians(funcs: Dict[str, Callable[[], object]], rounds: int, burst: int = 4) -> Dict[str, float]:
+    """Median seconds per call, competitors timed round-robin in short bursts.
+
+    The first call of each burst is not timed: it absorbs the previous
+    competitor's idle threads (OpenMP, BLAS) still spinning on the two cores."""
+    times: Dict[str, list] = {impl: [] for impl in funcs}
+    for _ in range(rounds):
+        for impl, fn in funcs.items():
+            fn()
+            for _ in range(burst - 1):
+                start = time.perf_counter()
+                fn()
+                times[impl].append(time.perf_counter() - start)
+    return {impl: float(np.median(t)) for impl, t in times.items()}
+
+
+def test_winograd_ratios():
+    """Print a Markdown table: median ms and speed relative to onnxruntime, 2- vs 1-thread speedup."""
+    medians = {}
+    for layer in LAYERS:
+        for threads in (1, 2):
+            with threads_set(threads):
+                for impl, t in interleaved_medians(competitors(layer, threads), ROUNDS).items():
+                    medians[layer, threads, impl] = t
+    lines = ["| layer | threads | implementation | median ms | onnxruntime / impl | 1 thread / 2 threads |",
+             "|---|---|---|---|---|---|"]
+    for (layer, threads, impl), t in medians.items():
+        ort = medians.get((layer, threads, "onnxruntime"))
+        vs_ort = f"{ort / t:.2f}x" if ort else "n/a"
+        scaling = f"{medians[layer, 1, impl] / t:.2f}x" if threads == 2 else ""
+        lines.append(f"| {layer} | {threads} | {impl} | {t * 1e3:.3f} | {vs_ort} | {scaling} |")
+    print("\n" + "\n".join(lines))
