@@ -225,7 +225,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         bind_symbols(graph, shapes)
     else:
         shapes = input_shapes_for(graph, probe_symbols(graph))
-    rows = summarize(graph, shapes)
+    rows = summarize(graph, shapes, symbolic=not args.input_shape)
     optimized = passes.optimize(graph)
     memory = memory_report(plan_buffers(optimized, shapes, available_memory()), len(graph.nodes),
                            len(optimized.nodes))
@@ -394,6 +394,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"pyconv: error: no such file: {exc.filename or exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pyconv summary m.npz | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:  # a directory given as a model, no permission, disk errors
         print(f"pyconv: error: {exc}", file=sys.stderr)
         return 2

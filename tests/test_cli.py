@@ -126,7 +126,7 @@ def test_missing_or_corrupt_model(capsys, tmp_path, images):
 def test_summary_table_and_json(capsys, classifier):
     code, out, err = run_cli(capsys, "summary", classifier)
     assert code == 0, err
-    assert "conv2d" in out and "1x3x8x8" in out and "total: 4 layers, 21 parameters" in out
+    assert "conv2d" in out and "Nx3x8x8" in out and "total: 4 layers, 21 parameters" in out
     code, out, err = run_cli(capsys, "summary", classifier, "--json", "--input-shape", "2,3,8,8")
     data = json.loads(out)
     assert data["totals"]["params"] == 9 + 9 + 3  # conv without bias, linear with bias

@@ -392,3 +392,18 @@ def test_mutated_graphs_fail_with_model_errors_only():
         except PyconvError:
             outcomes.add("refused")
     assert outcomes == {"ran", "refused"}
+
+
+@needs(*NET_OPS)
+def test_symbolic_shapes_follow_the_input_symbols():
+    from pyconv.graph.shapes import symbolic_shapes
+
+    graph = small_resnet(np.random.default_rng(0)).build()
+    shapes = symbolic_shapes(graph)
+    assert shapes["conv1"] == ("N", 8, "H", "W")
+    assert shapes["max_pool2d_1"] == ("N", 8, "H/2", "W/2")
+    assert shapes["conv3x3_16"] == ("N", 24, "H/2", "W/2-2")  # padding (1, 0): two columns lost
+    assert shapes["global_avg_pool2d_1"] == ("N", 24, 1, 1) and shapes["linear_1"] == ("N", 10)
+    text = pyconv.Model(graph).summary()
+    assert "Nx24xH/2xW/2-2" in text and "summarised at 1x3x224x224" in text
+    assert "2x24x5x4" in pyconv.Model(graph).summary({"input": (2, 3, 10, 12)})

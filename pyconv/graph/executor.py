@@ -125,12 +125,15 @@ class Model:
         return {"input_shapes": shapes, **memory_report(plan, len(self.graph.nodes), len(self.optimized.nodes))}
 
     def summary(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> str:
-        """Per-layer table (op, output shape, parameters, MACs, receptive field) and totals."""
+        """Per-layer table (op, output shape, parameters, MACs, receptive field) and totals.
+
+        Without ``input_shapes``, output shapes are written in the input's symbols ("N", "H/2")
+        and counts are for the probe sizes named in the header."""
         from pyconv.graph.summary import describe_inputs, format_summary, summarize
 
         shapes = self.resolve_input_shapes(input_shapes)
-        return format_summary(summarize(self.graph, shapes), self.memory_plan(shapes),
-                              describe_inputs(self.graph, shapes))
+        rows = summarize(self.graph, shapes, symbolic=input_shapes is None)
+        return format_summary(rows, self.memory_plan(shapes), describe_inputs(self.graph, shapes))
 
     def __repr__(self) -> str:
         shapes = {t.name: list(t.shape) for t in self.graph.inputs}

@@ -8,7 +8,8 @@ model's preprocessing metadata, else 224).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from fractions import Fraction
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from pyconv import registry
 from pyconv.errors import InputError, ModelError
@@ -126,3 +127,54 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Shape],
 
 def nbytes(shape: Shape, itemsize: int = 4) -> int:
     return math.prod(shape) * itemsize
+
+
+def _dim_expression(symbol: str, s0: int, d0: int, s1: int, d1: int) -> str:
+    """The affine expression ``a*symbol + c`` through (s0, d0) and (s1, d1), e.g. "H/2", "W-2", "2*N"."""
+    slope = Fraction(d1 - d0, s1 - s0)
+    offset = d0 - slope * s0
+    if offset.denominator != 1 or slope <= 0:
+        return "?"
+    if slope == 1:
+        term = symbol
+    elif slope.denominator == 1:
+        term = f"{slope.numerator}*{symbol}"
+    elif slope.numerator == 1:
+        term = f"{symbol}/{slope.denominator}"
+    else:
+        term = f"{slope.numerator}*{symbol}/{slope.denominator}"
+    return term + (f"{int(offset):+d}" if offset else "")
+
+
+def symbolic_shapes(graph: Graph, order: Optional[List[Node]] = None) -> Dict[str, Tuple[Union[int, str], ...]]:
+    """Every tensor's shape in terms of the input symbols: ``("N", 64, "H/2", "W/2")``.
+
+    Inferred at the probe values and again with each symbol doubled: a dimension that
+    does not move is an int; one that moves with one symbol is written as that symbol,
+    an affine expression of it ("H/2", "W/2-2", "2*N"), exact for sizes the strides
+    divide; anything else is "?".  A symbol the graph cannot vary (e.g. a
+    classifier's fixed input size behind ``flatten``) is treated as its probe value."""
+    order = order if order is not None else topological_order(graph)
+    base = probe_symbols(graph)
+    reference = infer_shapes(graph, input_shapes_for(graph, base), order)
+    variants: Dict[str, Tuple[int, Dict[str, Shape]]] = {}
+    for symbol, value in base.items():
+        moved = {**base, symbol: 2 * value}
+        try:
+            variants[symbol] = (2 * value, infer_shapes(graph, input_shapes_for(graph, moved), order))
+        except ModelError:
+            continue
+    result = {}
+    for tensor, shape in reference.items():
+        dims: List[Union[int, str]] = []
+        for axis, d0 in enumerate(shape):
+            movers = [s for s, (_, shapes) in variants.items() if shapes[tensor][axis] != d0]
+            if not movers:
+                dims.append(d0)
+            elif len(movers) == 1:
+                s1, shapes = variants[movers[0]]
+                dims.append(_dim_expression(movers[0], base[movers[0]], d0, s1, shapes[tensor][axis]))
+            else:
+                dims.append("?")
+        result[tensor] = tuple(dims)
+    return result

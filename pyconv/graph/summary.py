@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from pyconv import registry
 from pyconv.graph.format import Graph
-from pyconv.graph.shapes import Shape, infer_shapes, topological_order, weight_shapes
+from pyconv.graph.shapes import Shape, infer_shapes, symbolic_shapes, topological_order, weight_shapes
 
 GLOBAL = math.inf  # receptive field of a layer that sees the whole input (after global pooling)
 
@@ -30,6 +30,7 @@ class LayerRow:
     macs: int
     adds: int
     receptive_field: Optional[Tuple[float, float]]  # (height, width) in input pixels; None when not spatial
+    symbolic_shapes: Optional[List[Tuple[Union[int, str], ...]]] = None  # e.g. ("N", 64, "H/2", "W/2")
 
     def field_text(self) -> Optional[str]:
         if self.receptive_field is None:
@@ -43,10 +44,11 @@ def _reduces_to_a_point(in_shapes: List[Shape], out_shapes: List[Shape]) -> bool
             and all(len(s) == 4 and s[2:] == (1, 1) for s in out_shapes))
 
 
-def summarize(graph: Graph, input_shapes: Mapping[str, Shape]) -> List[LayerRow]:
-    """One row per node, in execution order."""
+def summarize(graph: Graph, input_shapes: Mapping[str, Shape], symbolic: bool = False) -> List[LayerRow]:
+    """One row per node, in execution order; ``symbolic`` adds shapes in terms of the input symbols."""
     order = topological_order(graph)
     shapes = infer_shapes(graph, input_shapes, order)
+    named = symbolic_shapes(graph, order) if symbolic else None
     field: Dict[str, Tuple[int, int, int, int]] = {t: (1, 1, 1, 1) for t in input_shapes}  # rh, rw, jump h, w
     rows = []
     for node in order:
@@ -69,7 +71,8 @@ def summarize(graph: Graph, input_shapes: Mapping[str, Shape]) -> List[LayerRow]
             if spatial:
                 field[t] = rf
         rows.append(LayerRow(node.name, node.op, out_shapes, int(counts.params), int(counts.macs), int(counts.adds),
-                             (rf[0], rf[1]) if spatial else None))
+                             (rf[0], rf[1]) if spatial else None,
+                             [named[t] for t in node.outputs] if named is not None else None))
     return rows
 
 
@@ -88,7 +91,9 @@ def _human(n: float) -> str:
 def rows_as_json(rows: List[LayerRow]) -> List[Dict[str, Any]]:
     return [{"name": r.name, "op": r.op, "output_shapes": [list(s) for s in r.output_shapes], "params": r.params,
              "macs": r.macs, "adds": r.adds,
-             "receptive_field": r.field_text()} for r in rows]
+             "receptive_field": r.field_text(),
+             **({"symbolic_shapes": [list(sh) for sh in r.symbolic_shapes]} if r.symbolic_shapes else {})}
+            for r in rows]
 
 
 def _dims(shape) -> str:
@@ -105,7 +110,7 @@ def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = N
     """A text table with a totals line (and the memory plan when given), after ``header``."""
     table = [("layer", "op", "output shape", "params", "MACs", "receptive field")]
     for r in rows:
-        shape = ", ".join(_dims(s) for s in r.output_shapes)
+        shape = ", ".join(_dims(s) for s in (r.symbolic_shapes or r.output_shapes))
         rf = r.field_text() or "-"
         table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), rf))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
