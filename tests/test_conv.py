@@ -311,6 +311,17 @@ def test_float64_and_non_contiguous_inputs_are_converted():
     assert y.dtype == np.float32 and y.flags.c_contiguous
 
 
+@pytest.mark.parametrize("algorithm, kernel, groups", [("im2col", 3, 1), ("1x1", 1, 1), ("depthwise", 3, 6)])
+def test_residual_may_be_out(algorithm, kernel, groups):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 6, 7, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 6 // groups, kernel, kernel)).astype(np.float32)
+    res = rng.standard_normal((1, 6, 7, 8)).astype(np.float32)
+    ref = C.conv2d_reference(x, w, padding=kernel // 2, groups=groups, residual=res)
+    y = C.conv2d(x, w, padding=kernel // 2, groups=groups, residual=res, out=res, algorithm=algorithm)
+    assert y is res and rel_err(y, ref) <= 1e-5
+
+
 def test_out_must_not_overlap_x():
     x = np.ones((1, 4, 5, 5), np.float32)
     with pytest.raises(ValueError, match="overlap"):

@@ -14,6 +14,7 @@ How ``algorithm="auto"`` chooses is documented in ``docs/kernels.md`` and in
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -49,6 +50,7 @@ WINOGRAD_MIN_CHANNELS = 16
 _GEMM_TILE_BUDGET = 1 << 19
 
 
+@functools.lru_cache(maxsize=None)
 def _winograd_kernels():
     """The Winograd module, or None while it is not built."""
     try:
@@ -181,13 +183,24 @@ def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
 
 # --------------------------------------------------------------------------- kernels
 
+class _Scratch(threading.local):
+    """Zeroed float32 work buffers kept across calls (no allocation per run), one set per
+    calling thread.  Kernels rely on the zeroing only for memory they never write."""
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        buf = self.__dict__.get(name)
+        if buf is None or any(have < want for have, want in zip(buf.shape, shape)):
+            buf = self.__dict__[name] = np.zeros(shape, np.float32)
+        return buf
+
+
 class _GemmKernel:
     """1x1 and im2col convs: tiled GEMM on NCHW (pyconv/_core/conv_gemm.pyx)."""
 
     def __init__(self, g: ConvGeometry, weight: np.ndarray):
         self.g = g
         self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
-        self._buffers = threading.local()  # per calling thread: no allocation per run
+        self._scratch = _Scratch()
 
     def tile_cols(self, n: int, pixels: int, nthreads: int) -> int:
         """Wide-grid pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
@@ -200,23 +213,15 @@ class _GemmKernel:
         tile = -(-pixels // ntiles)
         return min(pixels, -(-tile // 16) * 16)
 
-    def _buffer(self, name: str, shape: tuple) -> np.ndarray:
-        """A zeroed float32 buffer of at least ``shape``, kept per thread across calls."""
-        buf = getattr(self._buffers, name, None)
-        if buf is None or any(have < want for have, want in zip(buf.shape, shape)):
-            buf = np.zeros(shape, np.float32)
-            setattr(self._buffers, name, buf)
-        return buf
-
     def __call__(self, x, residual, out, bias, epilogue, nthreads):
         g = self.g
         kh, kw = g.kernel
         ho, wo = out.shape[2:]
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
         tile = self.tile_cols(x.shape[0], ho * wq, nthreads)
-        scratch = self._buffer("scratch", (nthreads, _gemm.scratch_floats(
+        scratch = self._scratch.get("tiles", (nthreads, _gemm.scratch_floats(
             self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw)))
-        phases = self._buffer("phases", (1 if direct else _gemm.phase_floats(x.shape[1], g.stride, hq, wq),))
+        phases = self._scratch.get("phases", (1 if direct else _gemm.phase_floats(x.shape[1], g.stride, hq, wq),))
         with _blas_single_threaded():
             _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               epilogue, residual, out, tile, phases, scratch, nthreads)
@@ -228,16 +233,13 @@ class _DepthwiseKernel:
     def __init__(self, g: ConvGeometry, weight: np.ndarray):
         self.g = g
         self.weight = np.ascontiguousarray(weight)
-        self._buffers = threading.local()
+        self._scratch = _Scratch()
 
     def __call__(self, x, residual, out, bias, epilogue, nthreads):
         g = self.g
         nthreads = min(nthreads, x.shape[0] * x.shape[1])
-        need = _depthwise.scratch_floats(out.shape[2], out.shape[3], *g.kernel, g.stride, g.dilation)
-        scratch = getattr(self._buffers, "scratch", None)
-        if scratch is None or scratch.shape[0] < nthreads or scratch.shape[1] < need:
-            scratch = np.zeros((nthreads, need), np.float32)  # zeroed: see depthwise_conv2d
-            self._buffers.scratch = scratch
+        scratch = self._scratch.get("planes", (nthreads, _depthwise.scratch_floats(
+            out.shape[2], out.shape[3], *g.kernel, g.stride, g.dilation)))
         _depthwise.depthwise_conv2d(x, self.weight, bias, g.stride, g.pads, g.dilation, epilogue, residual,
                                     out, scratch, nthreads)
 
@@ -311,6 +313,8 @@ class PreparedConv2d:
         out = check_out(out, shape)
         if np.may_share_memory(out, x):
             raise ValueError("out must not overlap x (the kernels read x while writing out)")
+        if residual is not None and np.may_share_memory(out, residual):
+            residual = residual.copy()  # output rows are written before their residual is read
         nthreads = threads_for(float(np.prod(shape)) * self._macs_per_output)
         self._kernel(x, residual, out, self.bias, self.epilogue, nthreads)
         return out
