@@ -407,3 +407,35 @@ def test_every_op_is_registered_with_a_reference():
     for name in MY_OPS:
         spec = registry.get(name)
         assert spec.reference is not None and spec.window is None, name
+
+
+INPLACE_CASES = [
+    ("relu", [(2, 3, 4, 5)], {}, {}), ("sigmoid", [(2, 3, 4, 5)], {}, {}), ("gelu", [(2, 3, 4, 5)], {}, {}),
+    ("softmax", [(2, 3, 4, 5)], {}, {"axis": 1}), ("log_softmax", [(2, 30)], {}, {"axis": 1}),
+    ("prelu", [(2, 3, 4, 5)], {"slope": (3,)}, {}),
+    ("batch_norm", [(2, 3, 4, 5)], {"mean": (3,), "var": (3,), "weight": (3,), "bias": (3,)}, {}),
+    ("add", [(2, 3, 4, 5), (2, 3, 4, 5)], {}, {}), ("mul", [(2, 3, 4, 5), (2, 3, 1, 1)], {}, {}),
+    ("div", [(2, 3, 4, 5), (5,)], {}, {}),
+    ("identity", [(2, 3, 4, 5)], {}, {}), ("flatten", [(2, 3, 4, 5)], {}, {}),
+    ("reshape", [(2, 3, 4, 5)], {}, {"shape": [0, -1, 5]}),
+]
+
+
+@pytest.mark.parametrize("name, input_shapes, weight_shapes, attrs", INPLACE_CASES, ids=[c[0] for c in INPLACE_CASES])
+def test_inplace_ops_write_over_their_first_input_buffer(name, input_shapes, weight_shapes, attrs):
+    """As the executor runs them: the output is a different view object of the first input's buffer."""
+    spec = registry.get(name)
+    assert spec.inplace
+    rng = np.random.default_rng(15)
+    inputs = [rng.standard_normal(s).astype(np.float32) + (3 if i else 0) for i, s in enumerate(input_shapes)]
+    weights = {k: (rng.random(s) + 0.5).astype(np.float32) for k, s in weight_shapes.items()}
+    attrs = spec.resolve_attrs(attrs)
+    (out_shape,) = spec.infer_shape(input_shapes, weight_shapes, attrs)
+    expected = spec.reference(*inputs, **weights, **attrs)
+    call = spec.bind(weights, attrs)
+    buffer = inputs[0].reshape(-1).copy()
+    first, out = buffer.reshape(input_shapes[0]), buffer[: int(np.prod(out_shape))].reshape(out_shape)
+    result = call(first, *inputs[1:], out=out)
+    if result is not out:
+        np.copyto(out, result)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
