@@ -110,6 +110,8 @@ class ConvGeometry:
         if len(x_shape) != 4:
             raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {x_shape}")
         n, c, h, w = x_shape
+        if min(x_shape) < 1:
+            raise ValueError(f"x must not be empty, got shape {x_shape}")
         if c != self.in_channels:
             raise ValueError(
                 f"x has {c} channels but weight (C_out={self.out_channels}, C_in/groups="
@@ -119,7 +121,7 @@ class ConvGeometry:
         pt, pl, pb, pr = self.pads
         ho = conv_output_size(h, self.kernel[0], self.stride[0], pt, pb, self.dilation[0])
         wo = conv_output_size(w, self.kernel[1], self.stride[1], pl, pr, self.dilation[1])
-        if ho <= 0 or wo <= 0 or n <= 0:
+        if ho <= 0 or wo <= 0:
             raise ValueError(
                 f"conv output size would be {(n, self.out_channels, ho, wo)} for x shape {x_shape}, kernel "
                 f"{self.kernel}, stride {self.stride}, padding {self.pads}, dilation {self.dilation}"
@@ -444,13 +446,15 @@ class TransposeGeometry:
         if len(x_shape) != 4:
             raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {x_shape}")
         n, c, h, w = x_shape
+        if min(x_shape) < 1:
+            raise ValueError(f"x must not be empty, got shape {x_shape}")
         if c != self.in_channels:
             raise ValueError(f"x has {c} channels but conv_transpose2d weight expects {self.in_channels}; "
                              f"x shape {x_shape}")
         pt, pl, pb, pr = self.pads
         ho = (h - 1) * self.stride[0] - pt - pb + self.dilation[0] * (self.kernel[0] - 1) + self.output_padding[0] + 1
         wo = (w - 1) * self.stride[1] - pl - pr + self.dilation[1] * (self.kernel[1] - 1) + self.output_padding[1] + 1
-        if ho <= 0 or wo <= 0 or n <= 0:
+        if ho <= 0 or wo <= 0:
             raise ValueError(f"conv_transpose2d output size would be {(n, self.out_channels, ho, wo)} for x shape "
                              f"{x_shape}, kernel {self.kernel}, stride {self.stride}, padding {self.pads}")
         return n, self.out_channels, ho, wo
