@@ -18,6 +18,7 @@ from pyconv.graph.format import GRAPH_KEY, Graph
 from pyconv.graph.shapes import infer_shapes, input_shapes_for, probe_symbols, topological_order
 
 JSON_SCALARS = (int, float, str, bool, type(None))
+MAX_LISTED = 20  # problems spelled out in one error message
 
 
 class ModelWarning(UserWarning):
@@ -39,7 +40,9 @@ def _is_json_value(value, depth: int = 0) -> bool:
 def _raise(problems: List[str], exc_type=ModelError) -> None:
     if len(problems) == 1:
         raise exc_type(problems[0])
-    raise exc_type(f"{len(problems)} problems in the model:\n  - " + "\n  - ".join(problems))
+    shown = problems[:MAX_LISTED]
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise exc_type(f"{len(problems)} problems in the model:\n  - " + "\n  - ".join(shown) + more)
 
 
 def check_ops(graph: Graph) -> None:
@@ -47,9 +50,10 @@ def check_ops(graph: Graph) -> None:
     known = registry.all_ops()
     unknown = [f"node {n.name!r} uses op {n.op!r}" for n in graph.nodes if n.op not in known]
     if unknown:
+        missing_ops = sorted({n.op for n in graph.nodes if n.op not in known})
         raise UnsupportedOpError(
-            f"{len(unknown)} node(s) use ops pyconv does not implement:\n  - " + "\n  - ".join(unknown)
-            + f"\npyconv implements: {', '.join(sorted(known))}")
+            f"{len(unknown)} node(s) use ops pyconv does not implement ({', '.join(missing_ops)}):\n  - "
+            + "\n  - ".join(unknown) + f"\npyconv implements: {', '.join(sorted(known))}")
 
 
 def _structure_problems(graph: Graph) -> List[str]:
@@ -77,7 +81,7 @@ def _structure_problems(graph: Graph) -> List[str]:
         where = f"node {n.name!r} ({n.op})"
         lo, hi = spec.input_range
         if len(n.inputs) < lo or (hi is not None and len(n.inputs) > hi):
-            want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number of'}"
+            want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             problems.append(f"{where}: takes {want} input(s), got {len(n.inputs)}: {n.inputs}")
         for t in n.inputs:
             if t not in produced:
