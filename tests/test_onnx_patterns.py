@@ -91,6 +91,40 @@ def test_channel_shuffle_fused(dynamic_batch):
     assert converted.graph.nodes[1].attrs["groups"] == 3
 
 
+def test_channel_shuffle_of_any_size_as_pytorch_exports_it():
+    """torchvision's channel_shuffle with dynamic N, H, W: every dim comes from Shape, and the
+    5-D reshape alone is not expressible; fused, it is."""
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=1)
+    shape = net.op("Shape", [x])
+    dims = [net.op("Unsqueeze", [net.op("Gather", [shape, net.const(i, np.int64)], axis=0),
+                                 net.const([0], np.int64)]) for i in range(4)]
+    per_group = net.op("Div", [dims[1], net.const([3], np.int64)])
+    split = net.op("Concat", [dims[0], net.const([3], np.int64), per_group, dims[2], dims[3]], axis=0)
+    t = net.op("Transpose", [net.op("Reshape", [x, split])], perm=[0, 2, 1, 3, 4])
+    y = net.op("Reshape", [t, net.op("Concat", [dims[0], dims[1], dims[2], dims[3]], axis=0)])
+    model = net.model({X: ["N", 4, "H", "W"]}, [y])
+    converted = convert(model)
+    assert _ops(converted) == ["conv2d", "channel_shuffle"], _ops(converted)
+    from onnx_testing import assert_close, run_onnxruntime
+
+    for shape in ((1, 4, 5, 7), (2, 4, 3, 3)):
+        xv = rand(*shape)
+        assert_close(converted.run({X: xv})[y], run_onnxruntime(model, {X: xv})[y])
+
+
+def test_inexpressible_reshape_is_reported_after_fusion():
+    net = OnnxNet()
+    x = net.input(X, 4)
+    shape = net.op("Shape", [x])
+    dims = [net.op("Unsqueeze", [net.op("Gather", [shape, net.const(i, np.int64)], axis=0),
+                                 net.const([0], np.int64)]) for i in range(4)]
+    swapped = net.op("Concat", [dims[0], dims[1], dims[3], dims[2]], axis=0)  # a reshape, not a transpose
+    y = net.op("Reshape", [x, swapped])
+    with pytest.raises(UnsupportedOpError, match="Reshape x1 .*--input-shape"):
+        convert(net.model({X: ["N", 4, "H", "W"]}, [y]))
+
+
 @pytest.mark.parametrize("const_shape", [(1, 6, 1, 1), (6, 1, 1)])
 def test_batch_norm_decomposed_into_mul_add(const_shape):
     net = OnnxNet()

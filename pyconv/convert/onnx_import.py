@@ -76,6 +76,11 @@ def _dims(type_proto, tensor: str, graph_input: bool = False) -> Optional[Shape]
     return tuple(dims)
 
 
+def _anonymous(dim) -> bool:
+    """A dim ONNX shape inference left unknown or named itself (``unk__3``)."""
+    return not dim.HasField("dim_value") and (not dim.dim_param or dim.dim_param.startswith("unk__"))
+
+
 def _fix_input_shapes(model, input_shapes: Optional[InputShapes], real_inputs: List[Any]) -> None:
     """Overwrite the declared shapes of graph inputs (``--input-shape``)."""
     if not input_shapes:
@@ -111,6 +116,7 @@ class _Importer:
         real_inputs = [i for i in graph.input if i.name not in init_names]
         _fix_input_shapes(model, input_shapes, real_inputs)
         self.shapes: Dict[str, Optional[Shape]] = {}
+        self.partial_shapes: Dict[str, Shape] = {}  # ONNX-inferred shapes with anonymous dims
         self._infer_shapes()
         self.inputs = [i.name for i in real_inputs]
         self.input_shapes = {i.name: _dims(i.type, i.name, graph_input=True) for i in real_inputs}
@@ -121,6 +127,7 @@ class _Importer:
         self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
         self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
         self.failures: "OrderedDict[str, List[Tuple[str, str]]]" = OrderedDict()
+        self.deferred: Dict[str, Tuple[Any, str]] = {}  # IR tensor -> (ONNX node, reason) unless fused away
         self._counter = 0
         # tensors something reads: optional outputs nobody reads (Dropout mask, MaxPool indices) are ignored
         self.used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
@@ -134,7 +141,12 @@ class _Importer:
         inputs = {i.name for i in inferred.input}
         for info in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
             shape = _dims(info.type, info.name, graph_input=info.name in inputs)
-            if shape is not None or info.name not in self.shapes:
+            anonymous = shape is not None and any(_anonymous(d) for d in info.type.tensor_type.shape.dim)
+            if anonymous and info.name not in inputs:
+                # dims ONNX could not relate to the inputs: pyconv's own inference (which follows the
+                # input symbols through transposes and reshapes) is preferred; this is the fallback
+                self.partial_shapes[info.name] = shape
+            elif shape is not None or info.name not in self.shapes:
                 self.shapes[info.name] = shape
 
     # ---- helpers for handlers
@@ -163,7 +175,8 @@ class _Importer:
         tensor = self.name(tensor)
         if tensor in self.consts:
             return tuple(self.consts[tensor].shape)
-        return self.shapes.get(tensor)
+        shape = self.shapes.get(tensor)
+        return shape if shape is not None else self.partial_shapes.get(tensor)
 
     def rank(self, tensor: str) -> int:
         shape = self.shape(tensor)
@@ -311,6 +324,15 @@ class _Importer:
         dims = list(shape)[attrs.get("start", 0):attrs.get("end", len(shape))]
         self.consts[node.output[0]] = np.asarray(dims, dtype=np.int64 if static(dims) else object)
         return True
+
+    def check_deferred(self, graph: Graph) -> None:
+        """Nodes the walk could not express on their own, unless fusion removed them."""
+        remaining = {n.outputs[0] for n in graph.nodes if n.op == "reshape"}
+        for tensor, (node, reason) in self.deferred.items():
+            if tensor in remaining:
+                self._fail(node, node.op_type, reason)
+        if self.failures:
+            raise UnsupportedOpError(self._failure_report())
 
     def _fail(self, node, op: str, reason: str) -> None:
         self.failures.setdefault(op, []).append((node.name or f"<{op} -> {node.output[0]}>", reason))
@@ -755,9 +777,15 @@ def _emit_reshape(ctx, node, data: str, out_shape: Sequence[Any]) -> None:
     in_shape = ctx.shape(data)
     if in_shape is None:
         raise _Unsupported(f"the shape of {data!r} is unknown")
-    target = _reshape_target(in_shape, out_shape)
     if ctx.shapes.get(node.output[0]) is None:
         ctx.shapes[node.output[0]] = tuple(out_shape)  # keeps the symbols, which re-inference could not
+    try:
+        target = _reshape_target(in_shape, out_shape)
+    except _Unsupported as exc:
+        # A pattern may still absorb it (the reshapes around a channel shuffle of any H x W):
+        # decided after fusion.
+        target = [d.name if isinstance(d, Dim) else int(d) for d in out_shape]
+        ctx.deferred[node.output[0]] = (node, str(exc))
     ctx.emit("reshape", [data], node.output[:1], node, shape=target)
 
 
@@ -1040,6 +1068,7 @@ def onnx_to_ir(model, input_shapes: Optional[InputShapes] = None, nchw_inputs: b
     layouts = importer.absorb_nhwc_inputs() if nchw_inputs else {}
     graph = importer.run()
     counts = fusion.run_passes(graph)
+    importer.check_deferred(graph)
     metadata = _onnx_metadata(proto)
     if layouts:
         metadata["source"]["input_layout"] = layouts  # the file's layout; the pyconv model takes NCHW
