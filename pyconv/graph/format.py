@@ -12,10 +12,11 @@ import io
 import json
 import math
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +37,7 @@ MAX_COMPRESSION_RATIO = 1000  # deflate of float weights gives ~1.1; bombs give 
 COMPRESSION_CHECK_ABOVE = 64 << 20  # small members may compress arbitrarily well (zero biases)
 MAX_DIM = 1 << 31
 ALLOWED_DTYPE_KINDS = "fiub"  # float, int, unsigned, bool: never object/void/str
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: ... name length, extra length
 
 Dim = Union[int, str]
 
@@ -192,21 +194,43 @@ def _check_archive(zf: zipfile.ZipFile, max_bytes: int) -> Dict[str, zipfile.Zip
     return members
 
 
-def _read_member(zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo) -> np.ndarray:
+def _stored_data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start: after its local header (name and extra field)."""
+    raw.seek(info.header_offset)
+    local = raw.read(_LOCAL_HEADER.size)
+    if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+        raise ModelError(f"archive member {info.filename!r} has a damaged local header")
+    name_len, extra_len = _LOCAL_HEADER.unpack(local)[-2:]
+    return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+
+
+def _read_member(zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, raw: Optional[BinaryIO] = None) -> np.ndarray:
+    """One array, its declared shape checked against the member size before any data is read.
+
+    Uncompressed members of a file on disk are read straight into the array (one copy,
+    CRC still checked); others go through zipfile's decompressing reader."""
     with zf.open(info) as fp:
         shape, fortran, dtype, header_len = _read_npy_header(fp, key)
         nbytes = math.prod(shape) * dtype.itemsize
         if header_len + nbytes != info.file_size:
             raise UnsafeFileError(f"array {key!r} declares shape {shape} ({nbytes} bytes) but the file holds "
                                   f"{info.file_size - header_len} bytes of data")
-        # read straight into a fresh (writable, aligned) array: kernels take writable buffers
+        # a fresh (writable, aligned) array: kernels take writable buffers
         arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-        view, done = memoryview(arr.reshape(-1, order="A").view(np.uint8)), 0
+        view = memoryview(arr.reshape(-1, order="A").view(np.uint8))
+        direct = raw is not None and info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1
+        source = raw if direct else fp
+        if direct:
+            raw.seek(_stored_data_offset(raw, info))
+            crc = zlib.crc32(raw.read(header_len))
+        done = 0
         while done < nbytes:
-            got = fp.readinto(view[done:])
+            got = source.readinto(view[done:])
             if not got:
                 raise ModelError(f"array {key!r} is truncated")
             done += got
+        if direct and zlib.crc32(view, crc) != info.CRC:
+            raise ModelError(f"array {key!r} is corrupt (CRC mismatch)")
     return arr
 
 
@@ -308,7 +332,11 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
                                       f"(limit {MAX_GRAPH_JSON_BYTES})")
             doc = _parse_graph_json(_read_member(zf, GRAPH_KEY, members.pop(GRAPH_KEY)))
             check_format_version(doc)  # before reading weights: a newer file may store them differently
-            weights = {key: _read_member(zf, key, info) for key, info in members.items()}
+            if isinstance(path, (str, os.PathLike)):
+                with open(path, "rb") as raw:
+                    weights = {key: _read_member(zf, key, info, raw) for key, info in members.items()}
+            else:
+                weights = {key: _read_member(zf, key, info) for key, info in members.items()}
         except ModelError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
