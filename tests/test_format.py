@@ -368,3 +368,16 @@ def test_giant_declared_input_shape_is_refused_before_allocating(tmp_path):
     model = pyconv.load(write_raw(tmp_path / "giant_input.npz", doc, arrays))  # shapes are inferred, not allocated
     with pytest.raises(ModelError, match="MiB of activations"):
         model.memory_plan()
+
+
+def test_corrupted_weight_bytes_are_detected(tmp_path):
+    graph = conv_relu_graph()
+    path = tmp_path / "m.npz"
+    save_graph(graph, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(graph.weights["conv.weight"].tobytes())
+    assert at > 0
+    data[at + 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="CRC"):
+        pyconv.load(path)
