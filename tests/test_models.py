@@ -21,7 +21,6 @@ from pyconv import registry
 from pyconv.graph.format import read_graph
 from pyconv.graph.shapes import input_shapes_for, probe_symbols, topological_order
 from pyconv.graph.summary import summarize, totals
-from models.layers import Net
 from models.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]

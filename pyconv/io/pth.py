@@ -25,7 +25,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO, Dict, List, Union
+from typing import Any, BinaryIO, Dict, Union
 
 import numpy as np
 
