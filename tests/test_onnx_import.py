@@ -526,3 +526,17 @@ def test_pow_with_other_exponent_is_reported():
     model, _ = _single("Pow", (1, 3, 4, 4), inits={"e": np.array(3.0, np.float32)}, extra_inputs=["e"])
     with pytest.raises(UnsupportedOpError, match="exponents 1 and 2"):
         convert(model)
+
+
+@pytest.mark.parametrize("attrs,message", [
+    (dict(mode="cubic"), "mode='cubic'"),
+    (dict(mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn"), "tf_half_pixel_for_nn"),
+    (dict(mode="nearest", coordinate_transformation_mode="half_pixel_symmetric"), "half_pixel_symmetric"),
+])
+def test_unsupported_resize_variants_are_reported(attrs, message):
+    from pyconv.errors import UnsupportedOpError
+
+    inits = {"roi": np.array([], np.float32), "s": np.array([1, 1, 2, 2], np.float32)}
+    model, _ = _single("Resize", (1, 2, 3, 3), attrs, inits, ["roi", "s"], opset=19)
+    with pytest.raises(UnsupportedOpError, match=message):
+        convert(model)

@@ -906,6 +906,9 @@ def _pad(ctx, node, attrs):
     ctx.emit("pad", [node.input[0]], node.output[:1], node, pads=[int(p) for p in pads], mode=mode, value=value)
 
 
+_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+
+
 @_handles("Resize", "Upsample")
 def _resize(ctx, node, attrs):
     _check_2d(ctx, node, node.op_type)
@@ -937,8 +940,8 @@ def _resize(ctx, node, attrs):
         sizes = _resize_sizes(ctx, node)
         coord = attrs.get("coordinate_transformation_mode", "half_pixel")
         nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
-        if coord == "tf_crop_and_resize":
-            raise _Unsupported("coordinate_transformation_mode='tf_crop_and_resize'")
+        if coord not in _COORDINATE_MODES:
+            raise _Unsupported(f"coordinate_transformation_mode={coord!r} (supported: {', '.join(_COORDINATE_MODES)})")
     if scales is not None:
         if len(scales) != 4 or scales[0] != 1 or scales[1] != 1:
             raise _Unsupported(f"only spatial scaling of NCHW tensors is supported, got scales={scales}")
