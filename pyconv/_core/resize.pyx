@@ -1,20 +1,56 @@
 # Resize gathers for NCHW planes.  The coordinate mapping (ONNX coordinate
 # transformation and rounding modes) is decided in pyconv.ops.tensor and
-# arrives here as per-axis index and weight tables, so the loops only gather.
-from cython.parallel cimport prange
+# arrives here as per-axis index and weight tables, so the loops only gather
+# and blend.
+from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
+
+import numpy as np
 
 from pyconv._core.simd cimport multiversion_void
 
 
-cdef multiversion_void bilinear_row(const float* r0, const float* r1, float wy, const int* x0,
-                                    const int* x1, const float* wx, float* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef float top, bottom
-    for i in range(n):
-        top = r0[x0[i]] + (r0[x1[i]] - r0[x0[i]]) * wx[i]
-        bottom = r1[x0[i]] + (r1[x1[i]] - r1[x0[i]]) * wx[i]
-        out[i] = top + (bottom - top) * wy
+cdef multiversion_void interpolate_row(const float* r, const int* x0, const int* x1, const float* wx,
+                                       float* out, Py_ssize_t n) noexcept nogil:
+    """Horizontal pass: one input row resampled to n columns."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        out[j] = r[x0[j]] + (r[x1[j]] - r[x0[j]]) * wx[j]
+
+
+cdef multiversion_void blend_rows(const float* top, const float* bottom, float wy, float* out,
+                                  Py_ssize_t n) noexcept nogil:
+    """Vertical pass: unit stride, vectorises."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        out[j] = top[j] + (bottom[j] - top[j]) * wy
+
+
+cdef void bilinear_plane(const float* x, float* y, Py_ssize_t in_w, Py_ssize_t out_h, Py_ssize_t out_w,
+                         const int* y0, const int* y1, const float* wy, const int* x0, const int* x1,
+                         const float* wx, float* rows) noexcept nogil:
+    """One plane; ``rows`` holds two horizontally resampled input rows (2 * out_w floats).
+    Consecutive output rows mostly share input rows, so each is resampled once, not per output row."""
+    cdef float* a = rows
+    cdef float* b = rows + out_w
+    cdef float* swap
+    cdef Py_ssize_t i, have_a = -1, have_b = -1, t
+    for i in range(out_h):
+        if have_a != y0[i]:
+            if have_b == y0[i]:  # the old lower row is the new upper one
+                swap = a
+                a = b
+                b = swap
+                t = have_a
+                have_a = have_b
+                have_b = t
+            else:
+                interpolate_row(x + y0[i] * in_w, x0, x1, wx, a, out_w)
+                have_a = y0[i]
+        if have_b != y1[i]:
+            interpolate_row(x + y1[i] * in_w, x0, x1, wx, b, out_w)
+            have_b = y1[i]
+        blend_rows(a, b, wy[i], y + i * out_w, out_w)
 
 
 def resize_nearest(const float[::1] x, float[::1] y, Py_ssize_t planes, Py_ssize_t in_h, Py_ssize_t in_w,
@@ -42,10 +78,9 @@ def resize_bilinear(const float[::1] x, float[::1] y, Py_ssize_t planes, Py_ssiz
                     const int[::1] x0, const int[::1] x1, const float[::1] wx, int nthreads):
     """Bilinear resize: row i blends input rows y0[i], y1[i] with weight wy[i] (same for columns)."""
     cdef Py_ssize_t out_h = y0.shape[0], out_w = x0.shape[0]
-    cdef Py_ssize_t p, i, base
+    cdef Py_ssize_t p
+    cdef float[:, ::1] rows = np.empty((max(nthreads, 1), 2 * out_w), dtype=np.float32)  # per thread
     with nogil:
         for p in prange(planes, num_threads=nthreads, schedule="static"):
-            base = p * in_h * in_w
-            for i in range(out_h):
-                bilinear_row(&x[base + y0[i] * in_w], &x[base + y1[i] * in_w], wy[i],
-                             &x0[0], &x1[0], &wx[0], &y[(p * out_h + i) * out_w], out_w)
+            bilinear_plane(&x[p * in_h * in_w], &y[p * out_h * out_w], in_w, out_h, out_w,
+                           &y0[0], &y1[0], &wy[0], &x0[0], &x1[0], &wx[0], &rows[threadid(), 0])
