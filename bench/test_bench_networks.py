@@ -67,6 +67,8 @@ def _ort_session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning: an idle pool must not steal the core from pyconv's next round (bench/README.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -121,6 +123,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     else:
         import onnxruntime as ort
         options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         loads = []
         for _ in range(5):
             start = time.perf_counter()
