@@ -29,14 +29,17 @@ cdef struct Window2d:
 
 
 cdef inline float max_nan(float a, float b) noexcept nogil:
-    # For vectorized loops: b wins when larger or NaN; a NaN already in a stays, so
-    # NaN propagates (PyTorch).  Bitwise | keeps the select branch-free.
-    return b if (b > a) | (b != b) else a
+    # max(a, b), NaN if either is NaN (PyTorch propagates NaN).  ``a > b ? a : b`` is
+    # exactly maxss/maxps (b when unordered, so a NaN b wins); the second select only
+    # keeps a NaN a.  In scalar code that select is a branch that is always predicted
+    # (NaN is rare), unlike a compare of the data itself.
+    cdef float m = a if a > b else b
+    return m if a == a else a
 
 
 cdef struct ScalarMax:
-    # Branch-free running maximum for scalar loops (a compare-and-branch there
-    # mispredicts on real data): the max itself compiles to maxss, NaN is tracked apart.
+    # Running maximum for scalar reductions: the max compiles to maxss and NaN is
+    # tracked off the dependency chain (max_nan's NaN select would lengthen it).
     float value
     bint nan
 
@@ -77,6 +80,27 @@ cdef inline void accumulate_row(float* acc, const float* b, Py_ssize_t n, bint i
             acc[i] = acc[i] + b[i]
 
 
+cdef inline void gather_taps(float* acc, const float* src, Py_ssize_t n, Py_ssize_t stride, bint first,
+                             bint is_max) noexcept nogil:
+    """acc[i] = src[i * stride] (first tap) or acc[i] (op)= src[i * stride]; stride 1 or 2."""
+    cdef Py_ssize_t i
+    if stride == 1:
+        if first:
+            for i in range(n):
+                acc[i] = src[i]
+        else:
+            accumulate_row(acc, src, n, is_max)
+    elif first:
+        for i in range(n):
+            acc[i] = src[2 * i]
+    elif is_max:
+        for i in range(n):
+            acc[i] = max_nan(acc[i], src[2 * i])
+    else:
+        for i in range(n):
+            acc[i] = acc[i] + src[2 * i]
+
+
 cdef inline void reduce_rows(float* dst, const float* src, Py_ssize_t nrows, Py_ssize_t row_step,
                              Py_ssize_t width, bint is_max) noexcept nogil:
     """dst[w] = max or sum over r < nrows of src[r * row_step + w] (nrows >= 1)."""
@@ -95,13 +119,6 @@ cdef inline void split_phases(float* phases, const float* row, Py_ssize_t width,
     """phases[r * phase_len + j] = row[j * stride + r]: afterwards every tap of a strided
     window is a unit-stride run of one phase."""
     cdef Py_ssize_t r, j
-    if stride == 2:
-        for j in range(width // 2):
-            phases[j] = row[2 * j]
-            phases[phase_len + j] = row[2 * j + 1]
-        if width % 2:
-            phases[width // 2] = row[width - 1]
-        return
     for r in range(stride):
         for j in range((width - r + stride - 1) // stride):
             phases[r * phase_len + j] = row[j * stride + r]
@@ -131,9 +148,10 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                                          const float* scale, bint is_max) noexcept nogil:
     """One plane of a strided, dilated, padded max pool or window sum (times ``scale``, Ho x Wo).
 
-    ``row_buf`` (see window_row_buffer_size) holds the reduced rows, their stride phases
-    and the interior accumulator; the interior runs over whole vectors (n_vec), reading
-    up to VECTOR_SLACK floats of scratch past the phases, and is copied out after."""
+    ``row_buf`` holds the reduced row (W), its stride phases (sw * phase_len, used for
+    strides > 2), slack, and the accumulator of the interior columns.  The interior runs
+    over whole vectors (n_vec >= n: no scalar tails; the extra lanes read scratch and are
+    never copied out).  Rows narrower than a vector take the scalar path instead."""
     cdef Py_ssize_t oh, ow, kx, h0, ky0, ky1, tap, n = g.ow_hi - g.ow_lo
     cdef Py_ssize_t n_vec = (n + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
     cdef float* o
@@ -152,22 +170,26 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = -INFINITY if is_max else 0.0
             continue
         reduce_rows(row_buf, x + (h0 + ky0 * g.dh) * g.x_row, ky1 - ky0, g.dh * g.x_row, g.W, is_max)
-        for ow in range(g.ow_lo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
-        for ow in range(g.ow_hi, g.Wo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
-        if n > 0:
-            if g.sw > 1:
+        if n < VECTOR_SLACK:
+            # narrow rows: scalar taps straight from the reduced row (vector runs over
+            # scalar-written phases would stall on store forwarding and mostly compute padding)
+            for ow in range(g.Wo):
+                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+        else:
+            for ow in range(g.ow_lo):
+                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+            for ow in range(g.ow_hi, g.Wo):
+                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+        if n >= VECTOR_SLACK:
+            if g.sw > 2:
                 split_phases(row_buf + g.W, row_buf, g.W, g.sw, g.phase_len)
             for kx in range(g.kw):
-                # input column ow * sw + tap = (ow + tap // sw) * sw + tap % sw
                 tap = kx * g.dw - g.pl
-                run = phases + (tap - floor_div(tap, g.sw) * g.sw) * g.phase_len + g.ow_lo + floor_div(tap, g.sw)
-                if kx == 0:
-                    for ow in range(n_vec):
-                        acc[ow] = run[ow]
-                else:
-                    accumulate_row(acc, run, n_vec, is_max)
+                if g.sw <= 2:   # unit or stride-2 loads straight from the reduced row
+                    gather_taps(acc, row_buf + g.ow_lo * g.sw + tap, n_vec, g.sw, kx == 0, is_max)
+                else:           # input column ow * sw + tap = (ow + tap // sw) * sw + tap % sw
+                    run = phases + (tap - floor_div(tap, g.sw) * g.sw) * g.phase_len + g.ow_lo + floor_div(tap, g.sw)
+                    gather_taps(acc, run, n_vec, 1, kx == 0, is_max)
             for ow in range(n):
                 o[g.ow_lo + ow] = acc[ow]
         if scale != NULL:

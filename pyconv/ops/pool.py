@@ -245,13 +245,31 @@ def _adaptive_bins(size: int, out: int) -> np.ndarray:
     return np.stack([i * size // out, -(-(i + 1) * size // out)], axis=1).astype(np.intp)
 
 
+def _uniform_window(size: int, out: int) -> Optional[Tuple[int, int]]:
+    """(kernel, stride) when the adaptive bins along an axis are equal windows at a constant stride."""
+    bins = _adaptive_bins(size, out)
+    starts, lengths = bins[:, 0], bins[:, 1] - bins[:, 0]
+    stride = int(starts[1] - starts[0]) if out > 1 else 1
+    if stride >= 1 and (lengths == lengths[0]).all() and (starts == np.arange(out) * stride).all():
+        return int(lengths[0]), stride
+    return None
+
+
 @functools.lru_cache(maxsize=256)
-def _adaptive_bin_tables(in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def _adaptive_plan(in_hw: Tuple[int, int], out_hw: Tuple[int, int]):
+    """How to run an adaptive pool: ``("window", geometry, scale)`` when the bins are a regular
+    window grid on both axes (13 -> 6 is 3x3 stride 2; in divisible by out), which the faster
+    strided kernel handles, else ``("bins", hbins, wbins)`` for the general bin kernel."""
+    rows, cols = _uniform_window(in_hw[0], out_hw[0]), _uniform_window(in_hw[1], out_hw[1])
+    if rows and cols:
+        geo = _WindowGeometry("adaptive pool", in_hw, (rows[0], cols[0]), (rows[1], cols[1]), 0, 1, False)
+        assert geo.out_hw == out_hw
+        return "window", geo, _average_scale(in_hw, out_hw, geo.kernel, geo.stride, geo.pads, True, None)
     hbins = _adaptive_bins(in_hw[0], out_hw[0])[None]
     wbins = _adaptive_bins(in_hw[1], out_hw[1])[None]
     for table in (hbins, wbins):
         table.setflags(write=False)
-    return hbins, wbins
+    return "bins", hbins, wbins
 
 
 def _run_bin_pool(x: np.ndarray, y: np.ndarray, image_of: np.ndarray, hbins: np.ndarray, wbins: np.ndarray,
@@ -262,8 +280,10 @@ def _run_bin_pool(x: np.ndarray, y: np.ndarray, image_of: np.ndarray, hbins: np.
 
 
 def _pool_adaptive(x: np.ndarray, y: np.ndarray, mode: str) -> np.ndarray:
-    hbins, wbins = _adaptive_bin_tables(x.shape[2:], y.shape[2:])
-    return _run_bin_pool(x, y, np.arange(x.shape[0], dtype=np.intp), hbins, wbins, mode)
+    kind, a, b = _adaptive_plan(x.shape[2:], y.shape[2:])
+    if kind == "window":
+        return _run_window_pool(x, y, a, b if mode == "avg" else None, mode == "max")
+    return _run_bin_pool(x, y, np.arange(x.shape[0], dtype=np.intp), a, b, mode)
 
 
 def _adaptive_output_size(op: str, output_size, in_hw: Sequence[int]) -> Tuple[int, int]:
