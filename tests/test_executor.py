@@ -407,3 +407,17 @@ def test_symbolic_shapes_follow_the_input_symbols():
     text = pyconv.Model(graph).summary()
     assert "Nx24xH/2xW/2-2" in text and "summarised at 1x3x224x224" in text
     assert "2x24x5x4" in pyconv.Model(graph).summary({"input": (2, 3, 10, 12)})
+
+
+@needs("conv_transpose2d", "batch_norm", "relu6")
+def test_batch_norm_folds_into_grouped_transposed_conv():
+    rng = np.random.default_rng(9)
+    b = GraphBuilder()
+    x = b.input("x", ["N", 4, 5, 5])
+    y = b.conv_transpose2d(x, weight=rng.standard_normal((4, 3, 3, 3)), stride=2, groups=2, name="up")
+    b.output(b.relu6(_bn(b, y, 6, rng)))
+    graph = b.build()
+    model = pyconv.Model(graph)
+    assert [n.op for n in model.optimized.nodes] == ["conv_transpose2d"]
+    xin = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    assert_close(model(xin), reference_run(graph, {"x": xin})["relu6_1"])
