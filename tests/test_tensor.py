@@ -362,6 +362,8 @@ def test_upsample_pytorch_semantics():
     # bilinear without align_corners (half-pixel centres, edges clamped), by hand for 2 -> 4
     np.testing.assert_allclose(ops.upsample(small, scale_factor=2, mode="bilinear")[0, 0, 0],
                                [0.0, 0.5, 1.5, 2.0])
+    # an output of length 1 samples the centre, as PyTorch does: (0 + 1/2) * 2 - 1/2 = 0.5
+    np.testing.assert_allclose(ops.upsample(small, size=1, mode="bilinear")[0, 0, 0], [3.0])
 
 
 def test_resize_bad_arguments():

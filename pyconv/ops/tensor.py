@@ -472,14 +472,15 @@ def resize(x, scales: Optional[Sequence[float]] = None, sizes: Optional[Sequence
 def upsample(x, scale_factor=None, size=None, mode: str = "nearest", align_corners: Optional[bool] = None,
              out: Optional[np.ndarray] = None) -> np.ndarray:
     """PyTorch ``interpolate`` / ``Upsample`` (nearest or bilinear) expressed as :func:`resize`:
-    nearest is ``asymmetric`` + ``floor``; bilinear is ``pytorch_half_pixel``, or
-    ``align_corners`` when ``align_corners=True``."""
+    nearest is ``asymmetric`` + ``floor``; bilinear is ``half_pixel`` (PyTorch's source index
+    (i + 1/2) / s - 1/2 clamped at 0, also for an output of length 1, where ONNX's
+    ``pytorch_half_pixel`` would sample index 0), or ``align_corners`` when ``align_corners=True``."""
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"upsample mode must be 'nearest' or 'bilinear', got {mode!r}")
     if mode == "nearest" and align_corners:
         raise ValueError("align_corners applies to bilinear upsampling only")
     pair = lambda v: None if v is None else ([v, v] if isinstance(v, (int, float, np.number)) else list(v))
-    coordinates = "asymmetric" if mode == "nearest" else ("align_corners" if align_corners else "pytorch_half_pixel")
+    coordinates = "asymmetric" if mode == "nearest" else ("align_corners" if align_corners else "half_pixel")
     return resize(x, scales=pair(scale_factor), sizes=pair(size), mode=mode,
                   coordinate_transformation_mode=coordinates, nearest_mode="floor", out=out)
 
