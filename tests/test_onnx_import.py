@@ -271,6 +271,8 @@ POOL_CASES = {
     "avg_ceil": ("AveragePool", (2, 3, 10, 7), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
     "avg_ceil_pads": ("AveragePool", (1, 2, 9, 9), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
                                                         pads=[1, 1, 1, 1], count_include_pad=1)),
+    "avg_big_pads_include": ("AveragePool", (1, 2, 6, 6), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[2, 2, 2, 2],
+                                                              count_include_pad=1)),
     "avg_same_lower": ("AveragePool", (1, 2, 7, 8), dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER")),
     "lp_p2": ("LpPool", (1, 3, 8, 8), dict(kernel_shape=[2, 2], strides=[2, 2], p=2)),
     "lp_p3_pads": ("LpPool", (1, 3, 7, 7), dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], p=3)),

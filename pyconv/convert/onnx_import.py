@@ -659,18 +659,22 @@ def _pool_common(ctx, node, attrs) -> Tuple[List[int], List[int], List[int], Lis
     return kernel, strides, dilations, _window_padding(ctx, node, attrs, kernel, strides, dilations)
 
 
+def _pad_beyond_half_window(ctx, node, kernel: List[int], pads: List[int], value: float) -> Tuple[str, List[int]]:
+    """ONNX allows pool pads beyond half the window; pyconv's pooling, like PyTorch's, does not:
+    such pads become an explicit pad with ``value`` first. Returns (pool input, pool pads)."""
+    if all(p <= k // 2 for p, k in zip(pads, kernel + kernel)):
+        return node.input[0], pads
+    padded = ctx.fresh(node.output[0])
+    ctx.emit("pad", [node.input[0]], [padded], node, pads=pads, value=value)
+    return padded, [0, 0, 0, 0]
+
+
 @_handles("MaxPool")
 def _max_pool(ctx, node, attrs):
     if len(node.output) > 1 and node.output[1] in ctx.used:
         raise _Unsupported("the Indices output is not supported")
     kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
-    source = node.input[0]
-    if any(p > k // 2 for p, k in zip(pads, kernel + kernel)):
-        # ONNX allows pads beyond half the window (dilated windows); pyconv's pooling, like PyTorch's,
-        # does not: pad explicitly with the lowest float32 first.
-        source = ctx.fresh(node.output[0])
-        ctx.emit("pad", [node.input[0]], [source], node, pads=pads, value=float(np.finfo(np.float32).min))
-        pads = [0, 0, 0, 0]
+    source, pads = _pad_beyond_half_window(ctx, node, kernel, pads, float(np.finfo(np.float32).min))
     ctx.emit("max_pool2d", [source], node.output[:1], node, kernel_size=kernel, stride=strides,
              padding=pads, dilation=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)))
 
@@ -680,9 +684,14 @@ def _avg_pool(ctx, node, attrs):
     kernel, strides, dilations, pads = _pool_common(ctx, node, attrs)
     if dilations != [1, 1]:
         raise _Unsupported("dilated average pooling")
-    ctx.emit("avg_pool2d", [node.input[0]], node.output[:1], node, kernel_size=kernel, stride=strides,
-             padding=pads, ceil_mode=bool(attrs.get("ceil_mode", 0)),
-             count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    include_pad = bool(attrs.get("count_include_pad", 0))
+    source = node.input[0]
+    if include_pad:  # zeros counted in the average: explicit zero padding is the same thing
+        source, pads = _pad_beyond_half_window(ctx, node, kernel, pads, 0.0)
+    elif any(p > k // 2 for p, k in zip(pads, kernel + kernel)):
+        raise _Unsupported(f"pads {pads} beyond half the window {kernel} with count_include_pad=0")
+    ctx.emit("avg_pool2d", [source], node.output[:1], node, kernel_size=kernel, stride=strides,
+             padding=pads, ceil_mode=bool(attrs.get("ceil_mode", 0)), count_include_pad=include_pad)
 
 
 @_handles("LpPool")
