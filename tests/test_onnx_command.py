@@ -96,3 +96,27 @@ def test_summary_and_bench_work_on_a_converted_model(onnx_file, tmp_path, capsys
     assert "conv2d" in capsys.readouterr().out
     assert main(["bench", str(out), "--runs", "2", "--warmup", "1", "--input-shape", "1,3,32,32", "--json"]) == 0
     assert "latency" in capsys.readouterr().out
+
+
+def test_runtime_never_imports_onnx(tmp_path, onnx_file):
+    import subprocess
+    import sys
+
+    path, _ = onnx_file
+    out = tmp_path / "m.npz"
+    assert main(["convert", str(path), str(out)]) == 0
+    code = ("import sys, numpy as np, pyconv, pyconv.cli, pyconv.convert\n"
+            f"m = pyconv.load({str(out)!r}); m.run({{'x': np.zeros((1, 3, 8, 8), np.float32)}})\n"
+            "assert 'onnx' not in sys.modules, 'the runtime imported onnx'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_onnx_package_gives_install_hint(monkeypatch, onnx_file):
+    import sys
+
+    from pyconv.convert import from_onnx
+
+    path, _ = onnx_file
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match='pip install "pyconv\\[onnx\\]"'):
+        from_onnx(str(path))
