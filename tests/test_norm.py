@@ -175,6 +175,15 @@ def test_local_response_norm(shape, size):
     _close(y, _lrn64(x, size, 1e-2, 0.75, 2.0))
 
 
+@pytest.mark.parametrize("beta, k", [(0.75, 1.0), (0.6, 1.0), (1.3, 0.5), (0.6, 0.0)])  # 3 kernel paths
+def test_local_response_norm_beta_paths_per_element(beta, k):
+    """Per-element relative error, with squared sums spanning many orders of magnitude."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((2, 12, 9, 7)) * 10.0 ** rng.uniform(-3, 3, (2, 12, 9, 7))).astype(np.float32)
+    y = ops.local_response_norm(x, 5, alpha=0.1, beta=beta, k=k)
+    np.testing.assert_allclose(y, _lrn64(x, 5, 0.1, beta, k), rtol=2e-6, atol=0)
+
+
 @pytest.mark.parametrize("size", [1, 3, 5])
 def test_local_response_norm_matches_onnxruntime(size):
     ort = pytest.importorskip("onnxruntime")

@@ -87,4 +87,27 @@ static inline float pyconv_expm1f(float x) {
     float a = x < 0 ? -x : x;
     return a < 0.25f ? small : big;
 }
+
+/* log(x) for positive normal x: x = m 2^e with m in [sqrt(1/2), sqrt(2)), then
+ * log(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^9
+ * (truncation below 1e-9).  Zero, subnormal, negative and non-finite inputs are
+ * not handled (callers guarantee positive normal arguments). */
+static inline float pyconv_logf_positive(float x) {
+    union { float f; uint32_t u; } bits;
+    bits.f = x;
+    int32_t e = (int32_t)(bits.u >> 23) - 127;
+    bits.u = (bits.u & 0x007fffffu) | 0x3f800000u;  /* mantissa in [1, 2) */
+    float m = bits.f;
+    int big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e = big ? e + 1 : e;
+    float s = (m - 1.0f) / (m + 1.0f);
+    float z = s * s;
+    float p = 1.0f / 9.0f;
+    p = p * z + 1.0f / 7.0f;
+    p = p * z + 1.0f / 5.0f;
+    p = p * z + 1.0f / 3.0f;
+    p = p * z + 1.0f;
+    return (float)e * 0.693147181f + 2.0f * s * p;
+}
 #endif

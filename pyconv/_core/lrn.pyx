@@ -7,6 +7,10 @@ from libc.math cimport powf, sqrtf
 
 from pyconv._core.simd cimport multiversion_void
 
+cdef extern from "fastmath.h" nogil:
+    float fast_exp "pyconv_expf"(float x)
+    float fast_log "pyconv_logf_positive"(float x)
+
 # Pixels per task; the squared-sum accumulator lives on the stack.
 cdef enum:
     BLOCK = 512
@@ -31,6 +35,9 @@ cdef multiversion_void lrn_block(const float* x, float* y, Py_ssize_t width, Py_
         for j in range(width):
             r = sqrtf(k + alpha_over_size * acc[j])
             y[j] = x[j] / (r * sqrtf(r))
+    elif k > 1.2e-38:  # base >= k is a positive normal float: exp(-beta log(base)), vectorised
+        for j in range(width):
+            y[j] = x[j] * fast_exp(-beta * fast_log(k + alpha_over_size * acc[j]))
     else:
         for j in range(width):
             y[j] = x[j] * powf(k + alpha_over_size * acc[j], -beta)
