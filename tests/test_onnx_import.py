@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_testing import (assert_close, check_against_onnxruntime, const_node, convert, make_model, node, rand,
+from onnx_testing import (assert_close, check_against_onnxruntime, const_node, convert, make_model, node, rand, rng,
                           run_onnxruntime)
 
 from onnx import TensorProto, helper  # noqa: E402  (onnx_testing skipped the module without it)
@@ -50,6 +50,17 @@ def test_conv(case, bias):
         extra.append("b")
     model, feeds = _single("Conv", x_shape, attrs, inits, extra, opset=11)
     check_against_onnxruntime(model, feeds)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_conv_weights_dequantized_at_conversion(per_channel):
+    """Weight-only QDQ: int8 weights behind DequantizeLinear (per tensor or per output channel)."""
+    q = rng(5).integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    scale = np.linspace(0.01, 0.02, 4).astype(np.float32) if per_channel else np.array(0.015, np.float32)
+    zero = np.zeros(4, np.int8) if per_channel else np.array(3, np.int8)
+    nodes = [node("DequantizeLinear", ["q", "s", "z"], ["w"], axis=0), node("Conv", [X, "w"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, {X: [1, 3, 6, 6]}, ["y"], {"q": q, "s": scale, "z": zero})
+    check_against_onnxruntime(model, {X: rand(1, 3, 6, 6)})
 
 
 def test_conv_weights_from_constant_nodes():
@@ -364,6 +375,12 @@ def test_resize(case):
             inits["no_scales"] = np.array([], np.float32)  # opset 11 needs the input present, even empty
             extra = ["roi", "no_scales", "sizes"]
     model, feeds = _single("Resize", (2, 3, 4, 6), attrs, inits, extra, opset=opset)
+    check_against_onnxruntime(model, feeds)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_upsample_opset8_scales_attribute(mode):
+    model, feeds = _single("Upsample", (1, 2, 3, 4), dict(mode=mode, scales=[1.0, 1.0, 2.0, 3.0]), opset=8)
     check_against_onnxruntime(model, feeds)
 
 

@@ -226,6 +226,20 @@ def _reduce(fn: Callable[..., Value]) -> Folder:
     return fold
 
 
+def _dequantize_linear(inputs, attrs, opset):
+    """Quantized weights: ``(x - zero_point) * scale``, per tensor or per ``axis``."""
+    x = _numeric(inputs[0]).astype(np.float32)
+    scale = _numeric(inputs[1]).astype(np.float32)
+    zero = np.zeros((), np.float32) if len(inputs) < 3 or inputs[2] is None else _numeric(inputs[2]).astype(np.float32)
+    if scale.ndim == 1 and scale.size > 1:  # per-axis
+        shape = [1] * x.ndim
+        shape[attrs.get("axis", 1) % x.ndim] = scale.size
+        scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.ndim else zero)
+    if attrs.get("block_size"):
+        raise NotFoldable("blocked DequantizeLinear")
+    return [(x - zero) * scale]
+
+
 def _identity(inputs, attrs, opset):
     return [inputs[0]]
 
@@ -247,6 +261,7 @@ FOLDERS: Dict[str, Folder] = {
     "Transpose": _transpose,
     "Slice": _slice,
     "Identity": _identity,
+    "DequantizeLinear": _dequantize_linear,
     "Dropout": _identity,
     "Add": _elementwise(np.add),
     "Sub": _elementwise(np.subtract),
