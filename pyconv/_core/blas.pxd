@@ -2,7 +2,7 @@
 # wrapped once for all kernels.  BLAS is column-major; our tensors are
 # row-major, so a row-major C = A @ B is computed as the column-major
 # C^T = B^T @ A^T (swap the operands, keep the leading dimensions).
-from scipy.linalg cimport cython_blas
+from scipy.linalg.cython_blas cimport sgemm as scipy_sgemm
 
 # SciPy < 1.11 declares sgemm without ``noexcept``; Cython 3 would then take
 # the GIL after every call to check for a Python exception.  Calling through
@@ -20,4 +20,4 @@ cdef inline void gemm_rowmajor(bint trans_a, bint trans_b, int m, int n, int k,
     cdef char tb = b'T' if trans_b else b'N'
     if m <= 0 or n <= 0:
         return
-    (<sgemm_fn>cython_blas.sgemm)(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    (<sgemm_fn>scipy_sgemm)(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
