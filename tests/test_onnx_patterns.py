@@ -286,3 +286,10 @@ def test_matmul_add_becomes_linear_with_bias(bias_shape):
     y = net.op("Add", [net.const(rand(*bias_shape, seed=8)), net.op("MatMul", [pooled, net.weight(6, 5)])])
     converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
     assert _ops(converted) == ["conv2d", "global_avg_pool2d", "flatten", "linear"], _ops(converted)
+
+
+def test_outputs_that_alias_inputs_or_each_other():
+    nodes = [node("Identity", [X], ["same"]), node("Relu", [X], ["r"]), node("Dropout", ["r"], ["r2"])]
+    model = make_model(nodes, {X: [1, 2, 3, 3]}, ["same", "r", "r2"])
+    converted = _check(model, shape=(1, 2, 3, 3))
+    assert converted.output_names == ["same", "r", "r2"]
