@@ -15,7 +15,9 @@ Three tables (1 and 2 threads; ``PYCONV_BENCH_TABLE=path`` also writes them):
   parameters and MACs that ``pyconv summary`` reports (read from the registry).
 
 The ratio tests interleave the competitors round by round and take medians, so
-a noisy, shared machine slows all of them alike.  Nothing is asserted about speed.
+a noisy, shared machine slows all of them alike; 1-thread runs are timed in
+thread CPU time (``time.thread_time``), which other processes cannot inflate,
+2-thread runs in wall time.  Nothing is asserted about speed.
 """
 from __future__ import annotations
 
@@ -56,20 +58,28 @@ class threads_set:
         pyconv.set_num_threads(self.before)
 
 
-def interleaved_times(funcs: Dict[str, Callable], rounds: int) -> Dict[str, Tuple[float, float]]:
+def clock_for(threads: int) -> Callable[[], float]:
+    """The stopwatch: on one thread everything runs in the calling thread, so its CPU
+    time is exact and immune to other processes taking the core; with more threads,
+    wall time."""
+    return time.thread_time if threads == 1 else time.perf_counter
+
+
+def interleaved_times(funcs: Dict[str, Callable], rounds: int, threads: int) -> Dict[str, Tuple[float, float]]:
     """(median, best) seconds per competitor, run round-robin after one warm-up call each.
 
     The best time is printed beside the median: on a shared 2-core machine a
     2-thread run is often stalled by a descheduled thread, which the median
     alone does not survive when the machine is busy."""
+    clock = clock_for(threads)
     for fn in funcs.values():
         fn()
     times: Dict[str, List[float]] = {name: [] for name in funcs}
     for _ in range(rounds):
         for name, fn in funcs.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 
@@ -142,8 +152,8 @@ def test_adder_ratios():
     for threads in (1, 2):
         with threads_set(threads):
             fast, slow, work = adder_competitors()
-            times = interleaved_times(fast, ROUNDS)
-            times.update(interleaved_times(slow, 2))
+            times = interleaved_times(fast, ROUNDS, threads)
+            times.update(interleaved_times(slow, 2, threads))
         base_median, base_best = times["pyconv conv2d im2col+GEMM"]
         for name, (median, best) in times.items():
             rate = work / best / 1e9
@@ -183,7 +193,7 @@ def test_shift_conv1x1_ratios():
     for cin, cout, size in SHIFT_LAYERS:
         for threads in (1, 2):
             with threads_set(threads):
-                t = interleaved_times(shift_competitors(cin, cout, size), 2 * ROUNDS)
+                t = interleaved_times(shift_competitors(cin, cout, size), 2 * ROUNDS, threads)
             fused, alone, unfused = (t[k] for k in ("shift_conv1x1 (fused)", "conv2d 1x1 alone",
                                                     "shift2d then conv2d 1x1"))
             lines.append(f"| {cin} -> {cout} @{size} | {threads} | {fused[0] * 1e3:.3f} | {alone[0] * 1e3:.3f} | "
@@ -225,7 +235,7 @@ def test_shift_paper_table_ratios():
             with threads_set(threads):
                 modules = blocks(channels, size)
                 results[threads] = {k: t[0] for k, t in
-                                    interleaved_times({k: v[0] for k, v in modules.items()}, ROUNDS).items()}
+                                    interleaved_times({k: v[0] for k, v in modules.items()}, ROUNDS, threads).items()}
         for name, (_, ops) in modules.items():
             c = [counts(op, shape, weights, **attrs) for op, shape, weights, attrs in ops]
             params, macs = sum(x.params for x in c), sum(x.macs for x in c)
