@@ -363,7 +363,8 @@ def pad(x, pads: Sequence[int], mode: str = "constant", value: float = 0.0,
 
 # ---------------------------------------------------------------- resize
 
-COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                    "half_pixel_symmetric")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 _RESIZE_MODES = {"nearest": "nearest", "linear": "linear", "bilinear": "linear"}
 
@@ -383,6 +384,13 @@ def source_coordinates(out_len: int, in_len: int, scale: float, mode: str) -> np
         return i * np.float32(in_len - 1) / np.float32(out_len - 1) if out_len > 1 else np.zeros(out_len, np.float32)
     if mode == "asymmetric":
         return i / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (i + half) / scale
+    if mode == "half_pixel_symmetric":
+        # half_pixel, recentred when floor(in * scale) cut the output short (ONNX opset 19)
+        adjustment = np.float32(out_len) / (scale * np.float32(in_len))
+        offset = np.float32(in_len) / np.float32(2) * (np.float32(1) - adjustment)
+        return (np.float64(offset) + (i + 0.5) / np.float64(scale) - 0.5).astype(np.float32)
     raise ValueError(f"coordinate_transformation_mode must be one of {COORDINATE_MODES}, got {mode!r}")
 
 
@@ -592,6 +600,11 @@ def _resize_ref(x, scales=None, sizes=None, mode="nearest", coordinate_transform
             return float(i / s)
         if m == "pytorch_half_pixel" and out_len == 1:
             return 0.0
+        if m == "tf_half_pixel_for_nn":
+            return float((i + f32(0.5)) / s)
+        if m == "half_pixel_symmetric":
+            offset = f32(in_len) / f32(2) * (f32(1) - f32(out_len) / (s * f32(in_len)))
+            return float(f32(float(offset) + (float(i) + 0.5) / float(s) - 0.5))
         return float((i + f32(0.5)) / s - f32(0.5))
 
     def nearest(v, in_len):
