@@ -293,3 +293,22 @@ def test_outputs_that_alias_inputs_or_each_other():
     model = make_model(nodes, {X: [1, 2, 3, 3]}, ["same", "r", "r2"])
     converted = _check(model, shape=(1, 2, 3, 3))
     assert converted.output_names == ["same", "r", "r2"]
+
+
+def test_nodes_rejected_by_pyconv_ops_are_listed_together():
+    """Attributes pyconv's own ops refuse (checked while emitting) also end in one error."""
+    from pyconv.convert.folding import Dim
+    from pyconv.convert.ir import Graph, Node
+    from pyconv.convert.onnx_import import _emit
+
+    w = rand(4, 3, 3, 3)
+    nodes = [Node("conv2d", ["x"], ["a"], {"weight": w}, {"groups": 2}, name="bad_groups"),
+             Node("relu", ["a"], ["b"], name="downstream"),
+             Node("max_pool2d", ["x"], ["c"], attrs={"kernel_size": [3, 3], "padding": [5, 5, 5, 5]}, name="bad_pad"),
+             Node("add", ["b", "c"], ["y"], name="join")]
+    graph = Graph(nodes, {}, {}, ["x"], ["y"], ["y"])
+    with pytest.raises(UnsupportedOpError) as info:
+        _emit(graph, {"x": (Dim("N"), 3, 8, 8)})
+    message = str(info.value)
+    assert "pyconv conv2d x1 (e.g. bad_groups)" in message and "pyconv max_pool2d x1 (e.g. bad_pad)" in message
+    assert "downstream" not in message and "join" not in message

@@ -32,6 +32,29 @@ class _Unsupported(Exception):
     """This node cannot be converted (the message says why)."""
 
 
+class _Failures:
+    """Every node that cannot be converted, grouped by op type, for one error at the end."""
+
+    def __init__(self) -> None:
+        self.by_op: "OrderedDict[str, List[Tuple[str, str]]]" = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self.by_op)
+
+    def add(self, op: str, node_name: str, reason: str) -> None:
+        self.by_op.setdefault(op, []).append((node_name, reason))
+
+    def error(self, context: str) -> UnsupportedOpError:
+        total = sum(len(v) for v in self.by_op.values())
+        lines = [f"cannot convert {total} node(s) of {len(self.by_op)} op type(s) ({context}):"]
+        for op, items in self.by_op.items():
+            names = ", ".join(n for n, _ in items[:_EXAMPLES_PER_OP])
+            more = ", ..." if len(items) > _EXAMPLES_PER_OP else ""
+            reasons = sorted({r for _, r in items})
+            lines.append(f"  {op} x{len(items)} (e.g. {names}{more}): {'; '.join(reasons[:2])}")
+        return UnsupportedOpError("\n".join(lines))
+
+
 def _import_onnx():
     try:
         import onnx  # noqa: F401
@@ -126,7 +149,7 @@ class _Importer:
         self.nodes: List[Node] = []
         self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
         self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
-        self.failures: "OrderedDict[str, List[Tuple[str, str]]]" = OrderedDict()
+        self.failures = _Failures()
         self.deferred: Dict[str, Tuple[Any, str]] = {}  # IR tensor -> (ONNX node, reason) unless fused away
         self._counter = 0
         # tensors something reads: optional outputs nobody reads (Dropout mask, MaxPool indices) are ignored
@@ -268,7 +291,7 @@ class _Importer:
                 continue
             self._convert_node(node)
         if self.failures:
-            raise UnsupportedOpError(self._failure_report())
+            raise self.failures.error(f"model opset {self.opset}")
         outputs = [self.name(o.name) for o in self.model.graph.output]
         return Graph(self.nodes, self.consts, self.shapes, self.inputs, outputs,
                      [o.name for o in self.model.graph.output])
@@ -332,21 +355,11 @@ class _Importer:
             if tensor in remaining:
                 self._fail(node, node.op_type, reason)
         if self.failures:
-            raise UnsupportedOpError(self._failure_report())
+            raise self.failures.error(f"model opset {self.opset}")
 
     def _fail(self, node, op: str, reason: str) -> None:
-        self.failures.setdefault(op, []).append((node.name or f"<{op} -> {node.output[0]}>", reason))
+        self.failures.add(op, node.name or f"<{op} -> {node.output[0]}>", reason)
         self.poisoned.update(node.output)
-
-    def _failure_report(self) -> str:
-        total = sum(len(v) for v in self.failures.values())
-        lines = [f"cannot convert {total} node(s) of {len(self.failures)} op type(s) "
-                 f"(model opset {self.opset}):"]
-        for op, items in self.failures.items():
-            names = ", ".join(n for n, _ in items[:_EXAMPLES_PER_OP]) + (", ..." if len(items) > _EXAMPLES_PER_OP else "")
-            reasons = sorted({r for _, r in items})
-            lines.append(f"  {op} x{len(items)} (e.g. {names}): {'; '.join(reasons[:2])}")
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- op handlers
@@ -1042,12 +1055,24 @@ def _emit(graph: Graph, input_shapes: Dict[str, Optional[Shape]]):
             names[name] = b.add_node("constant", [], weights={"value": value}, name=unique(f"{name}_const"))
         return names[name]
 
+    failures, failed = _Failures(), set()
     for node in graph.nodes:
-        outs = b.add_node(node.op, [tensor(i) for i in node.inputs], weights=node.weights or None,
-                          name=unique(node.name or node.op), **node.attrs)
+        if any(i in failed for i in node.inputs):
+            failed.update(node.outputs)
+            continue
+        name = unique(node.name or node.op)
+        try:
+            outs = b.add_node(node.op, [tensor(i) for i in node.inputs], weights=node.weights or None, name=name,
+                              **node.attrs)
+        except ModelError as exc:  # pyconv's op rejects these attributes or shapes
+            failures.add(f"pyconv {node.op}", node.name or name, str(exc).split(": ", 1)[-1])
+            failed.update(node.outputs)
+            continue
         outs = [outs] if isinstance(outs, str) else list(outs)
         for onnx_name, ours in zip(node.outputs, outs):
             names[onnx_name] = ours
+    if failures:
+        raise failures.error("rejected by pyconv's ops")
     for onnx_name, tensor_name in zip(graph.output_names, graph.outputs):
         b.output(tensor(tensor_name), alias=onnx_name)
     return b
