@@ -147,7 +147,8 @@ def adder_competitors(channels: int = 64, size: int = 56):
 
 
 def test_adder_ratios():
-    lines = ["| implementation | threads | median ms | / conv im2col (median) | / conv im2col (best) | throughput (best) |",
+    lines = ["| implementation | threads | median ms | / conv im2col (median) | / conv im2col (best) "
+             "| throughput (best) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for threads in (1, 2):
         with threads_set(threads):

@@ -136,7 +136,8 @@ def numpy_addernet(sd, x: np.ndarray) -> np.ndarray:
     """AdderNet ResNet-20 forward in float64 NumPy, straight from the reference code's structure."""
     def bn(y, name):
         scale = sd[f"{name}.weight"] / np.sqrt(sd[f"{name}.running_var"].astype(np.float64) + 1e-5)
-        return (y - sd[f"{name}.running_mean"][:, None, None]) * scale[:, None, None] + sd[f"{name}.bias"][:, None, None]
+        shift = sd[f"{name}.bias"] - sd[f"{name}.running_mean"] * scale
+        return y * scale[:, None, None] + shift[:, None, None]
 
     relu = lambda y: np.maximum(y, 0)  # noqa: E731
     x = x.astype(np.float64)
