@@ -570,16 +570,16 @@ def _conv2d_infer_shape(input_shapes, weight_shapes, attrs):
     return [shape]
 
 
-def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes) -> Counts:
-    """Parameters (weight + bias where present), MACs, and the bias/residual additions."""
+def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes, transposed: bool = False) -> Counts:
+    """Parameters (weight + bias where present), MACs, and the bias/residual additions.
+
+    A conv's output pixel meets every tap of its filter (C_in/g * kh * kw MACs); a
+    transposed conv's input pixel meets every tap (C_out/g * kh * kw)."""
     weight = tuple(weight_shapes["weight"])
     outputs = int(np.prod(output_shapes[0]))
     has_bias = weight_shapes.get("bias") is not None
     params = int(np.prod(weight)) + (int(np.prod(weight_shapes["bias"])) if has_bias else 0)
-    if len(weight) == 4 and "output_padding" in attrs:  # transposed: every input pixel meets every tap
-        macs = int(np.prod(input_shapes[0])) * int(np.prod(weight[1:]))
-    else:
-        macs = outputs * int(np.prod(weight[1:]))
+    macs = int(np.prod(input_shapes[0] if transposed else output_shapes[0])) * int(np.prod(weight[1:]))
     adds = outputs * (int(has_bias) + (1 if len(input_shapes) > 1 else 0))
     return Counts(params=params, macs=macs, adds=adds)
 
@@ -652,7 +652,8 @@ register(OpSpec(
 ))
 register(OpSpec(
     name="conv_transpose2d", fn=conv_transpose2d, infer_shape=_transpose_infer_shape, inputs=1,
-    weights=("weight", "bias?"), attrs=dict(_CONV_ATTRS, output_padding=0), count=_conv_counts,
+    weights=("weight", "bias?"), attrs=dict(_CONV_ATTRS, output_padding=0),
+    count=functools.partial(_conv_counts, transposed=True),
     window=_transpose_window, prepare=bind_with_out(conv_transpose2d), reference=conv_transpose2d_reference,
     doc="transposed 2-D convolution (weight C_in x C_out/groups x kh x kw) with fused bias and activation",
 ))
