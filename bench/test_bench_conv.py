@@ -202,9 +202,12 @@ def test_conv_layer(benchmark, layer, threads, who):
 # ----------------------------------------------------------------------------- interleaved ratio table
 
 def interleaved_medians(funcs: Dict[str, Callable], rounds: int, clock=time.perf_counter) -> Dict[str, float]:
+    """Median time per competitor; each round times every competitor's second of two
+    back-to-back calls, so none inherits the caches its predecessor evicted."""
     times: Dict[str, List[float]] = {name: [] for name in funcs}
     for _ in range(rounds):
         for name, fn in funcs.items():
+            fn()
             start = clock()
             fn()
             times[name].append(clock() - start)
