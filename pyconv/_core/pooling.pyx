@@ -124,6 +124,22 @@ cdef inline void split_phases(float* phases, const float* row, Py_ssize_t width,
             phases[r * phase_len + j] = row[j * stride + r]
 
 
+cdef inline float reduce_taps(const float* t, Py_ssize_t taps, Py_ssize_t step, bint is_max) noexcept nogil:
+    """max or sum of t[k * step] for k < taps (all inside the row)."""
+    cdef Py_ssize_t k
+    cdef ScalarMax m
+    cdef float total
+    if is_max:
+        m = ScalarMax(t[0], t[0] != t[0])
+        for k in range(1, taps):
+            scalar_max_add(&m, t[k * step])
+        return scalar_max_result(&m)
+    total = t[0]
+    for k in range(1, taps):
+        total = total + t[k * step]
+    return total
+
+
 cdef inline float reduce_clipped_taps(const float* t, Py_ssize_t start, Py_ssize_t taps, Py_ssize_t step,
                                       Py_ssize_t size, bint is_max) noexcept nogil:
     """max or sum of t[start + k * step] over the k < taps that fall in [0, size) (-inf / 0 if none)."""
@@ -160,8 +176,12 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
     cdef const float* run
     for oh in range(g.Ho):
         h0 = oh * g.sh - g.pt
-        ky0 = 0 if h0 >= 0 else (-h0 + g.dh - 1) // g.dh
-        ky1 = (g.H - 1 - h0) // g.dh + 1          # h0 < H always (output size rule)
+        if g.dh == 1:                              # no divisions (they are slow) in the common case
+            ky0 = 0 if h0 >= 0 else -h0
+            ky1 = g.H - h0
+        else:
+            ky0 = 0 if h0 >= 0 else (-h0 + g.dh - 1) // g.dh
+            ky1 = (g.H - 1 - h0) // g.dh + 1      # h0 < H always (output size rule)
         if ky1 > g.kh:
             ky1 = g.kh
         o = out + oh * g.out_row
@@ -170,17 +190,16 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = -INFINITY if is_max else 0.0
             continue
         reduce_rows(row_buf, x + (h0 + ky0 * g.dh) * g.x_row, ky1 - ky0, g.dh * g.x_row, g.W, is_max)
+        for ow in range(g.ow_lo):
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+        for ow in range(g.ow_hi, g.Wo):
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
         if n < VECTOR_SLACK:
-            # narrow rows: scalar taps straight from the reduced row (vector runs over
-            # scalar-written phases would stall on store forwarding and mostly compute padding)
-            for ow in range(g.Wo):
-                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+            # narrow rows: scalar taps straight from the reduced row (whole-vector runs
+            # would mostly compute padding)
+            for ow in range(g.ow_lo, g.ow_hi):
+                o[ow] = reduce_taps(row_buf + ow * g.sw - g.pl, g.kw, g.dw, is_max)
         else:
-            for ow in range(g.ow_lo):
-                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
-            for ow in range(g.ow_hi, g.Wo):
-                o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
-        if n >= VECTOR_SLACK:
             if g.sw > 2:
                 split_phases(row_buf + g.W, row_buf, g.W, g.sw, g.phase_len)
             for kx in range(g.kw):
@@ -324,19 +343,21 @@ cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize
         out[p] = scalar_max_result(&m) if is_max else total * scale
 
 
-def global_pool(const float[:, ::1] x, float[::1] out, bint is_max, float scale, int nthreads,
+def global_pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, bint is_max, float scale, int nthreads,
                 Py_ssize_t lanes=VECTOR_SLACK):
-    """out[p] = max (NaN propagating) or scale * sum of row p of x (one row per plane)."""
-    cdef Py_ssize_t planes = x.shape[0], chunk, t, lo, hi
-    if planes == 0:
+    """out[n, c] = max (NaN propagating) or scale * sum of plane x[n, c]; ``out`` is (N, C, 1, 1)."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = x.shape[2] * x.shape[3], chunk, t, lo, hi
+    if planes == 0 or size == 0:
         return
+    cdef const float* src = &x[0, 0, 0, 0]
+    cdef float* dst = &out[0, 0, 0, 0]
     nthreads = max(1, min(nthreads, planes))
     chunk = (planes + nthreads - 1) // nthreads
     for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
         lo = t * chunk
         hi = min(lo + chunk, planes)
         if hi > lo:
-            reduce_planes(&x[lo, 0], hi - lo, x.shape[1], &out[lo], is_max, scale, lanes)
+            reduce_planes(src + lo * size, hi - lo, size, dst + lo, is_max, scale, lanes)
 
 
 cdef multiversion_void power_row(const float* x, float* y, Py_ssize_t n, float p, bint signed_power) noexcept nogil:

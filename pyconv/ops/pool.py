@@ -297,9 +297,8 @@ def _adaptive_output_size(op: str, output_size, in_hw: Sequence[int]) -> Tuple[i
 
 
 def _global_pool(x: np.ndarray, out: Optional[np.ndarray], is_max: bool, scale: float) -> np.ndarray:
-    N, C, H, W = x.shape
-    y = check_out(out, (N, C, 1, 1))
-    _kernels.global_pool(x.reshape(N * C, H * W), y.reshape(N * C), is_max, scale, threads_for(x.size))
+    y = check_out(out, x.shape[:2] + (1, 1))
+    _kernels.global_pool(x, y, is_max, scale, threads_for(x.size))
     return y
 
 
@@ -362,12 +361,17 @@ def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode:
         raise ValueError(f"spatial_pyramid_pool: mode must be one of {SPP_MODES}, got {mode!r}")
     N, C = x.shape[:2]
     y = check_out(out, (N, C * sum(n * n for n in levels)))
-    offset = 0
-    for n in levels:
-        block = np.ndarray((N, C, n, n), np.float32, y, 4 * offset,  # the level's columns of y
-                           (y.strides[0], 4 * n * n, 4 * n, 4))
-        _pool_adaptive(x, block, mode)
-        offset += C * n * n
+    offsets = np.cumsum([0] + [C * n * n for n in levels])
+    blocks = {n: np.ndarray((N, C, n, n), np.float32, y, 4 * int(offset),  # the level's columns of y
+                            (y.strides[0], 4 * n * n, 4 * n, 4)) for n, offset in zip(levels, offsets)}
+    done: List[int] = []
+    for n in sorted(set(levels), reverse=True):
+        # An adaptive bin of level n is the union of the bins of level m = k * n that it
+        # contains (floor(k*i*a / (k*n)) = floor(i*a / n)), so for max a finer level
+        # pooled in k x k groups gives it exactly, from a map of m x m instead of the input.
+        finer = next((m for m in done if m % n == 0), None) if mode == "max" else None
+        _pool_adaptive(x if finer is None else blocks[finer], blocks[n], mode)
+        done.append(n)
     return y
 
 
