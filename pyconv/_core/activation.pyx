@@ -8,10 +8,11 @@ from libc.math cimport logf, fabsf, INFINITY
 from pyconv._core.simd cimport multiversion_void
 
 cdef extern from "fastmath.h" nogil:
-    float expf "pyconv_expf"(float x)    # vectorisable exp (see fastmath.h)
-    float tanhf "pyconv_tanhf"(float x)
-    float erfc_nonneg "pyconv_erfcf_nonneg"(float a)
-    float expm1f "pyconv_expm1f"(float x)
+    # vectorisable versions of libm's functions (see fastmath.h)
+    float fast_exp "pyconv_expf"(float x)
+    float fast_tanh "pyconv_tanhf"(float x)
+    float fast_erfc_nonneg "pyconv_erfcf_nonneg"(float a)
+    float fast_expm1 "pyconv_expm1f"(float x)
 
 cdef enum Kind:
     CLIP = 0         # relu (a=0, b=inf), relu6, clip(a, b)
@@ -31,18 +32,15 @@ KINDS = {
     "gelu_erf": GELU_ERF, "gelu_tanh": GELU_TANH,
 }
 
-# Elements per parallel task of the flat kernels: large enough to amortise the
-# call, small enough for both threads to get even shares.
-# SOFTMAX_BLOCK: width of the column block of one strided-softmax task (stack buffers).
 cdef enum:
-    CHUNK = 16384
-    SOFTMAX_BLOCK = 512
-    LANES = 16  # independent accumulators of a row reduction (one AVX-512 vector)
+    CHUNK = 16384        # elements per task of the flat kernels: amortises the call, splits evenly
+    SOFTMAX_BLOCK = 512  # columns per task of the strided softmax (its stack buffers)
+    LANES = 16           # independent accumulators of a row reduction (one AVX-512 vector)
 
 
 cdef inline float sigmoid1(float v) noexcept nogil:
     # exp of a non-positive argument never overflows: stable for any |v|.
-    cdef float e = expf(-fabsf(v))
+    cdef float e = fast_exp(-fabsf(v))
     cdef float r = 1.0 / (1.0 + e)
     return r if v >= 0 else e * r
 
@@ -64,14 +62,14 @@ cdef multiversion_void activation_tile(int kind, const float* x, float* y, Py_ss
     elif kind == ELU:
         for i in range(n):
             v = x[i]
-            t = expm1f(0 if v > 0 else v)  # never overflows; NaN passes
+            t = fast_expm1(0 if v > 0 else v)  # never overflows; NaN passes
             y[i] = v if v > 0 else a * t
     elif kind == SIGMOID:
         for i in range(n):
             y[i] = sigmoid1(x[i])
     elif kind == TANH:
         for i in range(n):
-            y[i] = tanhf(x[i])
+            y[i] = fast_tanh(x[i])
     elif kind == SILU:
         for i in range(n):
             v = x[i]
@@ -91,12 +89,12 @@ cdef multiversion_void activation_tile(int kind, const float* x, float* y, Py_ss
     elif kind == GELU_ERF:
         for i in range(n):
             v = x[i]
-            t = erfc_nonneg(fabsf(v) * 0.70710678118654752)
+            t = fast_erfc_nonneg(fabsf(v) * 0.70710678118654752)
             y[i] = 0.5 * v * (t if v < 0 else 2.0 - t)  # 1 + erf(u) = erfc(-u)
     elif kind == GELU_TANH:
         for i in range(n):
             v = x[i]
-            y[i] = 0.5 * v * (1.0 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+            y[i] = 0.5 * v * (1.0 + fast_tanh(0.79788456080286536 * (v + 0.044715 * v * v * v)))
 
 
 def activation_forward(int kind, const float[::1] x, float[::1] y, float a, float b, int nthreads):
@@ -150,9 +148,9 @@ cdef inline double exp_sum(const float* x, Py_ssize_t n, float m, bint stored) n
         acc[j] = 0
     for i in range(body // LANES):
         for j in range(LANES):
-            acc[j] = acc[j] + (x[i * LANES + j] if stored else expf(x[i * LANES + j] - m))
+            acc[j] = acc[j] + (x[i * LANES + j] if stored else fast_exp(x[i * LANES + j] - m))
     for i in range(body, n):
-        total = total + (x[i] if stored else expf(x[i] - m))
+        total = total + (x[i] if stored else fast_exp(x[i] - m))
     for j in range(LANES):
         total = total + acc[j]
     return total
@@ -169,7 +167,7 @@ cdef multiversion_void softmax_row(const float* x, float* y, Py_ssize_t n, bint 
             y[i] = (x[i] - m) - shift  # x - m first: exact for nearby values, whatever |m|
     else:
         for i in range(n):
-            y[i] = expf(x[i] - m)
+            y[i] = fast_exp(x[i] - m)
         scale = <float>(1.0 / exp_sum(y, n, m, True))
         for i in range(n):
             y[i] = y[i] * scale
@@ -197,7 +195,7 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
         for l in range(length):
             xr = x + l * stride
             for j in range(width):
-                s[j] = s[j] + expf(xr[j] - m[j])
+                s[j] = s[j] + fast_exp(xr[j] - m[j])
         for j in range(width):
             r[j] = logf(<float>s[j])
         for l in range(length):
@@ -210,7 +208,7 @@ cdef multiversion_void softmax_columns(const float* x, float* y, Py_ssize_t leng
             xr = x + l * stride
             yr = y + l * stride
             for j in range(width):
-                yr[j] = expf(xr[j] - m[j])
+                yr[j] = fast_exp(xr[j] - m[j])
                 s[j] = s[j] + yr[j]
         for j in range(width):
             r[j] = <float>(1.0 / s[j])
