@@ -1,5 +1,5 @@
-/* exp and tanh for float32, written so that compilers vectorise loops calling
- * them (libm's expf/tanhf are opaque calls, one element at a time).
+/* exp, tanh, expm1, erfc and log for float32, written so that compilers
+ * vectorise loops calling them (libm's are opaque calls, one element at a time).
  * Plain C: no branches (selects only), no intrinsics, no libm.
  *
  * exp: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by a
