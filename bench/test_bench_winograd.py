@@ -10,7 +10,8 @@ way the executor runs a prepared conv2d.  Layers: conv3x3 64->64 @56x56 and
 The ratio test runs the competitors round-robin in short bursts and reports
 medians, so load from other processes slows all of them alike.  onnxruntime runs one Conv node
 with ``intra_op_num_threads`` = threads and thread spinning off (its spinning
-pool would otherwise steal the core from whatever runs next).  Nothing about
+pool would otherwise steal the core from whatever runs next); the NumPy
+baseline always runs on one BLAS thread for the same reason.  Nothing about
 speed is asserted; each competitor's result is checked once.
 """
 from __future__ import annotations
@@ -92,25 +93,35 @@ def competitors(name: str, threads: int) -> Dict[str, Callable[[], object]]:
     return funcs
 
 
+def numpy_blas_controllers() -> list:
+    """threadpoolctl controllers of NumPy's own BLAS (not SciPy's), if any."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return []
+    return [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and "numpy" in lib.filepath]
+
+
 class threads_set:
-    """pyconv (and SciPy's BLAS it calls) and, when threadpoolctl is installed, NumPy's BLAS on ``n`` threads."""
+    """pyconv and the BLAS it calls (SciPy's) on ``n`` threads; NumPy's BLAS on one.
+
+    NumPy's idle OpenBLAS threads would spin on both cores after each baseline
+    call and slow whatever is timed next, so the NumPy baseline stays serial."""
 
     def __init__(self, n: int):
         self.n = n
 
     def __enter__(self):
         self.before = pyconv.get_num_threads()
-        try:
-            import threadpoolctl
-        except ImportError:
-            self.limits = None
-        else:
-            self.limits = threadpoolctl.threadpool_limits(self.n)
+        self.numpy_blas = [(lib, lib.num_threads) for lib in numpy_blas_controllers()]
+        for lib, _ in self.numpy_blas:
+            lib.set_num_threads(1)
         pyconv.set_num_threads(self.n)
 
     def __exit__(self, *exc):
-        if self.limits is not None:
-            self.limits.restore_original_limits()
+        for lib, threads in self.numpy_blas:
+            lib.set_num_threads(threads)
         pyconv.set_num_threads(self.before)
 
 

@@ -371,7 +371,9 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     with blas_single_threaded(threads > 1):
         with nogil:
             if thread_per_block:
-                for b in prange(nblocks, num_threads=threads, schedule="static"):
+                # dynamic: a thread descheduled on a busy machine leaves its
+                # remaining blocks to the others instead of holding them
+                for b in prange(nblocks, num_threads=threads, schedule="dynamic", chunksize=1):
                     tid = pyconv_omp_thread_id()
                     base = &work_v[0] + tid * block_floats
                     r0 = b * rows_total // nblocks
