@@ -8,20 +8,22 @@ per-shape pool, and the prepared ops hold only read-only weights.
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from pyconv import registry
 from pyconv.errors import InputError, ModelError
 from pyconv.graph import passes
-from pyconv.graph.format import Graph, Node, available_memory, read_graph
+from pyconv.graph.format import Graph, Node, available_memory, open_graph, released
 from pyconv.graph.plan import BufferPlan, ExecutionState, memory_report, plan_buffers, prepare_ops, run_steps
-from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols, topological_order
-from pyconv.graph.validate import validate
+from pyconv.graph.shapes import Shape, bind_symbols, input_shapes_for, probe_symbols
+from pyconv.graph.validate import Checked, validate, warn_non_finite
 
 MAX_CACHED_PLANS = 8
 
@@ -57,18 +59,28 @@ def _node_attrs(graph: Graph, winograd: bool, algorithms: Mapping[str, str]) -> 
 
 
 class Model:
-    """A loaded, validated and prepared model (see :func:`load`)."""
+    """A loaded, validated and prepared model (see :func:`load`).
+
+    ``model.graph`` is the graph as given (structure, attributes, metadata, weight shapes:
+    its arrays are :class:`~pyconv.graph.format.ReleasedArray` stand-ins, the model keeps
+    only the prepared weights); ``model.optimized`` is the rewritten graph that runs."""
 
     def __init__(self, graph: Graph, winograd: bool = True, algorithms: Optional[Mapping[str, str]] = None,
-                 optimize: bool = True, validated: bool = False) -> None:
-        if not validated:
-            validate(graph)
-        self.graph = graph
+                 optimize: bool = True) -> None:
+        self._prepare(graph, validate(graph), dict(graph.weights), winograd, algorithms, optimize)
+
+    def _prepare(self, graph: Graph, checked: Checked, weights: Dict[str, np.ndarray], winograd: bool,
+                 algorithms: Optional[Mapping[str, str]], optimize: bool) -> None:
+        """Optimize and prepare; ``weights`` (the graph's arrays) is consumed: arrays that the
+        rewrites replace are freed as they go, so a loaded model never holds its file's copy."""
+        self.graph = Graph(graph.inputs, graph.outputs, graph.nodes, released(graph.weights), graph.metadata)
         self.metadata: Dict[str, Any] = graph.metadata
         self.input_names: List[str] = [t.name for t in graph.inputs]
         self.output_names: List[str] = [o.name for o in graph.outputs]
-        ordered = Graph(graph.inputs, graph.outputs, topological_order(graph), graph.weights, graph.metadata)
-        self.optimized: Graph = passes.optimize(ordered) if optimize else ordered
+        if optimize:
+            self.optimized: Graph = passes.optimize(self.graph, checked.order, checked.shapes, weights)
+        else:
+            self.optimized = Graph(graph.inputs, graph.outputs, checked.order, weights, graph.metadata)
         self.node_attrs = _node_attrs(self.optimized, winograd, dict(algorithms or {}))
         self._calls = prepare_ops(self.optimized, self.node_attrs)
         self._plans: "OrderedDict[Tuple[Shape, ...], Tuple[BufferPlan, List[ExecutionState]]]" = OrderedDict()
@@ -201,6 +213,38 @@ def load(path: Union[str, os.PathLike], winograd: bool = True, algorithms: Optio
     algorithms: per-layer override, ``{node name: algorithm}`` for conv nodes.
     optimize:   False skips batch-norm folding and activation/residual fusion.
     max_bytes:  cap on the file's total uncompressed array size (default: available memory)."""
-    graph = read_graph(path, max_bytes=max_bytes)
-    validate(graph)
-    return Model(graph, winograd=winograd, algorithms=algorithms, optimize=optimize, validated=True)
+    graph, integrity = open_graph(path, max_bytes=max_bytes)
+    try:
+        checked = validate(graph, check_values=False)  # structure and shapes, while the CRCs are computed
+    finally:
+        integrity.wait()  # a damaged file is reported as such, whatever else looks wrong
+    warn_non_finite(graph)
+    weights, graph.weights = graph.weights, released(graph.weights)  # the model takes the only reference
+    model = Model.__new__(Model)
+    model._prepare(graph, checked, weights, winograd, algorithms, optimize)
+    del weights
+    trim_heap()
+    return model
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Give the memory freed while loading back to the OS.
+
+    glibc keeps freed heap pages mapped, and after a large temporary is freed it
+    serves allocations up to that size from the heap: the float64 temporaries of
+    batch-norm folding would stay in the process's RSS (~40 MB for ResNet-18)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -12,7 +12,9 @@ import io
 import json
 import math
 import os
+import re
 import struct
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -115,6 +117,46 @@ class Graph:
         raise KeyError(name)
 
 
+class ReleasedArray:
+    """Stands in for a weight array that a loaded model no longer holds: shape and dtype only.
+
+    ``Model.graph`` keeps the file's structure (summaries and shape inference need
+    weight shapes) but not its arrays; their values live on, folded and packed, in
+    the prepared ops.  Asking for the values raises :class:`ModelError`."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape = tuple(shape)
+        self.dtype = dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def _gone(self, *args: Any, **kwargs: Any) -> Any:
+        raise ModelError("this weight array was released after the model was prepared; read the values "
+                         "with pyconv.graph.read_graph(path)")
+
+    __array__ = tobytes = _gone
+
+    def __repr__(self) -> str:
+        return f"ReleasedArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def released(weights: Mapping[str, Any]) -> Dict[str, ReleasedArray]:
+    """Shape-and-dtype stand-ins for ``weights`` (see :class:`ReleasedArray`)."""
+    return {k: a if isinstance(a, ReleasedArray) else ReleasedArray(a.shape, a.dtype) for k, a in weights.items()}
+
+
 # --------------------------------------------------------------------------- writing
 
 def save_graph(graph: Graph, path: Union[str, os.PathLike]) -> None:
@@ -148,25 +190,57 @@ def available_memory() -> int:
     return 8 << 30
 
 
-def _read_npy_header(fp, member: str) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran_order, dtype, header_length) of one ``.npy`` member, refusing unsafe dtypes."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fp, max_header_size=MAX_NPY_HEADER_BYTES)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER_BYTES)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise ModelError(f"array {member!r} has a malformed .npy header: {exc}") from None
+# The header numpy writes: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), } padded with spaces.
+# Parsed with one regular expression; anything else goes through numpy's (literal_eval based) parser.
+_NPY_MAGIC = b"\x93NUMPY"
+_SIMPLE_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[biuf][1248])', 'fortran_order': (True|False), "
+                                rb"'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n")
+_NPY_PREFIX_BYTES = 256  # magic + header of every array numpy writes (headers are padded to 64 bytes)
+
+
+def _check_npy_header(member: str, shape: Any, dtype: np.dtype) -> None:
     if dtype.hasobject or dtype.kind not in ALLOWED_DTYPE_KINDS or dtype.fields is not None:
         raise UnsafeFileError(f"array {member!r} has dtype {dtype}; pyconv only reads numeric arrays "
                               "(object arrays would need unpickling, which is refused)")
-    if any((not isinstance(d, int)) or d < 0 or d > MAX_DIM for d in shape):
+    if not isinstance(shape, tuple) or any((not isinstance(d, int)) or d < 0 or d > MAX_DIM for d in shape):
         raise UnsafeFileError(f"array {member!r} declares an invalid shape {shape}")
-    return tuple(shape), bool(fortran), dtype, fp.tell()
+
+
+def _npy_header_length(prefix: bytes, member: str) -> int:
+    """Bytes of magic, version, length field and header at the start of a ``.npy`` member."""
+    if prefix[:6] != _NPY_MAGIC or len(prefix) < 10:
+        raise ModelError(f"array {member!r} has a malformed .npy header: not a .npy array")
+    if prefix[6:8] == b"\x01\x00":
+        length = 10 + struct.unpack("<H", prefix[8:10])[0]
+    elif prefix[6:8] in (b"\x02\x00", b"\x03\x00") and len(prefix) >= 12:
+        length = 12 + struct.unpack("<I", prefix[8:12])[0]
+    else:
+        raise ModelError(f"array {member!r} has a malformed .npy header: unsupported version {tuple(prefix[6:8])}")
+    if length > MAX_NPY_HEADER_BYTES:
+        raise ModelError(f"array {member!r} has a malformed .npy header: {length} bytes "
+                         f"(limit {MAX_NPY_HEADER_BYTES})")
+    return length
+
+
+def _parse_npy_header(header: bytes, member: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from a complete ``.npy`` header, refusing unsafe dtypes."""
+    simple = _SIMPLE_NPY_HEADER.fullmatch(header, 10 if header[6] == 1 else 12)
+    if simple is not None:
+        descr, fortran, dims = simple.groups()
+        dtype = np.dtype(descr.decode("ascii"))
+        shape = tuple(int(d) for d in dims.split(b",") if d.strip())
+        fortran_order = fortran == b"True"
+    else:
+        fmt = np.lib.format
+        fp = io.BytesIO(header)
+        try:
+            version = fmt.read_magic(fp)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran_order, dtype = read(fp, max_header_size=MAX_NPY_HEADER_BYTES)
+        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            raise ModelError(f"array {member!r} has a malformed .npy header: {exc}") from None
+    _check_npy_header(member, shape, dtype)
+    return shape, bool(fortran_order), dtype
 
 
 def _check_archive(zf: zipfile.ZipFile, max_bytes: int) -> Dict[str, zipfile.ZipInfo]:
@@ -194,43 +268,114 @@ def _check_archive(zf: zipfile.ZipFile, max_bytes: int) -> Dict[str, zipfile.Zip
     return members
 
 
-def _stored_data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
-    """Where a stored member's bytes start: after its local header (name and extra field)."""
+class IntegrityCheck:
+    """CRC-32 of the arrays read directly from the file, checked against the zip directory.
+
+    ``start()`` computes them on a helper thread (zlib releases the GIL), so the
+    check overlaps with validation; ``wait()`` joins it and raises ModelError on a
+    mismatch.  Members that zipfile decompresses are checked by zipfile itself."""
+
+    THREAD_ABOVE = 1 << 20  # smaller models are checked inline: a thread costs more than the CRC
+
+    def __init__(self) -> None:
+        self._jobs: List[Tuple[str, int, memoryview, int]] = []
+        self._bytes = 0
+        self._failed: Optional[str] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def add(self, key: str, header_crc: int, data: memoryview, expected: int) -> None:
+        self._jobs.append((key, header_crc, data, expected))
+        self._bytes += data.nbytes
+
+    def _run(self) -> None:
+        for key, crc, data, expected in self._jobs:
+            if zlib.crc32(data, crc) != expected:
+                self._failed = key
+                break
+        self._jobs = []
+
+    def start(self) -> "IntegrityCheck":
+        if self._bytes >= self.THREAD_ABOVE:
+            self._thread = threading.Thread(target=self._run, name="pyconv-crc", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        else:
+            self._run()
+        if self._failed is not None:
+            raise ModelError(f"array {self._failed!r} is corrupt (CRC mismatch); the file is damaged")
+
+
+def _new_array(shape: Tuple[int, ...], fortran: bool, dtype: np.dtype) -> Tuple[np.ndarray, memoryview]:
+    """A fresh (writable, aligned: kernels take writable buffers) array and its bytes."""
+    arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    return arr, memoryview(arr.reshape(-1, order="A").view(np.uint8))
+
+
+def _fill(source: BinaryIO, view: memoryview, key: str) -> None:
+    done, nbytes = 0, view.nbytes
+    while done < nbytes:
+        got = source.readinto(view[done:])
+        if not got:
+            raise ModelError(f"array {key!r} is truncated")
+        done += got
+
+
+def _checked_size(key: str, info: zipfile.ZipInfo, shape: Tuple[int, ...], dtype: np.dtype, header_len: int) -> None:
+    """The declared shape must account for exactly the member's size (checked before allocating)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if header_len + nbytes != info.file_size:
+        raise UnsafeFileError(f"array {key!r} declares shape {shape} ({nbytes} bytes) but the file holds "
+                              f"{info.file_size - header_len} bytes of data")
+
+
+def _read_stored_member(raw: BinaryIO, key: str, info: zipfile.ZipInfo, check: IntegrityCheck) -> np.ndarray:
+    """An uncompressed member, read straight into its array (its CRC queued on ``check``)."""
     raw.seek(info.header_offset)
-    local = raw.read(_LOCAL_HEADER.size)
-    if len(local) != _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+    name_guess = len(info.orig_filename.encode("utf-8"))
+    chunk = raw.read(_LOCAL_HEADER.size + name_guess + _NPY_PREFIX_BYTES)
+    if len(chunk) < _LOCAL_HEADER.size or chunk[:4] != b"PK\x03\x04":
         raise ModelError(f"archive member {info.filename!r} has a damaged local header")
-    name_len, extra_len = _LOCAL_HEADER.unpack(local)[-2:]
-    return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    name_len, extra_len = _LOCAL_HEADER.unpack_from(chunk)[-2:]
+    data_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    prefix = chunk[data_start - info.header_offset:][: info.file_size]
+    header_len = _npy_header_length(prefix, key)
+    if header_len > info.file_size:
+        raise ModelError(f"array {key!r} is truncated")
+    if header_len > len(prefix):
+        raw.seek(data_start)
+        prefix = raw.read(header_len)
+    header = prefix[:header_len]
+    shape, fortran, dtype = _parse_npy_header(header, key)
+    _checked_size(key, info, shape, dtype, header_len)
+    arr, view = _new_array(shape, fortran, dtype)
+    raw.seek(data_start + header_len)
+    _fill(raw, view, key)
+    check.add(key, zlib.crc32(header), view, info.CRC)
+    return arr
 
 
-def _read_member(zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, raw: Optional[BinaryIO] = None) -> np.ndarray:
-    """One array, its declared shape checked against the member size before any data is read.
-
-    Uncompressed members of a file on disk are read straight into the array (one copy,
-    CRC still checked); others go through zipfile's decompressing reader."""
+def _read_member(zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo) -> np.ndarray:
+    """One array through zipfile's (decompressing, CRC-checking) reader, its declared shape
+    checked against the member size before any data is read."""
     with zf.open(info) as fp:
-        shape, fortran, dtype, header_len = _read_npy_header(fp, key)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if header_len + nbytes != info.file_size:
-            raise UnsafeFileError(f"array {key!r} declares shape {shape} ({nbytes} bytes) but the file holds "
-                                  f"{info.file_size - header_len} bytes of data")
-        # a fresh (writable, aligned) array: kernels take writable buffers
-        arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-        view = memoryview(arr.reshape(-1, order="A").view(np.uint8))
-        direct = raw is not None and info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1
-        source = raw if direct else fp
-        if direct:
-            raw.seek(_stored_data_offset(raw, info))
-            crc = zlib.crc32(raw.read(header_len))
-        done = 0
-        while done < nbytes:
-            got = source.readinto(view[done:])
-            if not got:
-                raise ModelError(f"array {key!r} is truncated")
-            done += got
-        if direct and zlib.crc32(view, crc) != info.CRC:
-            raise ModelError(f"array {key!r} is corrupt (CRC mismatch)")
+        prefix = fp.read(min(_NPY_PREFIX_BYTES, info.file_size))
+        header_len = _npy_header_length(prefix, key)
+        if header_len > len(prefix):
+            prefix += fp.read(header_len - len(prefix))
+        if header_len > len(prefix):
+            raise ModelError(f"array {key!r} is truncated")
+        shape, fortran, dtype = _parse_npy_header(prefix[:header_len], key)
+        _checked_size(key, info, shape, dtype, header_len)
+        arr, view = _new_array(shape, fortran, dtype)
+        already = prefix[header_len:]
+        view[: len(already)] = already
+        _fill(fp, view[len(already):], key)
+        fp.read(1)  # reach the end of the member: zipfile checks its CRC there
     return arr
 
 
@@ -310,18 +455,18 @@ def graph_from_json(doc: Mapping[str, Any], weights: Dict[str, np.ndarray]) -> G
     return Graph(inputs, outputs, nodes, weights, metadata)
 
 
-def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -> Graph:
-    """Read a model file into a :class:`Graph` without validating it against the op registry.
-
-    ``max_bytes`` caps the total uncompressed array size (default: the memory available).
-    Raises FileNotFoundError, ModelError (malformed), UnsafeFileError (refused) or
-    FormatVersionError (newer format)."""
+def open_graph(path: Union[str, os.PathLike, BinaryIO],
+               max_bytes: Optional[int] = None) -> Tuple[Graph, IntegrityCheck]:
+    """:func:`read_graph`, with the CRC check of the weights still running: call
+    ``check.wait()`` before the weights are trusted (``pyconv.load`` overlaps it with validation)."""
     limit = available_memory() if max_bytes is None else int(max_bytes)
-    label = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "model"
+    on_disk = isinstance(path, (str, os.PathLike))
+    label = os.fspath(path) if on_disk else "model"
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError):  # not a zip, or a damaged one
         raise ModelError(f"{label}: not a pyconv model (expected an .npz zip archive)") from None
+    check = IntegrityCheck()
     with zf:
         try:
             members = _check_archive(zf, limit)
@@ -332,17 +477,32 @@ def read_graph(path: Union[str, os.PathLike], max_bytes: Optional[int] = None) -
                                       f"(limit {MAX_GRAPH_JSON_BYTES})")
             doc = _parse_graph_json(_read_member(zf, GRAPH_KEY, members.pop(GRAPH_KEY)))
             check_format_version(doc)  # before reading weights: a newer file may store them differently
-            if isinstance(path, (str, os.PathLike)):
-                with open(path, "rb") as raw:
-                    weights = {key: _read_member(zf, key, info, raw) for key, info in members.items()}
-            else:
-                weights = {key: _read_member(zf, key, info) for key, info in members.items()}
+            # stored members are read with plain seeks and reads (no zipfile stream per member)
+            raw = open(path, "rb", buffering=0) if on_disk else zf.fp
+            try:
+                weights = {key: _read_stored_member(raw, key, info, check)
+                           if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1
+                           else _read_member(zf, key, info) for key, info in members.items()}
+            finally:
+                if on_disk:
+                    raw.close()
         except ModelError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
                 RuntimeError, ValueError) as exc:
             raise ModelError(f"{label}: corrupt archive: {exc}") from None
-    return graph_from_json(doc, weights)
+    return graph_from_json(doc, weights), check.start()
+
+
+def read_graph(path: Union[str, os.PathLike, BinaryIO], max_bytes: Optional[int] = None) -> Graph:
+    """Read a model file into a :class:`Graph` without validating it against the op registry.
+
+    ``max_bytes`` caps the total uncompressed array size (default: the memory available).
+    Raises FileNotFoundError, ModelError (malformed or damaged), UnsafeFileError (refused) or
+    FormatVersionError (newer format)."""
+    graph, check = open_graph(path, max_bytes)
+    check.wait()
+    return graph
 
 
 def graph_from_bytes(data: bytes, max_bytes: Optional[int] = None) -> Graph:

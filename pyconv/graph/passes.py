@@ -14,12 +14,11 @@ is not a graph output, so no tensor a user can observe changes.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List, Optional
 
 from pyconv import registry
 from pyconv.errors import ModelError
-from pyconv.graph.format import Graph, Node
+from pyconv.graph.format import Graph, Node, OutputInfo, TensorInfo
 from pyconv.graph.shapes import Shape, infer_shapes, input_shapes_for, probe_symbols, topological_order
 
 
@@ -42,17 +41,23 @@ class _Rewriter:
 
     Every rewrite updates the look-ups locally, so a pass is linear in the graph size."""
 
-    def __init__(self, graph: Graph) -> None:
-        nodes = [copy.deepcopy(n) for n in topological_order(graph)]
-        self.graph = Graph(copy.deepcopy(graph.inputs), copy.deepcopy(graph.outputs), nodes, dict(graph.weights),
-                           graph.metadata)
+    def __init__(self, graph: Graph, order: List[Node], weights: Dict[str, Any]) -> None:
+        # nodes are copied (rewrites change their fields); attribute values are JSON data
+        # that rewrites replace, never mutate, so the attribute dicts are copied shallowly
+        nodes = [Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.weights), dict(n.attrs))
+                 for n in order]
+        self.graph = Graph([TensorInfo(t.name, tuple(t.shape), t.dtype) for t in graph.inputs],
+                           [OutputInfo(o.name, o.tensor) for o in graph.outputs], nodes, weights, graph.metadata)
         self.graph_outputs = {o.tensor for o in graph.outputs}
         self.position = {t: i for i, n in enumerate(nodes) for t in n.outputs}  # producer's place in the order
         self.removed: set = set()
         self.consumers: Dict[str, List[Node]] = {}
+        self.key_users: Dict[str, int] = {}  # weight key -> live nodes using it
         for n in nodes:
             for t in n.inputs:
                 self.consumers.setdefault(t, []).append(n)
+            for key in n.weights.values():
+                self.key_users[key] = self.key_users.get(key, 0) + 1
 
     def live_nodes(self, op: Optional[str] = None) -> List[Node]:
         return [n for n in self.graph.nodes if n.name not in self.removed and (op is None or n.op == op)]
@@ -68,6 +73,18 @@ class _Rewriter:
         self.removed.add(node.name)
         for t in node.inputs:
             self.consumers[t] = [n for n in self.consumers[t] if n is not node]
+        self.set_weights(node, {})
+
+    def set_weights(self, node: Node, weights: Dict[str, str]) -> None:
+        """Point ``node`` at other arrays; arrays no live node uses any more are dropped at once
+        (a loaded model's file arrays are freed as the rewrites replace them)."""
+        for key in weights.values():
+            self.key_users[key] = self.key_users.get(key, 0) + 1
+        for key in node.weights.values():
+            self.key_users[key] -= 1
+            if not self.key_users[key]:
+                self.graph.weights.pop(key, None)
+        node.weights = weights
 
     def absorb(self, node: Node, consumer: Node) -> None:
         """``node`` takes over ``consumer``'s output (and its other inputs); ``consumer`` disappears."""
@@ -87,8 +104,6 @@ class _Rewriter:
 
     def result(self) -> Graph:
         self.graph.nodes = self.live_nodes()
-        used = {key for n in self.graph.nodes for key in n.weights.values()}
-        self.graph.weights = {k: v for k, v in self.graph.weights.items() if k in used}
         return self.graph
 
 
@@ -131,8 +146,9 @@ def fold_batch_norms(rw: _Rewriter) -> None:
                                            groups=conv.attrs.get("groups", 1) if FOLD_AXIS[conv.op] else 1)
         except (ValueError, TypeError) as exc:
             raise ModelError(f"node {bn.name!r} (batch_norm): cannot fold into {conv.name!r}: {exc}") from None
-        conv.weights = {"weight": f"{conv.name}.weight+{bn.name}", "bias": f"{conv.name}.bias+{bn.name}"}
-        w[conv.weights["weight"]], w[conv.weights["bias"]] = weight, bias
+        folded = {"weight": f"{conv.name}.weight+{bn.name}", "bias": f"{conv.name}.bias+{bn.name}"}
+        w[folded["weight"]], w[folded["bias"]] = weight, bias
+        rw.set_weights(conv, folded)
         rw.absorb(conv, bn)
 
 
@@ -150,9 +166,10 @@ def fold_batch_norms_into_adders(rw: _Rewriter) -> None:
         get = (lambda node, role: w[node.weights[role]] if role in node.weights else None)
         scale, bias = fold_batch_norm_into_adder(get(adder, "scale"), get(adder, "bias"), get(bn, "mean"),
                                                  get(bn, "var"), get(bn, "weight"), get(bn, "bias"), eps)
-        adder.weights = {"weight": adder.weights["weight"], "scale": f"{adder.name}.scale+{bn.name}",
-                         "bias": f"{adder.name}.bias+{bn.name}"}
-        w[adder.weights["scale"]], w[adder.weights["bias"]] = scale, bias
+        folded = {"weight": adder.weights["weight"], "scale": f"{adder.name}.scale+{bn.name}",
+                  "bias": f"{adder.name}.bias+{bn.name}"}
+        w[folded["scale"]], w[folded["bias"]] = scale, bias
+        rw.set_weights(adder, folded)
         rw.absorb(adder, bn)
 
 
@@ -183,14 +200,22 @@ def fuse_activations(rw: _Rewriter) -> None:
         rw.absorb(node, act)
 
 
-def optimize(graph: Graph) -> Graph:
-    """A new graph with every rewrite above applied (``graph`` is left untouched)."""
-    rw = _Rewriter(graph)
+def optimize(graph: Graph, order: Optional[List[Node]] = None, shapes: Optional[Dict[str, Shape]] = None,
+             weights: Optional[Dict[str, Any]] = None) -> Graph:
+    """A new graph with every rewrite above applied (``graph`` is left untouched).
+
+    ``order`` (topological) and ``shapes`` (every tensor at the probe sizes) are what
+    validation computed; they are recomputed when not given.  ``weights``: a dict the
+    optimizer may consume (default: a copy of ``graph.weights``); arrays the rewrites
+    replace are removed from it as soon as nothing uses them."""
+    order = topological_order(graph) if order is None else order
+    rw = _Rewriter(graph, order, dict(graph.weights) if weights is None else weights)
     drop_identities(rw)
     if "batch_norm" in registry.all_ops():
         fold_batch_norms(rw)
         fold_batch_norms_into_adders(rw)
-    shapes = infer_shapes(rw.graph, input_shapes_for(rw.graph, probe_symbols(rw.graph)), rw.live_nodes())
+    if shapes is None:  # tensors keep their shapes through the rewrites above
+        shapes = infer_shapes(graph, input_shapes_for(graph, probe_symbols(graph)), order)
     fuse_residual_adds(rw, shapes)
     fuse_activations(rw)
     return rw.result()

@@ -8,14 +8,14 @@ and shapes, which only make sense once the structure is sound.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 
 from pyconv import registry
 from pyconv.errors import ModelError, UnsupportedOpError
-from pyconv.graph.format import GRAPH_KEY, Graph
-from pyconv.graph.shapes import infer_shapes, input_shapes_for, probe_symbols, topological_order
+from pyconv.graph.format import GRAPH_KEY, Graph, Node
+from pyconv.graph.shapes import Shape, infer_shapes, input_shapes_for, probe_symbols, topological_order
 
 JSON_SCALARS = (int, float, str, bool, type(None))
 MAX_LISTED = 20  # problems spelled out in one error message
@@ -106,10 +106,11 @@ def _structure_problems(graph: Graph) -> List[str]:
             if role not in n.weights:
                 problems.append(f"{where}: missing weight {role!r} (expected array key "
                                 f"'{n.name}.{role}')")
+        weight_names = spec.weight_names
         for role, key in n.weights.items():
-            if role not in spec.weight_names:
+            if role not in weight_names:
                 problems.append(f"{where}: op {n.op!r} has no weight {role!r}; its weights are "
-                                f"{list(spec.weight_names)}")
+                                f"{list(weight_names)}")
             if key not in graph.weights:
                 problems.append(f"{where}: weight {role!r} refers to array {key!r}, which the file does not hold")
                 continue
@@ -136,7 +137,9 @@ def _structure_problems(graph: Graph) -> List[str]:
 
 def warn_non_finite(graph: Graph) -> None:
     """Warn (ModelWarning) about weight arrays holding NaN or infinity."""
-    bad = [k for k, a in graph.weights.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    # min and max are NaN when any element is, and +-inf when any element is: no temporaries
+    bad = [k for k, a in graph.weights.items()
+           if a.dtype.kind == "f" and a.size and not (np.isfinite(a.min()) and np.isfinite(a.max()))]
     if bad:
         owners = {key: n.name for n in graph.nodes for key in n.weights.values()}
         listed = ", ".join(f"{k!r} (node {owners.get(k, '?')!r})" for k in bad[:10])
@@ -144,12 +147,21 @@ def warn_non_finite(graph: Graph) -> None:
                       stacklevel=3)
 
 
-def validate(graph: Graph) -> None:
+class Checked(NamedTuple):
+    """What validation computed on the way: later load steps reuse it instead of recomputing."""
+
+    order: List[Node]  # topological order
+    shapes: Dict[str, Shape]  # every tensor's shape at the probe sizes of symbolic dimensions
+
+
+def validate(graph: Graph, check_values: bool = True) -> Checked:
     """Raise a ModelError subclass describing every problem; warn about non-finite weights.
 
     Checks: known ops, unique node/tensor names, inputs that exist, input counts,
     attributes, missing/unknown/unused weights and their dtypes, cycles, and shape
-    inference (weight shapes vs attributes) at probe values of symbolic dimensions."""
+    inference (weight shapes vs attributes) at probe values of symbolic dimensions.
+    ``check_values=False`` leaves out the one check that reads weight values
+    (:func:`warn_non_finite`), for callers that run it once the file's CRCs are verified."""
     check_ops(graph)
     problems = _structure_problems(graph)
     if problems:
@@ -157,11 +169,12 @@ def validate(graph: Graph) -> None:
     order = topological_order(graph)
     symbols = probe_symbols(graph)
     try:
-        infer_shapes(graph, input_shapes_for(graph, symbols), order)
+        shapes = infer_shapes(graph, input_shapes_for(graph, symbols), order)
     except ModelError as exc:
         if symbols:
             probe = ", ".join(f"{k}={v}" for k, v in symbols.items())
             raise ModelError(f"{exc} (symbolic input dimensions probed with {probe})") from None
         raise
-    warn_non_finite(graph)
-
+    if check_values:
+        warn_non_finite(graph)
+    return Checked(order, shapes)
