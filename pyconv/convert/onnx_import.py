@@ -99,6 +99,30 @@ def _dims(type_proto, tensor: str, graph_input: bool = False) -> Optional[Shape]
     return tuple(dims)
 
 
+_SMALL_INITIALIZER = 1024  # elements; shape-like constants that data propagation may need
+
+
+def _without_big_weights(model):
+    """``model`` for shape inference: big initializers become typed inputs (inference serializes
+    the whole model twice; weights would dominate its cost on large networks)."""
+    onnx = _import_onnx()
+    graph = model.graph
+    light = onnx.GraphProto(name=graph.name)
+    light.node.extend(graph.node)
+    light.input.extend(graph.input)
+    light.output.extend(graph.output)
+    light.value_info.extend(graph.value_info)
+    declared = {i.name for i in graph.input}
+    for tensor in graph.initializer:
+        if np.prod(tensor.dims, dtype=np.int64) <= _SMALL_INITIALIZER:
+            light.initializer.append(tensor)
+        elif tensor.name not in declared:
+            light.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    copy = onnx.ModelProto(ir_version=model.ir_version, graph=light)
+    copy.opset_import.extend(model.opset_import)
+    return copy
+
+
 def _anonymous(dim) -> bool:
     """A dim ONNX shape inference left unknown or named itself (``unk__3``)."""
     return not dim.HasField("dim_value") and (not dim.dim_param or dim.dim_param.startswith("unk__"))
@@ -158,7 +182,7 @@ class _Importer:
     def _infer_shapes(self) -> None:
         onnx = _import_onnx()
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True).graph
+            inferred = onnx.shape_inference.infer_shapes(_without_big_weights(self.model), data_prop=True).graph
         except Exception:  # noqa: BLE001 - shape inference is best effort; handlers say when they need a shape
             inferred = self.model.graph
         inputs = {i.name for i in inferred.input}
