@@ -329,6 +329,12 @@ def test_gemm(trans_b, alpha, beta, c_shape):
     check_against_onnxruntime(model, feeds)
 
 
+def test_gemm_trans_a():
+    inits = {"b": rand(10, 6, seed=2), "c": rand(6, seed=3)}
+    model, feeds = _single("Gemm", (10, 3), dict(transA=1), inits, ["b", "c"], opset=11)
+    check_against_onnxruntime(model, feeds)
+
+
 def test_matmul_constant_weight():
     model, feeds = _single("MatMul", (4, 7), inits={"w": rand(7, 5, seed=2)}, extra_inputs=["w"])
     check_against_onnxruntime(model, feeds)

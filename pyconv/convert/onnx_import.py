@@ -778,8 +778,10 @@ def _lrn(ctx, node, attrs):
 
 @_handles("Gemm")
 def _gemm(ctx, node, attrs):
+    a = node.input[0]
     if attrs.get("transA", 0):
-        raise _Unsupported("transA=1 with a non-constant A")
+        a = ctx.fresh(node.output[0])
+        ctx.emit("transpose", [node.input[0]], [a], node, perm=[1, 0])
     b = ctx.need_const(node, 1, "B")
     weight = b if attrs.get("transB", 0) else b.T  # pyconv linear: (out, in)
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
@@ -791,7 +793,7 @@ def _gemm(ctx, node, attrs):
         if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
             raise _Unsupported(f"C of shape {c.shape} is not a per-output bias")
         bias = np.broadcast_to(c.astype(np.float64).reshape(-1), (weight.shape[0],)) * beta
-    ctx.emit("linear", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias})
+    ctx.emit("linear", [a], node.output[:1], node, weights={"weight": weight, "bias": bias})
 
 
 @_handles("MatMul")
