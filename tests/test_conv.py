@@ -147,18 +147,24 @@ def test_conv2d_direct_is_im2col():
 
 
 def test_large_gemm_tiles_and_threads_agree():
-    # several column tiles per image and groups: both thread counts give the reference
+    # several column tiles per image and groups (and a transposed conv big enough to be
+    # split over threads): both thread counts give the reference
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 24, 37, 45)).astype(np.float32)
     w = rng.standard_normal((36, 8, 3, 3)).astype(np.float32)
     b = rng.standard_normal(36).astype(np.float32)
     ref = C.conv2d_reference(x, w, b, stride=(1, 2), padding=(2, 1, 0, 1), groups=3, activation="relu")
+    xt = rng.standard_normal((1, 16, 21, 19)).astype(np.float32)
+    wt = rng.standard_normal((16, 6, 4, 3)).astype(np.float32)
+    ref_t = C.conv_transpose2d_reference(xt, wt, stride=2, padding=1, groups=2, activation="relu6")
     before = pyconv.get_num_threads()
     try:
         for n in (1, 2):
             pyconv.set_num_threads(n)
             assert rel_err(C.conv2d(x, w, b, stride=(1, 2), padding=(2, 1, 0, 1), groups=3, activation="relu"),
                            ref) <= 1e-5
+            assert rel_err(C.conv_transpose2d(xt, wt, stride=2, padding=1, groups=2, activation="relu6"),
+                           ref_t) <= 1e-5
     finally:
         pyconv.set_num_threads(before)
 

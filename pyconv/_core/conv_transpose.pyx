@@ -1,9 +1,10 @@
 # Transposed convolution (the adjoint of conv2d) as GEMM + col2im:
 #     cols[g] (Co/g*kh*kw x H*W) = W[g]^T (Co/g*kh*kw x Ci/g) @ x[g] (Ci/g x H*W)
 # then every column is scattered into the output window it belongs to.  The
-# GEMM of one (image, group) is one BLAS call (the BLAS threads it); the
-# scatter is parallel over output channels, each of which owns its plane, and
-# the fused epilogue runs on a plane right after its scatter.
+# GEMM of one (image, group) is split by input-pixel columns over the OpenMP
+# threads, each calling a single-threaded sgemm; the scatter is parallel over
+# output channels, each of which owns its plane, and the fused epilogue runs
+# on a plane right after its scatter.
 from cython.parallel cimport prange
 from libc.string cimport memset
 
@@ -49,7 +50,8 @@ def conv_transpose2d_gemm(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
                           float[:, :, :, ::1] out, float[:, ::1] cols, int nthreads):
     """out = epilogue(conv_transpose2d(x, weight)); weight [Ci, Co/groups, kh, kw].
 
-    pads = (top, left) offsets of the output window; cols float32[Co/groups*kh*kw, H*W]."""
+    pads = (top, left) offsets of the output window; cols float32[Co/groups*kh*kw, H*W].
+    Call with the BLAS single-threaded when nthreads > 1."""
     cdef TGeom g
     cdef int N = x.shape[0], Ci = x.shape[1], Co = out.shape[1]
     g.H = x.shape[2]; g.W = x.shape[3]
@@ -74,12 +76,16 @@ def conv_transpose2d_gemm(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     cdef float* op = &out[0, 0, 0, 0]
     cdef float* cp = &cols[0, 0]
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo
-    cdef int n, grp, c, co
+    cdef int n, grp, c, co, t, c0
+    cdef int chunk = ((HW + nthreads - 1) // nthreads + 15) // 16 * 16
+    cdef int nchunks = (HW + chunk - 1) // chunk
     for n in range(N):
         for grp in range(groups):
-            with nogil:
-                gemm_rowmajor(True, False, rows, HW, cig, 1.0, wp + <Py_ssize_t>grp * cig * rows, rows,
-                              xp + (<Py_ssize_t>n * Ci + grp * cig) * HW, HW, 0.0, cp, HW)
+            for t in prange(nchunks, nogil=True, num_threads=nthreads, schedule="static"):
+                c0 = t * chunk
+                gemm_rowmajor(True, False, rows, HW - c0 if HW - c0 < chunk else chunk, cig, 1.0,
+                              wp + <Py_ssize_t>grp * cig * rows, rows,
+                              xp + (<Py_ssize_t>n * Ci + grp * cig) * HW + c0, HW, 0.0, cp + c0, HW)
             for c in prange(cog, nogil=True, num_threads=nthreads, schedule="static"):
                 co = grp * cog + c
                 col2im_plane(cp + <Py_ssize_t>c * g.kh * g.kw * HW, op + (<Py_ssize_t>n * Co + co) * plane, &g)

@@ -13,7 +13,6 @@ How ``algorithm="auto"`` chooses is documented in ``docs/kernels.md`` and in
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from pyconv import _blas
 from pyconv._core import conv_gemm as _gemm
 from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
-from pyconv._threads import get_num_threads, threads_for
+from pyconv._threads import blas_single_threaded, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
 )
@@ -58,20 +56,6 @@ def _winograd_kernels():
     except ImportError:
         return None
     return winograd
-
-
-@contextlib.contextmanager
-def _blas_single_threaded():
-    """Run the BLAS on one thread while our own OpenMP loop calls it per tile."""
-    n = get_num_threads()
-    if n == 1:
-        yield
-        return
-    _blas.set_threads(1)
-    try:
-        yield
-    finally:
-        _blas.set_threads(n)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -224,7 +208,7 @@ class _GemmKernel:
         scratch = self._scratch.get("tiles", (nthreads, _gemm.scratch_floats(
             self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw)))
         phases = self._scratch.get("phases", (1 if direct else _gemm.phase_floats(x.shape[1], g.stride, hq, wq),))
-        with _blas_single_threaded():
+        with blas_single_threaded(nthreads > 1):
             _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               epilogue, residual, out, tile, phases, scratch, nthreads)
 
@@ -476,9 +460,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     out = check_out(out, shape)
     cog = g.out_channels // g.groups
     cols = np.empty((cog * g.kernel[0] * g.kernel[1], x.shape[2] * x.shape[3]), np.float32)
-    nthreads = min(cog, threads_for(float(cols.size) * x.shape[0] * g.groups))
-    _transpose.conv_transpose2d_gemm(x, weight, bias, g.stride, g.pads[:2], g.dilation, g.groups, epilogue,
-                                     out, cols, nthreads)
+    nthreads = threads_for(float(cols.size) * x.shape[0] * g.groups * (g.in_channels // g.groups))
+    with blas_single_threaded(nthreads > 1):
+        _transpose.conv_transpose2d_gemm(x, weight, bias, g.stride, g.pads[:2], g.dilation, g.groups, epilogue,
+                                         out, cols, nthreads)
     return out
 
 
