@@ -89,22 +89,29 @@ class Model:
     # ------------------------------------------------------------------ running
     def run(self, inputs: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         """``{input name: array}`` -> ``{output name: array}`` (float32, NCHW)."""
-        arrays = self._check_inputs(inputs)
-        plan, pool = self._plan(tuple(a.shape for a in arrays))
-        state = self._take_state(plan, pool)
-        try:
-            outputs = run_steps(state, arrays)
-        finally:
-            pool.append(state)
-        return dict(zip(self.output_names, outputs))
+        self._check_names(inputs)
+        return dict(zip(self.output_names, self._execute([inputs[name] for name in self.input_names])))
 
     def __call__(self, x: Any) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
         """Run a single-input model; returns the output (a tuple when there are several)."""
         if len(self.input_names) != 1:
             raise InputError(f"this model has inputs {self.input_names}; call model.run({{name: array, ...}})")
-        result = self.run({self.input_names[0]: x})
-        values = tuple(result[name] for name in self.output_names)
-        return values[0] if len(values) == 1 else values
+        outputs = self._execute([x])
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _execute(self, values: Sequence[Any]) -> List[np.ndarray]:
+        """Inputs in ``input_names`` order -> outputs in ``output_names`` order."""
+        arrays = self._as_arrays(values)
+        key = tuple(a.shape for a in arrays)
+        entry = self._plans.get(key)
+        if entry is None:  # shapes seen before were checked when they were planned
+            bind_symbols(self.graph, dict(zip(self.input_names, key)))
+        plan, pool = self._plan(key)
+        state = self._take_state(plan, pool)
+        try:
+            return run_steps(state, arrays)
+        finally:
+            pool.append(state)
 
     def profile(self, inputs: Any, runs: int = 5) -> List[Dict[str, Any]]:
         """Median time per node over ``runs`` runs: ``[{"node", "op", "seconds"}]`` in run order.
@@ -168,15 +175,17 @@ class Model:
         if missing or extra:
             raise InputError(f"the model takes inputs {self.input_names}; missing {missing}, unknown {extra}")
 
-    def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
-        self._check_names(inputs)
-        arrays = []
-        for name in self.input_names:
-            arr = np.asarray(inputs[name])
-            if arr.dtype not in (np.float32, np.float64, np.float16):
+    def _as_arrays(self, values: Sequence[Any]) -> List[np.ndarray]:
+        arrays = [np.asarray(v) for v in values]
+        for name, arr in zip(self.input_names, arrays):
+            if arr.dtype.char not in "fde":  # float32, float64, float16 (converted on the way in)
                 raise InputError(f"input {name!r} must be a float32 array (float64 is converted), "
                                  f"got dtype {arr.dtype}")
-            arrays.append(arr)
+        return arrays
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> List[np.ndarray]:
+        self._check_names(inputs)
+        arrays = self._as_arrays([inputs[name] for name in self.input_names])
         bind_symbols(self.graph, {n: a.shape for n, a in zip(self.input_names, arrays)})
         return arrays
 

@@ -188,19 +188,23 @@ def run_steps(state: ExecutionState, inputs: Sequence[np.ndarray],
     did not check) becomes a ModelError naming the node."""
     for buf, x in zip(state.inputs, inputs):
         np.copyto(buf, x)
-    index = 0
+    steps = state.steps
+    step: Any = None
     try:
         if timings is None:
-            for index, (fn, args, out) in enumerate(state.steps):
+            for step in steps:
+                fn, args, out = step
                 result = fn(*args, out=out)
-                if result is not out:
+                if result is not out:  # an op that returned another array: store it in the planned buffer
                     np.copyto(out, result)
         else:
-            for index, (fn, args, out) in enumerate(state.steps):
+            for step in steps:
+                fn, args, out = step
                 start = perf_counter()
                 _store(fn(*args, out=out), out)
                 timings.append(perf_counter() - start)
     except (ValueError, TypeError) as exc:
+        index = next(i for i, s in enumerate(steps) if s is step)
         name, op = state.names[index], state.ops[index]
         raise ModelError(f"node {name!r} ({op}) failed: {exc}; check its attributes") from exc
     return [o.copy() for o in state.outputs]
