@@ -1,4 +1,13 @@
-"""How many threads pyconv's kernels (and the BLAS they call) use."""
+"""How many threads pyconv's kernels use.
+
+pyconv runs one thread pool: its own OpenMP team.  The BLAS behind
+``scipy.linalg.cython_blas`` is kept on one thread and every GEMM-shaped
+kernel splits its work (tiles, groups, images, column blocks) across the
+OpenMP threads, each calling a single-threaded sgemm.  Two pools on the
+same cores (OpenMP workers and OpenBLAS's pthreads, each spin-waiting for
+work after a call) slow each other down badly: measured 6-15x slower whole
+networks at 2 threads on a 2-core machine before this rule.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -59,14 +68,14 @@ def _parse_thread_count(value, source: str) -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in pyconv's kernels and in the BLAS they call."""
+    """Use ``n`` threads in pyconv's kernels (the BLAS they call stays on one thread)."""
     global _num_threads
     n = _parse_thread_count(n, "set_num_threads(n)")
     from pyconv import _blas
 
     with _lock:
         _num_threads = n
-        _blas.set_threads(n)
+        _blas.set_threads(1)
 
 
 def get_num_threads() -> int:
@@ -87,18 +96,5 @@ def threads_for(work: float) -> int:
 
 @contextlib.contextmanager
 def blas_single_threaded(active: bool = True):
-    """Run the BLAS on one thread inside the block (when ``active``).
-
-    Kernels that call sgemm from their own OpenMP threads (one GEMM per tile)
-    use this so the BLAS does not start threads of its own on top of them."""
-    from pyconv import _blas
-
-    if not active:
-        yield
-        return
-    n = get_num_threads()
-    _blas.set_threads(1)
-    try:
-        yield
-    finally:
-        _blas.set_threads(n)
+    """Kept for call sites written before the single-pool rule: the BLAS is always on one thread."""
+    yield
