@@ -26,10 +26,33 @@ def test_shape_subgraph_carries_symbols():
     assert hw.tolist() == [H, 8]
 
 
-@pytest.mark.parametrize("op_type", ["Mul", "Add", "Div", "Sub"])
-def test_arithmetic_on_a_symbol_is_not_foldable(op_type):
-    with pytest.raises(NotFoldable, match="--input-shape"):
-        fold(op_type, [_sym(N, 3), np.array([2, 2], np.int64)], {}, 13)
+def test_symbol_arithmetic_keeps_scales_and_ratios():
+    hw = _sym(H, Dim("W"))
+    (up,) = fold("Mul", [fold("Cast", [hw], {"to": 1}, 13)[0], np.array([2.0, 2.0], np.float32)], {}, 13)
+    assert up.tolist() == [Dim("H", 2.0), Dim("W", 2.0)]
+    (floored,) = fold("Floor", [up], {}, 13)
+    assert floored.tolist() == up.tolist()  # an integer multiple of a size is already whole
+    (ratio,) = fold("Div", [up, hw], {}, 13)
+    assert not has_symbols(ratio) and ratio.tolist() == [2.0, 2.0]
+    (same,) = fold("Mul", [_sym(N, 3), np.array([1, 2], np.int64)], {}, 13)
+    assert same.tolist() == [N, 6]
+
+
+@pytest.mark.parametrize("op_type,other", [("Add", 1), ("Sub", 1), ("Div", 2), ("Mul", None)])
+def test_other_symbol_arithmetic_gives_opaque_symbols(op_type, other):
+    b = _sym(H) if other is None else np.array([other], np.int64)
+    (out,) = fold(op_type, [_sym(H), b], {}, 13)
+    (d,) = out.tolist()
+    assert isinstance(d, Dim) and d.name.startswith("(") and d != H
+
+
+@pytest.mark.parametrize("op_type,inputs", [
+    ("ConstantOfShape", [_sym(N, 3)]), ("Range", [np.array(0), _sym(H).reshape(()), np.array(1)]),
+    ("Equal", [_sym(N), np.array([1])]),
+])
+def test_ops_needing_values_refuse_symbols(op_type, inputs):
+    with pytest.raises(NotFoldable, match="--input-shape|dynamic"):
+        fold(op_type, inputs, {}, 13)
 
 
 def test_integer_division_truncates_toward_zero_like_onnx():

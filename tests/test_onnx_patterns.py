@@ -181,12 +181,63 @@ def test_every_unsupported_node_is_listed_in_one_error():
     assert message.count("\n") == 4  # a header and one line per op type
 
 
-def test_shape_arithmetic_on_a_dynamic_dim_asks_for_input_shape():
-    nodes = [node("Shape", [X], ["s"]), const_node("two", np.array([2], np.int64)),
-             node("Mul", ["s", "two"], ["s2"]), node("Reshape", [X, "s2"], ["y"])]
-    model = make_model(nodes, {X: ["N", 3, 4, 4]}, ["y"])
-    with pytest.raises(UnsupportedOpError, match="--input-shape"):
-        convert(model)
+def _resize_by_shape_arithmetic(net: OnnxNet, x: str, tail) -> str:
+    """sizes = Concat(Shape(x)[:2], tail(Shape(x)[2:])) as older PyTorch exports F.interpolate."""
+    shape = net.op("Shape", [x])
+    nc = net.op("Slice", [shape, net.const([0], np.int64), net.const([2], np.int64)])
+    hw = net.op("Slice", [shape, net.const([2], np.int64), net.const([4], np.int64)])
+    sizes = net.op("Concat", [nc, tail(hw)], axis=0)
+    return net.op("Resize", [x, "", "", sizes], mode="nearest", coordinate_transformation_mode="asymmetric",
+                  nearest_mode="floor")
+
+
+def test_resize_to_a_multiple_of_a_dynamic_size():
+    from onnx_testing import assert_close, run_onnxruntime
+    from onnx import TensorProto
+
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=3)
+
+    def doubled(hw):
+        scaled = net.op("Mul", [net.op("Cast", [hw], to=TensorProto.FLOAT), net.const([2.0, 2.0])])
+        return net.op("Cast", [net.op("Floor", [scaled])], to=TensorProto.INT64)
+
+    y = _resize_by_shape_arithmetic(net, x, doubled)
+    model = net.model({X: ["N", 4, "H", "W"]}, [y])
+    converted = convert(model)
+    assert converted.graph.nodes[-1].attrs["scales"] == [2.0, 2.0]
+    for shape in ((1, 4, 5, 7), (2, 4, 6, 3)):
+        xv = rand(*shape)
+        assert_close(converted.run({X: xv})[y], run_onnxruntime(model, {X: xv})[y])
+
+
+def test_resize_to_a_non_multiple_of_a_dynamic_size_asks_for_input_shape():
+    net = OnnxNet()
+    x = net.input(X, 4)
+    y = _resize_by_shape_arithmetic(net, x, lambda hw: net.op("Add", [hw, net.const([1, 1], np.int64)]))
+    with pytest.raises(UnsupportedOpError, match="Resize x1 .*--input-shape"):
+        convert(net.model({X: ["N", 4, "H", "W"]}, [y]))
+    converted = convert(net.model({X: ["N", 4, "H", "W"]}, [y]), input_shapes={X: ["N", 4, 5, 6]})
+    assert converted.graph.nodes[-1].attrs["sizes"] == [6, 7]
+
+
+def test_flattening_the_spatial_dims_of_a_dynamic_input():
+    """x.view(n, c, h * w): the product of two symbols is the reshape's one inferred dim."""
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=1)
+    shape = net.op("Shape", [x])
+    n, c, h, w = (net.op("Unsqueeze", [net.op("Gather", [shape, net.const(i, np.int64)], axis=0),
+                                       net.const([0], np.int64)]) for i in range(4))
+    target = net.op("Concat", [n, c, net.op("Mul", [h, w])], axis=0)
+    y = net.op("Softmax", [net.op("Reshape", [x, target])], axis=-1)
+    model = net.model({X: ["N", 4, "H", "W"]}, [y])
+    converted = convert(model)
+    assert converted.graph.nodes[1].attrs["shape"] == [0, 6, -1]
+    from onnx_testing import assert_close, run_onnxruntime
+
+    for shape in ((1, 4, 5, 7), (2, 4, 3, 3)):
+        xv = rand(*shape)
+        assert_close(converted.run({X: xv})[y], run_onnxruntime(model, {X: xv})[y])
 
 
 # --------------------------------------------------------------------------- metadata

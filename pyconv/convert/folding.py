@@ -5,8 +5,12 @@ Constant, ConstantOfShape, Cast, ...).
 Values are NumPy arrays.  A shape that depends on a dynamic input dimension is
 an ``object`` array holding ints and :class:`Dim` symbols; the shape-only ops
 (Gather, Concat, Unsqueeze, Squeeze, Slice, Reshape, Identity, Cast) carry the
-symbols through, and arithmetic on a symbol raises :class:`NotFoldable` so the
-importer can say which node needs a fixed ``--input-shape``.
+symbols through.  Elementwise arithmetic keeps what the importer can use: a
+symbol times a constant stays that symbol with a scale (``H * 2``: an upsampled
+size), a scaled symbol over its own symbol is a plain number (a scale factor);
+any other expression becomes an opaque symbol (usable as a reshape's ``-1``).
+Ops that need actual values raise :class:`NotFoldable`, so the importer can say
+which node needs a fixed ``--input-shape``.
 """
 from __future__ import annotations
 
@@ -22,12 +26,20 @@ class NotFoldable(Exception):
 
 @dataclass(frozen=True)
 class Dim:
-    """A dynamic dimension (e.g. the batch size ``N``); deliberately supports no arithmetic."""
+    """A dynamic dimension: the input dimension ``name`` (e.g. ``N``, ``H``) times ``scale``.
+
+    Deliberately supports no Python arithmetic (see :func:`_symbolic_binary`)."""
 
     name: str
+    scale: float = 1.0
 
     def __repr__(self) -> str:
-        return self.name
+        return self.name if self.scale == 1 else f"{self.name}*{self.scale:g}"
+
+
+def _opaque(text: str) -> Dim:
+    """A symbol for an expression nothing downstream can take apart."""
+    return Dim(f"({text})")
 
 
 Value = np.ndarray
@@ -98,9 +110,9 @@ def _cast(inputs, attrs, opset):
         raise NotFoldable(f"Cast to ONNX type {attrs['to']} is not supported")
     value = inputs[0]
     if has_symbols(value):
-        if not np.issubdtype(dtype, np.integer):
-            raise NotFoldable("Cast of a dynamic dimension to a non-integer type")
-        return [value]
+        if dtype is np.bool_:
+            raise NotFoldable("Cast of a dynamic dimension to bool")
+        return [value]  # symbols stand for numbers of any type
     return [value.astype(dtype)]
 
 
@@ -179,6 +191,51 @@ def _int_div(a: Value, b: Value) -> Value:
         # ONNX integer Div truncates toward zero; NumPy's // floors
         return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(np.result_type(a, b))
     return a / b
+
+
+_SYMBOLS = {"Mul": "*", "Div": "/", "Add": "+", "Sub": "-"}
+
+
+def _symbolic_binary(op: str, a: Any, b: Any, float_division: bool) -> Any:
+    """One element of Mul/Div/Add/Sub in which an operand may be a :class:`Dim`."""
+    a_dim, b_dim = isinstance(a, Dim), isinstance(b, Dim)
+    if not a_dim and not b_dim:
+        return _FOLDERS_NUMERIC[op](np.asarray(a), np.asarray(b)).item()
+    if op == "Mul" and a_dim != b_dim:
+        dim, factor = (a, b) if a_dim else (b, a)
+        return Dim(dim.name, dim.scale * float(factor))
+    if op == "Div" and a_dim and b_dim and a.name == b.name:
+        return a.scale / b.scale  # e.g. the scale factor of a resize: (H * 2) / H
+    if op == "Div" and a_dim and float_division:
+        return Dim(a.name, a.scale / float(b))
+    return _opaque(f"{a}{_SYMBOLS[op]}{b}")
+
+
+def _symbolic_arithmetic(op: str) -> Folder:
+    def fold(inputs, attrs, opset):
+        a, b = inputs[0], inputs[1]
+        if a is None or b is None:
+            raise NotFoldable("missing input")
+        if a.size > 64 or b.size > 64:
+            raise NotFoldable("arithmetic on a large symbolic tensor")
+        float_division = any(v.dtype.kind == "f" for v in (a, b))
+        combine = np.frompyfunc(lambda x, y: _symbolic_binary(op, x, y, float_division), 2, 1)
+        result = np.asarray(combine(a, b), dtype=object)
+        return [result if has_symbols(result) else np.asarray(result.tolist())]
+
+    return fold
+
+
+def _symbolic_rounding(fn: Callable[[Value], Value]) -> Folder:
+    def fold(inputs, attrs, opset):
+        value = inputs[0]
+        if not has_symbols(value):
+            return [np.asarray(fn(_numeric(value)))]
+        keep = lambda d: d if not isinstance(d, Dim) or float(d.scale).is_integer() \
+            else _opaque(f"{fn.__name__}({d})")  # noqa: E731
+        return [np.asarray(np.frompyfunc(keep, 1, 1)(value), dtype=object)]
+
+    return fold
 
 
 def _elementwise(fn: Callable[..., Value]) -> Folder:
@@ -272,8 +329,8 @@ FOLDERS: Dict[str, Folder] = {
     "Abs": _elementwise(np.abs),
     "Sqrt": _elementwise(np.sqrt),
     "Reciprocal": _elementwise(np.reciprocal),
-    "Floor": _elementwise(np.floor),
-    "Ceil": _elementwise(np.ceil),
+    "Floor": _symbolic_rounding(np.floor),
+    "Ceil": _symbolic_rounding(np.ceil),
     "Exp": _elementwise(np.exp),
     "Log": _elementwise(np.log),
     "Relu": _elementwise(lambda x: np.maximum(x, 0)),
@@ -298,9 +355,15 @@ FOLDERS: Dict[str, Folder] = {
 }
 
 
+_FOLDERS_NUMERIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _int_div}
+_SYMBOLIC_FOLDERS = {op: _symbolic_arithmetic(op) for op in _FOLDERS_NUMERIC}
+
+
 def fold(op_type: str, inputs: List[Optional[Value]], attrs: Mapping[str, Any], opset: int) -> List[Value]:
     """Evaluate one ONNX node on constant inputs; NotFoldable when it cannot be done here."""
     folder = FOLDERS.get(op_type)
+    if op_type in _SYMBOLIC_FOLDERS and any(v is not None and has_symbols(v) for v in inputs):
+        folder = _SYMBOLIC_FOLDERS[op_type]
     if folder is None:
         raise NotFoldable(f"{op_type} is not evaluated at conversion time")
     try:

@@ -893,24 +893,30 @@ def _squeeze(ctx, node, attrs):
     _emit_reshape(ctx, node, node.input[0], out)
 
 
-def _resize_sizes(ctx, node) -> Optional[List[int]]:
-    """Resize ``sizes`` as [H, W]; N and C may be symbolic (exporters take them from Shape)."""
+def _resize_target(ctx, node) -> Tuple[Optional[List[float]], Optional[List[int]]]:
+    """Resize ``sizes`` as ``(None, [H, W])``; N and C may be symbolic (exporters take them from
+    Shape). Sizes computed as ``H * k`` from a dynamic input become ``([k_h, k_w], None)``."""
     if len(node.input) < 4 or not node.input[3]:
-        return None
+        return None, None
     sizes = ctx.const(node.input[3])
     if sizes is None:
         raise _Unsupported("sizes (input 3) must be computable at conversion time")
     if sizes.size == 0:
-        return None
+        return None, None
     values = list(sizes.reshape(-1))
     in_shape = ctx.shape(node.input[0])
     same = lambda v, d: v == d if isinstance(v, Dim) or isinstance(d, Dim) else int(v) == int(d)  # noqa: E731
     if len(values) != 4 or in_shape is None or not all(same(v, d) for v, d in zip(values[:2], in_shape[:2])):
         raise _Unsupported(f"only spatial resizing of NCHW tensors is supported, got sizes={values}")
-    if any(isinstance(v, Dim) for v in values[2:]):
-        raise _Unsupported(f"output size {values[2:]} depends on a dynamic input dimension; "
-                           "fix the input shape with --input-shape")
-    return [int(v) for v in values[2:]]
+    spatial = values[2:]
+    if not any(isinstance(v, Dim) for v in spatial):
+        return None, [int(v) for v in spatial]
+    factors = [v.scale if isinstance(v, Dim) and isinstance(d, Dim) and d.name == v.name and d.scale == 1 else None
+               for v, d in zip(spatial, in_shape[2:])]
+    if any(f is None or not float(f).is_integer() for f in factors):
+        raise _Unsupported(f"output size {spatial} depends on a dynamic input dimension (other than an integer "
+                           "multiple of it); fix the input shape with --input-shape")
+    return [float(f) for f in factors], None  # an integer factor: same output size and coordinates
 
 
 @_handles("Cast")
@@ -985,7 +991,9 @@ def _resize(ctx, node, attrs):
             raise _Unsupported(f"keep_aspect_ratio_policy={attrs['keep_aspect_ratio_policy']!r}")
         scales_v = ctx.optional_const(node, 2, "scales")
         scales = None if scales_v is None or scales_v.size == 0 else [float(v) for v in scales_v]
-        sizes = _resize_sizes(ctx, node)
+        size_factors, sizes = _resize_target(ctx, node)
+        if size_factors is not None:
+            scales = [1.0, 1.0] + size_factors
         coord = attrs.get("coordinate_transformation_mode", "half_pixel")
         nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
         if coord not in _COORDINATE_MODES:
