@@ -381,3 +381,59 @@ def test_corrupted_weight_bytes_are_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="CRC"):
         pyconv.load(path)
+
+
+@pytest.mark.parametrize("arr", [
+    np.zeros((3, 4), np.float32), np.zeros(5, np.uint8), np.zeros((), np.float64), np.zeros((1,), np.int64),
+    np.zeros((2, 3), np.float32, order="F"), np.zeros(3, ">f4"), np.zeros(2, bool), np.zeros((7, 1, 2), np.float16),
+])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_npy_header_parser_agrees_with_numpy(arr, version):
+    """The reader's one-regex fast path and its numpy fallback give numpy's answer."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, version=version)
+    data = buf.getvalue()
+    length = fmt._npy_header_length(data, "a")
+    assert length == len(data) - arr.nbytes
+    shape, fortran, dtype = fmt._parse_npy_header(data[:length], "a")
+    assert (shape, fortran, dtype) == (arr.shape, arr.flags.f_contiguous and arr.ndim > 1, arr.dtype)
+
+
+def test_npy_headers_in_other_spellings_use_numpys_parser():
+    body = b"{'shape': (2, 3), 'fortran_order': False, 'descr': '<f4'}"
+    header = b"\x93NUMPY\x01\x00" + len(body + b"\n").to_bytes(2, "little") + body + b"\n"
+    assert fmt._parse_npy_header(header, "a") == ((2, 3), False, np.dtype("<f4"))
+    for bad in (b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }",
+                b"{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }"):
+        header = b"\x93NUMPY\x01\x00" + len(bad + b"\n").to_bytes(2, "little") + bad + b"\n"
+        with pytest.raises(UnsafeFileError):
+            fmt._parse_npy_header(header, "a")
+    with pytest.raises(ModelError, match="malformed"):
+        fmt._npy_header_length(b"\x93NUMPY\x01\x00\xff\xff", "a")  # longer than the header limit
+
+
+def test_crc_is_checked_on_the_helper_thread_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(fmt.IntegrityCheck, "THREAD_ABOVE", 0)
+    graph = conv_relu_graph()
+    path = tmp_path / "m.npz"
+    save_graph(graph, path)
+    assert read_graph(path) == graph
+    data = bytearray(path.read_bytes())
+    data[data.find(graph.weights["conv.bias"].tobytes()) + 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="CRC"):
+        pyconv.load(path)
+
+
+def test_loaded_model_keeps_structure_but_not_the_files_arrays(tmp_path):
+    graph = conv_relu_graph()
+    path = tmp_path / "m.npz"
+    save_graph(graph, path)
+    model = pyconv.load(path)
+    released = model.graph.weights["conv.weight"]
+    assert isinstance(released, fmt.ReleasedArray)
+    assert released.shape == (4, 3, 3, 3) and released.dtype == np.float32 and released.nbytes == 432
+    with pytest.raises(ModelError, match="released"):
+        np.asarray(released)
+    assert model.graph.to_json() == graph.to_json()
+    assert "conv" in model.summary()  # summaries need shapes only
