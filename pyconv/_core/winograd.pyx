@@ -14,10 +14,10 @@
 # micro-kernels are long vectorizable loops for any tile count; the two layout
 # changes (steps 1 and 5) are the only strided passes.  A block holds as many
 # tile rows as keep Xb + V + M + Y near L2-sized (``block_bytes``), while the
-# GEMM still sees tens of tiles.  Threads split steps 1, 2 and 4 by rows/tiles
-# and step 3 by position: each thread multiplies with its own slice of U, so
-# weights are never streamed twice.  The sgemm calls must then be
-# single-threaded (see winograd_conv).
+# GEMM still sees tens of tiles.  Several threads either run whole blocks each
+# or share each block's stages (GEMM split by position); see winograd_conv.
+# Either way sgemm is called from our threads and must be single-threaded.
+# docs/winograd.md has the matrices, error measurements and timings.
 from cython.parallel cimport prange
 from libc.string cimport memset
 
@@ -65,8 +65,8 @@ cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t im
     memset(dst + (g.left + W) * Ci, 0, (g.Wp - g.left - W) * Ci * sizeof(float))
     src = x + (image * Ci * g.H + y) * W
     dst += g.left * Ci
-    # 16 channels per step: a fixed-length gather the compiler vectorizes,
-    # about 2.5x faster than one strided store per element.
+    # 16 channels per step (contiguous stores, a fixed-length unrolled loop):
+    # 2.4x faster than one strided store per element.
     while c0 + 16 <= Ci:
         for i in range(W):
             d = dst + i * Ci + c0
@@ -132,7 +132,7 @@ cdef multiversion_void unpack_output_row(const float* src, Py_ssize_t C, float* 
     """dst[x] = src[x*C]: one channel's output row out of the NHWC tile buffer."""
     cdef Py_ssize_t x0 = 0
     cdef int xx
-    # fixed-length blocks vectorize as gathers (~2.4x faster than scalar copies)
+    # fixed-length unrolled blocks: 2.4x faster than the plain strided loop
     while x0 + 16 <= width:
         for xx in range(16):
             dst[x0 + xx] = src[(x0 + xx) * C]
@@ -152,9 +152,11 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
     cdef Py_ssize_t T = nrows * TX
     cdef Py_ssize_t row_floats = g.Wp * Ci
     cdef Py_ssize_t npacked = 0, rr, r, image, ty, prev_image = -1, prev_ty = 0, j
-    cdef Py_ssize_t k, t, p, tx, idx, co, c0, a, y
+    cdef Py_ssize_t k, t, p, idx, co, c0, a, y
     cdef Py_ssize_t co_blocks = (Co + 15) // 16
     cdef float* orow
+    cdef float* tile_in
+    cdef float* tile_out
     cdef const float* res_row
 
     # Which padded rows the block needs: per image, one contiguous run
@@ -183,13 +185,13 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
 
     for t in prange(T, num_threads=nthreads, schedule="static"):
         rr = t // TX
-        tx = t - rr * TX
+        tile_in = xb + row_base[rr] * row_floats + (t - rr * TX) * m * Ci
         if m == 2:
-            input_tile_f2(xb + row_base[rr] * row_floats + tx * m * Ci, row_floats, Ci, v + t * Ci, T * Ci)
+            input_tile_f2(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
         elif m == 4:
-            input_tile_f4(xb + row_base[rr] * row_floats + tx * m * Ci, row_floats, Ci, v + t * Ci, T * Ci)
+            input_tile_f4(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
         else:
-            input_tile_f6(xb + row_base[rr] * row_floats + tx * m * Ci, row_floats, Ci, v + t * Ci, T * Ci)
+            input_tile_f6(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
 
     for p in prange(P, num_threads=nthreads, schedule="static"):
         gemm_rowmajor(False, False, <int>T, <int>Co, <int>Ci, 1.0, v + p * T * Ci, <int>Ci,
@@ -197,13 +199,13 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
 
     for t in prange(T, num_threads=nthreads, schedule="static"):
         rr = t // TX
-        tx = t - rr * TX
+        tile_out = ybuf + (rr * m * g.Xw + (t - rr * TX) * m) * Co
         if m == 2:
-            output_tile_f2(mbuf + t * Co, T * Co, Co, ybuf + (rr * m * g.Xw + tx * m) * Co, g.Xw * Co)
+            output_tile_f2(mbuf + t * Co, T * Co, Co, tile_out, g.Xw * Co)
         elif m == 4:
-            output_tile_f4(mbuf + t * Co, T * Co, Co, ybuf + (rr * m * g.Xw + tx * m) * Co, g.Xw * Co)
+            output_tile_f4(mbuf + t * Co, T * Co, Co, tile_out, g.Xw * Co)
         else:
-            output_tile_f6(mbuf + t * Co, T * Co, Co, ybuf + (rr * m * g.Xw + tx * m) * Co, g.Xw * Co)
+            output_tile_f6(mbuf + t * Co, T * Co, Co, tile_out, g.Xw * Co)
 
     # 16 output channels per task: their slice of a Y row (one cache line per
     # pixel) stays in L1 while the 16 rows are gathered out of it.

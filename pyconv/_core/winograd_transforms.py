@@ -133,8 +133,7 @@ def _input_kernel(m: int) -> list:
         "        ptrdiff_t C, float* restrict dst, ptrdiff_t pos_stride)",
         "{",
     ]
-    # Separate base pointers: GCC does not vectorize src[l*C + c] with the
-    # trip count C as stride, but does with one pointer per stream.
+    # one pointer per input / output stream, computed once outside the channel loop
     for j in range(n):
         bases = ", ".join(f"*const in{j}_{l} = src + {j} * row_stride + {l} * C" for l in range(n))
         out.append(f"    const float {bases};")
