@@ -93,6 +93,27 @@ def test_max_pool2d_large_vector_rows_and_threads():
         pyconv.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+@pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), ((2, 5), (0, 2, 1, 1), (1, 2)), ((4, 3), (2, 0), 1)])
+def test_wide_rows_take_the_vector_path(stride, kernel, padding, dilation):
+    # interior rows of >= 16 columns run the row-by-row vector kernel (stride phases for
+    # strides > 2); smaller planes run the flat-plane kernel covered by the sweeps above
+    x = rand(2, 3, 9, 83)
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, padding, dilation, True),
+                                  ref.max_pool2d(x, kernel, stride, padding, dilation, True).astype(np.float32))
+    for include in (True, False):
+        assert_close(ops.avg_pool2d(x, kernel, stride, padding, True, include),
+                     ref.avg_pool2d(x, kernel, stride, padding, True, include), 1e-5)
+    assert_close(ops.lp_pool2d(x, 2, kernel, stride, padding), ref.lp_pool2d(x, 2, kernel, stride, padding), 1e-4)
+
+
+def test_large_plane_with_narrow_output_takes_the_row_path():
+    # a plane above the flat-plane size limit whose interior rows are narrower than a vector
+    x = rand(1, 2, 70, 70)
+    np.testing.assert_array_equal(ops.max_pool2d(x, 5, 5, 1), ref.max_pool2d(x, 5, 5, 1).astype(np.float32))
+    assert_close(ops.adaptive_avg_pool2d(x, 7), ref.adaptive_avg_pool2d(x, 7), 1e-5)
+
+
 def test_max_pool2d_never_selects_padding_for_large_negative_inputs():
     x = np.full((1, 2, 5, 6), -3e38, np.float32)
     x[0, 1] = -np.inf
@@ -112,6 +133,11 @@ def test_max_pool2d_propagates_nan():
     assert np.isnan(y).sum() == 3  # only the windows that contain a NaN
     assert np.isnan(ops.global_max_pool2d(x)[0, 1, 0, 0]) and not np.isnan(ops.global_max_pool2d(x)[0, 0, 0, 0])
     assert np.isnan(ops.adaptive_max_pool2d(x, (3, 4))).sum() == 2
+    small = rand(1, 2, 7, 9)     # the flat-plane kernel: interior and padding-clipped windows
+    small[0, 0, 0, 0] = small[0, 1, 3, 4] = np.nan
+    for args in [(3, 2, 1), (2, 1, 0), ((3, 2), (1, 3), (1, 0, 1, 1), (2, 1), True)]:
+        np.testing.assert_array_equal(ops.max_pool2d(small, *args), ref.max_pool2d(small, *args).astype(np.float32))
+    assert np.isnan(ops.max_pool2d(small, 3, 2, 1)).sum() == 1 + 2
 
 
 def test_max_pool2d_stride_defaults_to_kernel_and_accepts_float64():

@@ -17,6 +17,7 @@ from pyconv._core.simd cimport multiversion_void
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
 cdef enum:
     VECTOR_SLACK = 16
+    FLAT_PLANE_MAX = 4096   # floats: planes up to 16 KiB use the flat-plane scheme (L1-resident)
 
 
 cdef struct Window2d:
@@ -216,6 +217,72 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = o[ow] * scale[oh * g.Wo + ow]
 
 
+cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ssize_t h0,
+                                        Py_ssize_t w0, bint is_max) noexcept nogil:
+    """max or sum of the window starting at (h0, w0), read straight from the plane, taps
+    outside the input skipped (-inf / 0 when none is inside)."""
+    cdef Py_ssize_t ky, kx, h, w
+    cdef ScalarMax m = ScalarMax(-INFINITY, False)
+    cdef float total = 0.0
+    for ky in range(g.kh):
+        h = h0 + ky * g.dh
+        if h < 0 or h >= g.H:
+            continue
+        for kx in range(g.kw):
+            w = w0 + kx * g.dw
+            if 0 <= w < g.W:
+                if is_max:
+                    scalar_max_add(&m, x[h * g.x_row + w])
+                else:
+                    total = total + x[h * g.x_row + w]
+    return scalar_max_result(&m) if is_max else total
+
+
+cdef multiversion_void window_pool_flat_plane(const float* x, float* out, const Window2d* g, float* buf,
+                                              const float* scale, bint is_max) noexcept nogil:
+    """One small plane (contiguous rows, x_row == W) of the same pool as window_pool_plane.
+
+    Both passes run over the whole plane as one flat row, so every loop is long and
+    vectorized: hsum[i] reduces x[i + kx*dw] over kx, vsum[i] reduces hsum[i + ky*dh*W]
+    over ky; output (oh, ow) with a window inside the input is then vsum at its window's
+    top-left cell.  Positions whose window wraps past a row end are computed and never
+    read.  Windows clipped by the padding are reduced directly from the input."""
+    cdef Py_ssize_t HW = g.H * g.W, n_h = HW - (g.kw - 1) * g.dw
+    cdef Py_ssize_t n_v = (g.H - (g.kh - 1) * g.dh) * g.W
+    cdef Py_ssize_t n_vvec = (n_v + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
+    cdef Py_ssize_t oh, ow, kx, ky, h0, i
+    cdef float* hsum = buf                         # HW + VECTOR_SLACK floats
+    cdef float* vsum = buf + HW + VECTOR_SLACK     # n_vvec floats
+    cdef const float* src
+    cdef float* o
+    if n_h > 0 and n_v > 0:
+        for i in range(n_h):                       # reads the input: exact length, no over-read
+            hsum[i] = x[i]
+        for kx in range(1, g.kw):
+            accumulate_row(hsum, x + kx * g.dw, n_h, is_max)
+        for i in range(n_vvec):                    # scratch only: whole vectors
+            vsum[i] = hsum[i]
+        for ky in range(1, g.kh):
+            accumulate_row(vsum, hsum + ky * g.dh * g.W, n_vvec, is_max)
+    for oh in range(g.Ho):
+        h0 = oh * g.sh - g.pt
+        o = out + oh * g.out_row
+        if n_v > 0 and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
+            src = vsum + h0 * g.W - g.pl
+            for ow in range(g.ow_lo, g.ow_hi):
+                o[ow] = src[ow * g.sw]
+            for ow in range(g.ow_lo):
+                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
+            for ow in range(g.ow_hi, g.Wo):
+                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
+        else:
+            for ow in range(g.Wo):
+                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
+        if scale != NULL:
+            for ow in range(g.Wo):
+                o[ow] = o[ow] * scale[oh * g.Wo + ow]
+
+
 cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
     if x.strides[3] != sizeof(float) or out.strides[3] != sizeof(float):
         raise ValueError("pooling kernels need rows with contiguous columns")
@@ -243,12 +310,19 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
         scale_view = scale
         scale_ptr = &scale_view[0, 0]
     g.phase_len = (g.W + g.sw - 1) // g.sw
-    row_bufs = np.zeros((max(nthreads, 1), g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo), dtype=np.float32)
+    # Small planes whose interior rows are narrower than a vector: flat-plane scheme.
+    cdef bint flat = g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and g.H * g.W <= FLAT_PLANE_MAX
+    cdef Py_ssize_t buf_len = (2 * g.H * g.W + 3 * VECTOR_SLACK if flat else
+                               g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
+    row_bufs = np.zeros((max(nthreads, 1), buf_len), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
     for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
         n = p // C
         c = p % C
-        window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+        if flat:
+            window_pool_flat_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+        else:
+            window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
 
 
 cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* out, Py_ssize_t out_row,
