@@ -1,12 +1,20 @@
-"""Executor overhead per node: a 100-node graph of tiny ops.
+"""Engine costs that are not kernel time.
 
-Baseline, measured in the same run and interleaved: the same ops called
-directly through the functional API on preallocated arrays (what a careful
-hand-written script would do).  Reported: the executor/direct time ratio and
-the executor's overhead per node in microseconds.
+* Executor overhead per node: a 100-node graph of tiny ops.  Baseline, measured in
+  the same run and interleaved: the same ops called directly through the functional
+  API on preallocated arrays (what a careful hand-written script would do).
+  Reported: the executor/direct time ratio and the overhead per node in microseconds.
+* ``import pyconv``: fresh interpreters, interleaved with bare ``python -c pass``.
+* Load time and peak RSS of ResNet-18 and MobileNetV2 (224x224, batch 1, 1 thread)
+  against onnxruntime on the same weights, each engine in its own process: one load
+  (median of 5 loads; the previous model is dropped first) and 5 runs, then VmHWM.
 
     python -m pytest bench/test_bench_engine.py --benchmark-disable -s
 """
+import json
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -79,3 +87,97 @@ def test_executor_overhead_per_node(benchmark):
     benchmark(model, x)
     # the executor must not cost more than calling the ops by hand (plus a small margin for noise)
     assert ratio < 1.5
+
+
+# ---------------------------------------------------------------- import, load, memory
+
+ROUNDS = 7
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_import_time(benchmark):
+    """``import pyconv`` over a bare interpreter start (interleaved, medians); it must not import numpy."""
+    bare, with_pyconv = [], []
+    for _ in range(ROUNDS):
+        for times, code in ((bare, "pass"), (with_pyconv, "import pyconv")):
+            start = time.perf_counter()
+            assert _python("-c", code).returncode == 0
+            times.append(time.perf_counter() - start)
+    extra_ms = 1e3 * (float(np.median(with_pyconv)) - float(np.median(bare)))
+    tree = _python("-X", "importtime", "-c", "import pyconv, sys; print('numpy' in sys.modules)")
+    own_us = max(int(line.split("|")[1]) for line in tree.stderr.splitlines() if line.rstrip().endswith("| pyconv"))
+    benchmark.extra_info.update(import_extra_ms=extra_ms, importtime_pyconv_ms=own_us / 1e3)
+    print(f"\nimport pyconv: +{extra_ms:.0f} ms over a bare interpreter start (median of {ROUNDS}); "
+          f"-X importtime cumulative {own_us / 1e3:.1f} ms")
+    assert tree.stdout.strip() == "False"  # numpy (and the kernels) load on first use
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+_PROCESS = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    engine, path = sys.argv[1], sys.argv[2]
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    if engine == "pyconv":
+        import pyconv, pyconv.ops  # imports are not load time
+        pyconv.set_num_threads(1)
+        make = lambda: pyconv.load(path)
+        run = lambda model: model(x)
+    else:
+        import onnxruntime as ort
+        options = ort.SessionOptions(); options.intra_op_num_threads = 1; options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        make = lambda: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        run = lambda session: session.run(None, {"input": x})
+    wall, cpu, model = [], [], None
+    for _ in range(5):
+        model = None  # one model alive at a time
+        start, start_cpu = time.perf_counter(), time.process_time()
+        model = make()
+        wall.append(time.perf_counter() - start); cpu.append(time.process_time() - start_cpu)
+    for _ in range(5):
+        run(model)
+    with open("/proc/self/status") as status:  # VmHWM: ru_maxrss is inherited through fork + exec
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": peak_kb / 1024, "load_ms": 1e3 * float(np.median(wall)),
+                      "load_cpu_ms": 1e3 * float(np.median(cpu))}))
+""")
+
+
+@pytest.fixture(scope="module")
+def network_files(tmp_path_factory):
+    """name -> (npz, onnx) for the networks the load and memory targets name."""
+    onnx_export = pytest.importorskip("onnx_export", reason="bench/onnx_export.py (needs onnx) exports the baseline")
+    from models.zoo import ZOO
+
+    directory = tmp_path_factory.mktemp("engine_networks")
+    files = {}
+    for name in ("resnet18", "mobilenet_v2"):
+        npz, onnx_path = directory / f"{name}.npz", directory / f"{name}.onnx"
+        graph = ZOO[name]().save(npz)
+        onnx_path.write_bytes(onnx_export.to_onnx(graph).SerializeToString())
+        files[name] = (npz, onnx_path)
+    return files
+
+
+def _measure(engine: str, path) -> dict:
+    result = _python("-c", _PROCESS, engine, str(path))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_load_time_and_peak_rss_against_onnxruntime(benchmark, network_files, name):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is the baseline")
+    npz, onnx_path = network_files[name]
+    ours, theirs = _measure("pyconv", npz), _measure("onnxruntime", onnx_path)
+    benchmark.extra_info.update({f"pyconv_{k}": v for k, v in ours.items()})
+    benchmark.extra_info.update({f"onnxruntime_{k}": v for k, v in theirs.items()})
+    print(f"\n{name}: load pyconv {ours['load_ms']:.0f} ms ({ours['load_cpu_ms']:.0f} ms CPU), onnxruntime session "
+          f"{theirs['load_ms']:.0f} ms ({theirs['load_cpu_ms']:.0f} ms CPU); peak RSS pyconv "
+          f"{ours['peak_rss_mb']:.0f} MB, onnxruntime {theirs['peak_rss_mb']:.0f} MB "
+          f"(ratio {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f})")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
