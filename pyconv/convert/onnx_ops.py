@@ -21,7 +21,6 @@ class Unsupported(Exception):
     """This node cannot be converted (the message says why)."""
 
 
-
 Handler = Callable[[Any, Any, Dict[str, Any]], None]  # (importer, ONNX node, attributes)
 HANDLERS: Dict[str, Handler] = {}
 
