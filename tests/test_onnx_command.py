@@ -31,7 +31,7 @@ def onnx_file(tmp_path):
 def test_convert_writes_model_metadata_and_preprocessing(onnx_file, tmp_path, capsys):
     path, model = onnx_file
     labels = tmp_path / "labels.txt"
-    labels.write_text("cat\ndog\nfox\nowl\n")
+    labels.write_bytes(b"cat\r\ndog\r\nfox\r\nowl\r\n\r\n")  # Windows line endings, a blank line at the end
     out = tmp_path / "m.npz"
     code = main(["convert", str(path), str(out), "--labels", str(labels), "--mean", "0.485,0.456,0.406",
                  "--std", "0.229,0.224,0.225", "--scale", "1/255", "--size", "64,48", "--channel-order", "BGR"])

@@ -85,7 +85,10 @@ def read_labels(path: str) -> List[str]:
         if not isinstance(value, list):
             raise _usage_error(f"--labels: {path} must hold a JSON list of names")
         return [str(v) for v in value]
-    return text.rstrip("\n").split("\n") if text.strip() else []
+    lines = text.splitlines()  # any line ending; blank lines inside keep their index
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def preprocess_from_args(args: argparse.Namespace) -> Dict[str, Any]:
