@@ -83,6 +83,7 @@ def test_missing_file_exits_2(tmp_path, capsys):
 def test_parse_input_shapes():
     assert parse_input_shapes(["1x3x224x224"]) == {"": [1, 3, 224, 224]}
     assert parse_input_shapes(["a:Nx3xHxW;b:1,1,8,8"]) == {"a": ["N", 3, "H", "W"], "b": [1, 1, 8, 8]}
+    assert parse_input_shapes(["x:0:1,3,max_h,max_w"]) == {"x:0": [1, 3, "max_h", "max_w"]}
     with pytest.raises(Exception, match="name each input"):
         parse_input_shapes(["1x3x8x8", "b:1x1x8x8"])
 

@@ -27,16 +27,16 @@ def _usage_error(message: str) -> Exception:
 
 
 def parse_input_shapes(items: Optional[Sequence[str]]) -> Dict[str, List[Union[int, str]]]:
-    """``["input:1x3x224x224", "mask:1x1xHxW"]`` (``;`` also separates) -> ``{name: dims}``.
+    """``["input:1x3x224x224", "mask:1,1,H,W"]`` (``;`` also separates) -> ``{name: dims}``.
 
     A shape without ``NAME:`` applies to the model's only input (key ``""``); dims are
     ints or symbolic names (which stay dynamic)."""
     shapes: Dict[str, List[Union[int, str]]] = {}
     for item in items or ():
         for part in filter(None, (p.strip() for p in item.split(";"))):
-            name, sep, dims_text = part.rpartition(":")
+            name, _, dims_text = part.rpartition(":")  # input names may hold ":" (TensorFlow's "x:0")
             dims: List[Union[int, str]] = []
-            for d in re.split(r"[x,]", dims_text):
+            for d in dims_text.split(",") if "," in dims_text else dims_text.split("x"):
                 if d.isdigit() and int(d) > 0:
                     dims.append(int(d))
                 elif _DIM.match(d):

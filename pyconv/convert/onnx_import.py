@@ -135,6 +135,8 @@ def _fix_input_shapes(model, input_shapes: Optional[InputShapes], real_inputs: L
     if len(input_shapes) == 1 and len(real_inputs) == 1 and next(iter(input_shapes)) in ("", None):
         input_shapes = {real_inputs[0].name: next(iter(input_shapes.values()))}
     for name, shape in input_shapes.items():
+        if not name and len(by_name) > 1:
+            raise ModelError(f"the model has several inputs {sorted(by_name)}: name the one each shape is for")
         if name not in by_name:
             raise ModelError(f"--input-shape names {name!r}, but the model's inputs are {sorted(by_name)}")
         dims = by_name[name].type.tensor_type.shape
