@@ -121,3 +121,20 @@ def test_missing_onnx_package_gives_install_hint(monkeypatch, onnx_file):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match='pip install "pyconv\\[onnx\\]"'):
         from_onnx(str(path))
+
+
+def test_pyconv_run_uses_the_converted_labels_and_preprocessing(onnx_file, tmp_path, capsys):
+    from PIL import Image
+
+    path, _ = onnx_file
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nfox\nowl\n")
+    out = tmp_path / "m.npz"
+    assert main(["convert", str(path), str(out), "--labels", str(labels), "--size", "24,20", "--scale", "1/255",
+                 "--mean", "0.5", "--std", "0.25"]) == 0
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["run", str(out), str(image), "--json", "--top", "2"]) == 0
+    text = capsys.readouterr().out
+    assert any(name in text for name in ("cat", "dog", "fox", "owl")), text
