@@ -35,7 +35,7 @@ from pyconv._threads import blas_single_threaded
 
 __all__ = ["winograd_pack", "winograd_conv", "TILE_SIZES"]
 
-# Working-set target of one block (packed input + V + M + Y), bytes.
+# Working-set target of one block (packed input + V + M + Y), bytes, unless U is larger.
 DEFAULT_BLOCK_BYTES = 1 << 20
 # Transformed filters up to this size are read by every thread (see winograd_conv).
 PER_THREAD_WEIGHT_BYTES = 1 << 20
@@ -336,7 +336,10 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef int threads = int(nthreads)
     cdef Py_ssize_t rows_total = N * g.TY
     cdef Py_ssize_t row_bytes = 4 * (g.TX * g.P * (Ci + Co) + m * g.Xw * Co + m * g.Wp * Ci)
-    cdef Py_ssize_t nblocks = ceil_div(rows_total, max(1, block_bytes // row_bytes))
+    # Every block re-reads all of U: blocks may grow to U's size, so that streaming
+    # U (megabytes for deep layers) costs no more than the working set spilling L2.
+    cdef Py_ssize_t budget = max(block_bytes, packed.nbytes)
+    cdef Py_ssize_t nblocks = ceil_div(rows_total, max(1, budget // row_bytes))
     # Several threads either each run whole blocks (no barriers, nothing shared
     # between cores, but every thread reads all of U: for U that fits in L2),
     # or share every block's stages with the GEMM split by position (U read
