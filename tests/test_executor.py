@@ -455,3 +455,23 @@ def test_loaded_model_holds_one_copy_of_the_weights(tmp_path):
     assert peak < 2.6 * weight_bytes, (peak, weight_bytes)
     x = rng.standard_normal((1, 128, 6, 5)).astype(np.float32)
     assert_close(model(x), reference_run(read_graph(path), {"input": x})[model.output_names[0]])
+
+
+@needs(*NET_OPS)
+def test_load_and_run_import_only_what_they_need(resnet_file):
+    """Loading a model pulls in neither image, ONNX nor signal-processing code, nor all of
+    scipy.linalg (the conv kernels need only its BLAS extension module); running it adds
+    no image, ONNX or signal-processing code either."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, pyconv\n"
+            "heavy = ('PIL', 'onnx', 'onnxruntime', 'scipy.signal', 'scipy.ndimage', 'skimage', 'pyconv.io',\n"
+            "         'pyconv.convert', 'pyconv.cli')\n"
+            f"model = pyconv.load({str(resnet_file)!r})\n"
+            "print(sorted(m for m in heavy + ('scipy.linalg',) if m in sys.modules))\n"
+            "model(np.zeros((1, 3, 8, 8), np.float32))\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "[]"]
