@@ -219,14 +219,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from pyconv.graph.validate import validate
 
     graph = read_graph(args.model)
-    validate(graph)
+    checked = validate(graph)
     if args.input_shape:
         shapes = _parse_shape(args.input_shape, [t.name for t in graph.inputs])
         bind_symbols(graph, shapes)
     else:
         shapes = input_shapes_for(graph, probe_symbols(graph))
     rows = summarize(graph, shapes, symbolic=not args.input_shape)
-    optimized = passes.optimize(graph)
+    optimized = passes.optimize(graph, checked.order, checked.shapes)  # reuses validation's order and shapes
     memory = memory_report(plan_buffers(optimized, shapes, available_memory()), len(graph.nodes),
                            len(optimized.nodes))
     if args.json:
