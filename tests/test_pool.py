@@ -4,7 +4,6 @@ Tolerances: max pooling must match exactly (it only selects values); sums and
 averages within 1e-5 of the output's magnitude (float32 accumulation of at most
 a few hundred terms); LP pools and RoI Align within 1e-4 relative (a power and
 root, or bilinear weights, in float32)."""
-import itertools
 
 import numpy as np
 import pytest
