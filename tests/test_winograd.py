@@ -145,6 +145,17 @@ def test_residual_may_be_the_output_buffer(tile):
 
 
 @pytest.mark.parametrize("tile", TILES)
+def test_input_may_be_the_output_buffer(tile):
+    """In-place convolution (same shape in and out): x is read after early blocks wrote out."""
+    rng = np.random.default_rng(4)
+    x, w = random_case(rng, 2, 5, 5, 11, 9)
+    ref = direct_conv3x3(x, w, pads=(1, 1, 1, 1))
+    winograd_conv(x, winograd_pack(w, tile), tile, None, (1, 1, 1, 1), parse_activation(None), None, x, 2,
+                  block_bytes=1)
+    assert_close(x, ref, tile)
+
+
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("block_bytes", [1, 20000])
 @pytest.mark.parametrize("schedule", ["thread per block", "threads share stages"])
 def test_small_blocks_span_images(tile, block_bytes, schedule):

@@ -287,6 +287,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``(kind, lo, hi, slope)`` from ``parse_activation``; residual: like ``out`` or
     None; out: preallocated ``[N, Co, Ho, Wo]``, ``Ho = H + top + bottom - 2``.
 
+    ``x`` or ``residual`` sharing memory with ``out`` is copied first.
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
     own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
@@ -316,10 +317,13 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     _require_array(out, "out", (N, Co, Ho, Wo))
     if bias is not None:
         _require_array(bias, "bias", (Co,))
+    # out rows of one block are written before later blocks read x and residual
+    if np.may_share_memory(x, out):
+        x = x.copy()
     if residual is not None:
         _require_array(residual, "residual", (N, Co, Ho, Wo))
         if np.may_share_memory(residual, out):
-            residual = residual.copy()  # out rows are written before their residual is read
+            residual = residual.copy()
     if not isinstance(epilogue, tuple) or len(epilogue) != 4:
         raise ValueError(f"epilogue must be a (kind, lo, hi, slope) tuple, got {epilogue!r}")
     if int(nthreads) < 1:
