@@ -160,25 +160,28 @@ def test_every_unsupported_node_is_listed_in_one_error():
     w = rand(4, 3, 3, 3)
     nodes = [
         node("Conv", [X, "w"], ["c1"], pads=[1, 1, 1, 1]),
-        node("Erf", ["c1"], ["e1"], name="erf_a"),
-        node("Erf", ["e1"], ["e2"], name="erf_b"),          # fed by a failed node: still counted (its type fails)
+        node("Softplus", ["c1"], ["e1"], name="softplus_a"),
+        node("Softplus", ["e1"], ["e2"], name="softplus_b"),  # fed by a failed node: still counted (its type fails)
+        node("Erf", ["c1"], ["erf"], name="lonely_erf"),     # only GELU's Erf converts: decided after fusion
         node("Conv", ["c1", "e2"], ["c2"], name="conv_runtime_weight"),  # poisoned input: not reported again
         helper.make_node("FancyOp", ["c1"], ["f"], domain="com.example", name="fancy"),
         node("Conv", ["c1", "c1"], ["c3"], name="conv_weight_from_data"),
         node("TopK", ["c1", "k"], ["tv", "ti"], name="topk"),
         node("Add", ["c2", "f"], ["a"]),
-        node("Add", ["a", "c3"], ["y"]),
+        node("Add", ["a", "c3"], ["a2"]),
+        node("Add", ["a2", "erf"], ["y"]),
     ]
     model = make_model(nodes, {X: [1, 3, 5, 5]}, ["y", "tv"], {"w": w, "k": np.array([2], np.int64)})
     with pytest.raises(UnsupportedOpError) as info:
         convert(model)
     message = str(info.value)
-    assert "Erf x2 (e.g. erf_a, erf_b)" in message
+    assert "Softplus x2 (e.g. softplus_a, softplus_b)" in message
+    assert "Erf x1 (e.g. lonely_erf): Erf is supported only inside GELU" in message
     assert "com.example.FancyOp x1 (e.g. fancy)" in message
     assert "TopK x1 (e.g. topk)" in message
     assert "Conv x1 (e.g. conv_weight_from_data): the weight (input 1) must be a constant" in message
     assert "conv_runtime_weight" not in message
-    assert message.count("\n") == 4  # a header and one line per op type
+    assert message.count("\n") == 5  # a header and one line per op type
 
 
 def _resize_by_shape_arithmetic(net: OnnxNet, x: str, tail) -> str:
@@ -363,3 +366,29 @@ def test_nodes_rejected_by_pyconv_ops_are_listed_together():
     message = str(info.value)
     assert "pyconv conv2d x1 (e.g. bad_groups)" in message and "pyconv max_pool2d x1 (e.g. bad_pad)" in message
     assert "downstream" not in message and "join" not in message
+
+
+@pytest.mark.parametrize("form", ["torch", "half_first", "half_of_x", "mul_by_rsqrt2"])
+def test_erf_gelu_fused(form):
+    net = OnnxNet()
+    x = net.conv(net.input(X, 4), 6, k=1)
+    if form == "mul_by_rsqrt2":
+        e = net.op("Erf", [net.op("Mul", [x, net.const(0.70710678)])])
+    else:
+        e = net.op("Erf", [net.op("Div", [x, net.const(1.4142135)])])
+    one_plus = net.op("Add", [e, net.const(1.0)])
+    if form in ("torch", "mul_by_rsqrt2"):
+        y = net.op("Mul", [net.op("Mul", [x, one_plus]), net.const(0.5)])
+    elif form == "half_first":
+        y = net.op("Mul", [net.op("Mul", [one_plus, net.const(0.5)]), x])
+    else:
+        y = net.op("Mul", [net.op("Mul", [x, net.const(0.5)]), one_plus])
+    converted = _check(net.model({X: [2, 4, 6, 5]}, [y]))
+    assert _ops(converted) == ["conv2d", "gelu"], _ops(converted)
+
+
+def test_erf_outside_gelu_is_reported():
+    net = OnnxNet()
+    y = net.op("Erf", [net.input(X, 4)])
+    with pytest.raises(UnsupportedOpError, match="Erf x1 .*only inside GELU"):
+        convert(net.model({X: [1, 4, 3, 3]}, [y]))

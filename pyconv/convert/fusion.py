@@ -2,6 +2,7 @@
 primitive ones; these passes turn the chains back into pyconv's own ops.
 
 - ``x * sigmoid(x)`` -> silu
+- ``x * 0.5 * (1 + erf(x / sqrt(2)))`` -> gelu (the Erf node exists only as a placeholder until then)
 - ``clip(x + 3, 0, 6) / 6`` -> hardsigmoid(1/6, 1/2); ``x * hardsigmoid(x)`` and
   ``x * clip(x + 3, 0, 6) / 6`` -> hardswish
 - Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W) -> channel_shuffle
@@ -12,11 +13,13 @@ primitive ones; these passes turn the chains back into pyconv's own ops.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from pyconv.convert.ir import Graph, Node, static
+from pyconv.convert.onnx_ops import ERF_PLACEHOLDER
 
 _HARDSIGMOID = (1.0 / 6.0, 0.5)
 _BINARY = ("add", "sub", "mul", "div")
@@ -146,6 +149,64 @@ def _fuse_hardswish_scaled_last(graph: Graph, prod, users, node: Node) -> int:
                 graph.replace([add, clip, mul, node], Node("hardswish", [x], node.outputs, name=node.name))
                 return 1
     return 0
+
+
+def _scaled_by(graph: Graph, node: Optional[Node], factor: float) -> Optional[str]:
+    """If ``node`` is ``t * factor`` or ``t / (1 / factor)`` with a scalar constant, return ``t``."""
+    if node is None:
+        return None
+    if node.op == "div" and _close(_scalar(graph, node.inputs[1]), 1.0 / factor):
+        return node.inputs[0]
+    if node.op == "mul":
+        for i in (0, 1):
+            if _close(_scalar(graph, node.inputs[i]), factor) and not graph.is_const(node.inputs[1 - i]):
+                return node.inputs[1 - i]
+    return None
+
+
+def fuse_gelu(graph: Graph) -> int:
+    """``x * 0.5 * (1 + erf(x / sqrt(2)))`` (nn.GELU before opset 20), in any product order -> gelu."""
+    prod, users, count = graph.producers(), graph.consumers(), 0
+    sole = lambda t, n: _only_user(graph, users, t, n)  # noqa: E731
+    first_user = lambda t: (users.get(t) or [None])[0]  # noqa: E731
+    for erf in list(graph.nodes):
+        if erf.op != ERF_PLACEHOLDER or not graph.alive(erf):
+            continue
+        scaled = prod.get(erf.inputs[0])
+        x = _scaled_by(graph, scaled, math.sqrt(0.5))
+        add = first_user(erf.outputs[0])
+        if x is None or not sole(erf.inputs[0], erf) or add is None or not sole(erf.outputs[0], add) \
+                or _plus_constant(graph, add, 1.0) != erf.outputs[0]:
+            continue
+        mul1 = first_user(add.outputs[0])
+        if mul1 is None or mul1.op != "mul" or not sole(add.outputs[0], mul1):
+            continue
+        other = _other(mul1, add.outputs[0])
+        half = prod.get(other)
+        if _scaled_by(graph, half, 0.5) == x and sole(other, mul1):  # (1 + erf) * (x * 0.5)
+            chain, final = [scaled, erf, add, half, mul1], mul1
+        else:  # ((1 + erf) * x) * 0.5 or ((1 + erf) * 0.5) * x
+            final = first_user(mul1.outputs[0])
+            if final is None or final.op != "mul" or not sole(mul1.outputs[0], final):
+                continue
+            rest = _other(final, mul1.outputs[0])
+            if not ((other == x and _close(_scalar(graph, rest), 0.5))
+                    or (_close(_scalar(graph, other), 0.5) and rest == x)):
+                continue
+            chain = [scaled, erf, add, mul1, final]
+        graph.replace(chain, Node("gelu", [x], final.outputs, attrs={"approximate": "none"}, name=final.name))
+        count += 1
+    return count
+
+
+def _plus_constant(graph: Graph, node: Node, value: float) -> Optional[str]:
+    """If ``node`` is ``t + value`` with a scalar constant, return ``t``."""
+    if node.op != "add":
+        return None
+    for i in (0, 1):
+        if _close(_scalar(graph, node.inputs[i]), value):
+            return node.inputs[1 - i]
+    return None
 
 
 def fuse_channel_shuffle(graph: Graph) -> int:
@@ -312,6 +373,7 @@ def merge_batch_norms(graph: Graph) -> int:
 
 
 PASSES: List[Callable[[Graph], int]] = [
+    fuse_gelu,
     fuse_silu,
     fuse_hardsigmoid,
     fuse_hardswish,

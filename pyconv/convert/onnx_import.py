@@ -175,7 +175,8 @@ class _Importer:
         self.alias: Dict[str, str] = {}  # Identity/Dropout outputs -> their input
         self.poisoned: set = set()  # outputs of nodes that failed (their users are not reported again)
         self.failures = _Failures()
-        self.deferred: Dict[str, Tuple[Any, str]] = {}  # IR tensor -> (ONNX node, reason) unless fused away
+        # IR tensor -> (ONNX node, IR op, reason): reported if that IR op still produces it after fusion
+        self.deferred: Dict[str, Tuple[Any, str, str]] = {}
         self._counter = 0
         # tensors something reads: optional outputs nobody reads (Dropout mask, MaxPool indices) are ignored
         self.used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
@@ -307,6 +308,7 @@ class _Importer:
         return changed
 
     def run(self) -> Graph:
+        """Walk every node; failures are collected (see :meth:`check_deferred`), not raised."""
         for name, elem_type in self.input_dtypes.items():
             if elem_type not in (0, 1, 10, 11):  # undefined, float, float16, double
                 raise ModelError(f"input {name!r} has ONNX element type {elem_type}; pyconv models take float "
@@ -315,8 +317,6 @@ class _Importer:
             if index in self.skipped:
                 continue
             self._convert_node(node)
-        if self.failures:
-            raise self.failures.error(f"model opset {self.opset}")
         outputs = [self.name(o.name) for o in self.model.graph.output]
         return Graph(self.nodes, self.consts, self.shapes, self.inputs, outputs,
                      [o.name for o in self.model.graph.output])
@@ -374,10 +374,11 @@ class _Importer:
         return True
 
     def check_deferred(self, graph: Graph) -> None:
-        """Nodes the walk could not express on their own, unless fusion removed them."""
-        remaining = {n.outputs[0] for n in graph.nodes if n.op == "reshape"}
-        for tensor, (node, reason) in self.deferred.items():
-            if tensor in remaining:
+        """Raise the one error listing every failure: those of the walk, and nodes the walk could not
+        express on their own (deferred) that fusion did not remove."""
+        remaining = {(n.outputs[0], n.op) for n in graph.nodes}
+        for tensor, (node, ir_op, reason) in self.deferred.items():
+            if (tensor, ir_op) in remaining:
                 self._fail(node, node.op_type, reason)
         if self.failures:
             raise self.failures.error(f"model opset {self.opset}")

@@ -21,6 +21,8 @@ class Unsupported(Exception):
     """This node cannot be converted (the message says why)."""
 
 
+ERF_PLACEHOLDER = "onnx.Erf"  # not a pyconv op: must be fused away (GELU) before emission
+
 Handler = Callable[[Any, Any, Dict[str, Any]], None]  # (importer, ONNX node, attributes)
 HANDLERS: Dict[str, Handler] = {}
 
@@ -466,7 +468,7 @@ def _emit_reshape(ctx, node, data: str, out_shape: Sequence[Any]) -> None:
         # A pattern may still absorb it (the reshapes around a channel shuffle of any H x W):
         # decided after fusion.
         target = [d.name if isinstance(d, Dim) else int(d) for d in out_shape]
-        ctx.deferred[node.output[0]] = (node, str(exc))
+        ctx.deferred[node.output[0]] = (node, "reshape", str(exc))
     ctx.emit("reshape", [data], node.output[:1], node, shape=target)
 
 
@@ -557,6 +559,15 @@ def _cast(ctx, node, attrs):
     if attrs.get("to") != 1:  # TensorProto.FLOAT
         raise Unsupported(f"Cast of a runtime tensor to ONNX type {attrs.get('to')} (pyconv computes in float32)")
     ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+@_handles("Erf")
+def _erf(ctx, node, attrs):
+    """Only inside GELU, which fusion recognises; a placeholder until then."""
+    ctx.shapes.setdefault(node.output[0], ctx.shape(node.input[0]))
+    ctx.emit(ERF_PLACEHOLDER, [node.input[0]], node.output[:1], node)
+    ctx.deferred[node.output[0]] = (node, ERF_PLACEHOLDER, "Erf is supported only inside GELU "
+                                                           "(x * 0.5 * (1 + erf(x / sqrt(2))))")
 
 
 @_handles("Gelu")
