@@ -1,6 +1,6 @@
 """ONNX importer on whole architectures: generated ONNX graphs with random weights
 (ResNet, MobileNetV2, ShuffleNet, SqueezeNet, Inception, DenseNet, squeeze-and-excitation,
-a YOLO-style neck, a DBNet-style FPN) compared with onnxruntime, and the model-zoo
+a YOLO-style neck, a DBNet-style FPN, a YOLOv5 head, ConvMixer) compared with onnxruntime, and the model-zoo
 topologies shipped inside the onnx package (constant weights: structure coverage)."""
 from __future__ import annotations
 
@@ -236,8 +236,24 @@ def yolov5_head() -> tuple:
     return net.model({X: [1, 3, 16, 16]}, [out]), (1, 3, 16, 16)
 
 
+def convmixer() -> tuple:
+    """ConvMixer as PyTorch exports it before opset 20: GELU spelled with Erf, then BatchNorm;
+    depthwise mixing with a residual, pointwise mixing."""
+    net = OnnxNet(seed=16, opset=13)
+
+    def gelu_bn(x):
+        e = net.op("Erf", [net.op("Div", [x, net.const(1.4142135)])])
+        return net.bn(net.op("Mul", [net.op("Mul", [x, net.op("Add", [e, net.const(1.0)])]), net.const(0.5)]))
+
+    x = gelu_bn(net.conv(net.input(X, 3), 16, k=4, s=4, p=0))
+    for _ in range(2):
+        x = net.op("Add", [gelu_bn(net.conv(x, 16, k=5, groups=16)), x])
+        x = gelu_bn(net.conv(x, 16, k=1))
+    return net.model({X: [2, 3, 24, 24]}, [_head(net, x)]), (2, 3, 24, 24)
+
+
 ARCHITECTURES = {f.__name__: f for f in (resnet, mobilenet_v2, shufflenet_v2, squeezenet, inception, densenet,
-                                         squeeze_excitation, yolo_neck, dbnet_fpn, yolov5_head)}
+                                         squeeze_excitation, yolo_neck, dbnet_fpn, yolov5_head, convmixer)}
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
