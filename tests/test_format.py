@@ -410,6 +410,9 @@ def test_npy_headers_in_other_spellings_use_numpys_parser():
             fmt._parse_npy_header(header, "a")
     with pytest.raises(ModelError, match="malformed"):
         fmt._npy_header_length(b"\x93NUMPY\x01\x00\xff\xff", "a")  # longer than the header limit
+    unclosed = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3\n"  # numpy raises tokenize's TokenError
+    with pytest.raises(ModelError, match="malformed"):
+        fmt._parse_npy_header(b"\x93NUMPY\x01\x00" + len(unclosed).to_bytes(2, "little") + unclosed, "a")
 
 
 def test_crc_is_checked_on_the_helper_thread_too(tmp_path, monkeypatch):

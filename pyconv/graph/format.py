@@ -237,7 +237,8 @@ def _parse_npy_header(header: bytes, member: str) -> Tuple[Tuple[int, ...], bool
             version = fmt.read_magic(fp)
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran_order, dtype = read(fp, max_header_size=MAX_NPY_HEADER_BYTES)
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever numpy's parser makes of garbage (SyntaxError,
+            # tokenize.TokenError from its Python 2 header filter, ...) is a malformed file
             raise ModelError(f"array {member!r} has a malformed .npy header: {exc}") from None
     _check_npy_header(member, shape, dtype)
     return shape, bool(fortran_order), dtype
