@@ -65,8 +65,14 @@ def _window_padding(ctx, node, attrs, kernel: List[int], strides: List[int],
         size = ctx.spatial(node.input[0], f"auto_pad={auto_pad} with stride {strides[axis]}")[axis]
         out = -(-size // strides[axis])
         totals.append(max((out - 1) * strides[axis] + span - size, 0))
+    return _same_pads(totals, auto_pad)
+
+
+def _same_pads(totals: Sequence[int], auto_pad: str) -> List[int]:
+    """Total padding per axis split ONNX's way: SAME_UPPER puts the odd one at the end, others
+    (SAME_LOWER, and ConvTranspose's output_shape) at the beginning. Returns all begins, then all ends."""
     before = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
-    return [before[0], before[1], totals[0] - before[0], totals[1] - before[1]]
+    return before + [t - b for t, b in zip(totals, before)]
 
 
 def _check_2d(ctx, node, what: str) -> None:
@@ -82,9 +88,7 @@ def _conv1d(ctx, node, attrs, weight: np.ndarray, bias: Optional[np.ndarray]) ->
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         if stride != 1:
             raise Unsupported("1-D auto_pad SAME with stride > 1")
-        total = (k - 1) * dilation
-        left = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        pads = [left, total - left]
+        pads = _same_pads([(k - 1) * dilation], auto_pad)
     else:
         pads = [0, 0] if auto_pad == "VALID" else list(attrs.get("pads", [0, 0]))
     ctx.emit("conv1d", [node.input[0]], node.output[:1], node, weights={"weight": weight, "bias": bias},
@@ -125,8 +129,7 @@ def _conv_transpose(ctx, node, attrs):
                   for s, st, op, k, d, t in zip(size, strides, output_padding, kernel, dilations, target)]
         if min(totals) < 0:
             raise Unsupported(f"output_shape {target} is larger than the full transposed convolution")
-        before = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
-        pads = [before[0], before[1], totals[0] - before[0], totals[1] - before[1]]
+        pads = _same_pads(totals, auto_pad)
     elif auto_pad == "VALID":
         pads = [0, 0, 0, 0]
     else:
