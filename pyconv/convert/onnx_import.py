@@ -212,7 +212,7 @@ class _Importer:
             raise Unsupported(f"{what} (input {index}) must be a constant (initializer or Constant node)")
         if has_symbols(value):
             raise Unsupported(f"{what} depends on a dynamic input dimension ({value.tolist()}); "
-                               "fix the input shape with --input-shape")
+                              "fix the input shape with --input-shape")
         return value
 
     def optional_const(self, node, index: int, what: str) -> Optional[np.ndarray]:
@@ -237,7 +237,7 @@ class _Importer:
         shape = self.shape(tensor)
         if shape is None or len(shape) != 4 or not static(shape[2:]):
             raise Unsupported(f"{what} needs the static spatial size of {tensor!r} (got {shape}); "
-                               "fix the input shape with --input-shape")
+                              "fix the input shape with --input-shape")
         return int(shape[2]), int(shape[3])
 
     def fresh(self, base: str) -> str:

@@ -150,9 +150,10 @@ def _batch_norm(ctx, node, attrs):
              eps=float(attrs.get("epsilon", 1e-5)))
 
 
-def _simple(op: str, **fixed):
+def _simple(op: str) -> Handler:
+    """A one-input op without attributes."""
     def handler(ctx, node, attrs):
-        ctx.emit(op, [node.input[0]], node.output[:1], node, **fixed)
+        ctx.emit(op, [node.input[0]], node.output[:1], node)
 
     return handler
 
@@ -397,7 +398,7 @@ def _reduce(ctx, node, attrs):
         axes = [int(v) for v in ctx.need_const(node, 1, "axes")]
     if axes is None or sorted(a % rank for a in axes) != [2, 3] or rank != 4:
         raise Unsupported(f"only reductions over the spatial axes (2, 3) of NCHW tensors are supported, "
-                           f"got axes={axes} on rank {rank}")
+                          f"got axes={axes} on rank {rank}")
     op = "global_avg_pool2d" if node.op_type == "ReduceMean" else "global_max_pool2d"
     if attrs.get("keepdims", 1):
         ctx.emit(op, [node.input[0]], node.output[:1], node)
@@ -455,7 +456,7 @@ def _reshape_target(in_shape: Sequence[Any], out_shape: Sequence[Any]) -> List[i
             target.append(-1)
     if target.count(-1) > 1:
         raise Unsupported(f"reshape from {tuple(in_shape)} to {tuple(out_shape)} has more than one dynamic "
-                           "dimension to infer; fix the input shape with --input-shape")
+                          "dimension to infer; fix the input shape with --input-shape")
     return target
 
 
@@ -553,7 +554,7 @@ def _resize_target(ctx, node) -> Tuple[Optional[List[float]], Optional[List[int]
                for v, d in zip(spatial, in_shape[2:])]
     if any(f is None or not float(f).is_integer() for f in factors):
         raise Unsupported(f"output size {spatial} depends on a dynamic input dimension (other than an integer "
-                           "multiple of it); fix the input shape with --input-shape")
+                          "multiple of it); fix the input shape with --input-shape")
     return [float(f) for f in factors], None  # an integer factor: same output size and coordinates
 
 
@@ -662,4 +663,4 @@ def _resize(ctx, node, attrs):
           "Log", "Reciprocal", "Floor", "Ceil", "Abs")
 def _constant_only(ctx, node, attrs):
     raise Unsupported("supported only when its inputs are known at conversion time "
-                       "(constant folding); it depends on a runtime tensor here")
+                      "(constant folding); it depends on a runtime tensor here")
