@@ -392,3 +392,21 @@ def test_erf_outside_gelu_is_reported():
     y = net.op("Erf", [net.input(X, 4)])
     with pytest.raises(UnsupportedOpError, match="Erf x1 .*only inside GELU"):
         convert(net.model({X: [1, 4, 3, 3]}, [y]))
+
+
+def test_bad_model_arguments(tmp_path):
+    from pyconv.convert import from_onnx
+    from pyconv.errors import ModelError
+
+    with pytest.raises(ModelError, match="cannot read ONNX model"):
+        from_onnx(str(tmp_path / "missing.onnx"))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not a protobuf\xff" * 10)
+    with pytest.raises(ModelError, match="cannot read ONNX model"):
+        from_onnx(str(tmp_path / "junk.onnx"))
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        from_onnx(b"\x00not a protobuf\xff" * 10)
+    with pytest.raises(TypeError, match="path, bytes or an onnx.ModelProto"):
+        from_onnx(42)
+    old = make_model([node("Relu", [X], ["y"])], {X: [1, 2, 3, 3]}, ["y"], opset=6)
+    with pytest.raises(ModelError, match="opset 6 is older"):
+        from_onnx(old)

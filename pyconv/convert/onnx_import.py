@@ -490,7 +490,12 @@ def _load_model(model):
         except Exception as exc:  # noqa: BLE001 - protobuf raises assorted types
             raise ModelError(f"cannot read ONNX model {os.fspath(model)!r}: {exc}") from None
     if isinstance(model, bytes):
-        return onnx.load_from_string(model)
+        try:
+            return onnx.load_from_string(model)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ModelError(f"the bytes given are not an ONNX model: {exc}") from None
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"from_onnx takes a path, bytes or an onnx.ModelProto, got {type(model).__name__}")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # input shapes are rewritten in place
     return copy
