@@ -410,3 +410,12 @@ def test_bad_model_arguments(tmp_path):
     old = make_model([node("Relu", [X], ["y"])], {X: [1, 2, 3, 3]}, ["y"], opset=6)
     with pytest.raises(ModelError, match="opset 6 is older"):
         from_onnx(old)
+
+
+def test_constant_graph_output_is_kept():
+    """Detectors sometimes export anchors as an output computed from constants only."""
+    nodes = [node("Relu", [X], ["y"]), const_node("base", np.arange(6, dtype=np.float32).reshape(2, 3)),
+             node("Mul", ["base", "two"], ["anchors"])]
+    model = make_model(nodes, {X: [1, 2, 3, 3]}, ["y", "anchors"], {"two": np.float32(2)})
+    converted = _check(model, shape=(1, 2, 3, 3))
+    assert [n.op for n in converted.graph.nodes] == ["relu", "constant"]
