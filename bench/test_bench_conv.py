@@ -136,8 +136,9 @@ def onnxruntime_session(layer: Layer, w: np.ndarray, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def competitors(layer: Layer, threads: int, slow: bool = True) -> Dict[str, Callable[[], np.ndarray]]:
-    """name -> zero-argument callable computing the layer (each checked against the reference once)."""
+def competitors(layer: Layer, threads: int, slow: bool = True, only: str = "") -> Dict[str, Callable[[], np.ndarray]]:
+    """name -> zero-argument callable computing the layer (each checked against the reference once);
+    ``only``: keep just the names starting with it."""
     x, w = layer.arrays()
     funcs: Dict[str, Callable[[], np.ndarray]] = {}
     for algo in pyconv_algorithms(layer):
@@ -155,6 +156,7 @@ def competitors(layer: Layer, threads: int, slow: bool = True) -> Dict[str, Call
         funcs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
     except pytest.skip.Exception:
         pass
+    funcs = {name: fn for name, fn in funcs.items() if name.startswith(only)}
     reference = C.conv2d_reference(x, w, stride=layer.stride, padding=layer.padding, groups=layer.groups)
     scale = np.abs(reference).max()
     for name, fn in funcs.items():
@@ -190,7 +192,7 @@ FAST_NAMES = ["pyconv", "onnxruntime", "numpy im2col+matmul", "scipy fftconvolve
 @pytest.mark.parametrize("who", FAST_NAMES)
 def test_conv_layer(benchmark, layer, threads, who):
     with threads_set(threads):
-        funcs = {k: v for k, v in competitors(layer, threads, slow=False).items() if k.startswith(who)}
+        funcs = competitors(layer, threads, slow=False, only=who)
         if not funcs:
             pytest.skip(f"{who} not available")
         name, fn = next(iter(funcs.items()))  # pyconv: the auto choice
