@@ -181,7 +181,8 @@ def test_binary_with_constant(op_type, const_shape, const_first):
 def test_sum_of_three():
     model = make_model([node("Sum", [X, "a", "b"], ["y"])], {X: [1, 3, 4, 4], "a": [1, 3, 4, 4], "b": [1, 3, 1, 1]},
                        ["y"], opset=9)
-    check_against_onnxruntime(model, {X: rand(1, 3, 4, 4), "a": rand(1, 3, 4, 4, seed=2), "b": rand(1, 3, 1, 1, seed=3)})
+    feeds = {X: rand(1, 3, 4, 4), "a": rand(1, 3, 4, 4, seed=2), "b": rand(1, 3, 1, 1, seed=3)}
+    check_against_onnxruntime(model, feeds)
 
 
 # --------------------------------------------------------------------------- tensor ops
@@ -565,3 +566,14 @@ def test_unsupported_resize_variants_are_reported(attrs, message):
     model, _ = _single("Resize", (1, 2, 3, 3), attrs, inits, ["roi", "s"], opset=19)
     with pytest.raises(UnsupportedOpError, match=message):
         convert(model)
+
+
+@pytest.mark.parametrize("op_type,mode,shape", [("DepthToSpace", "DCR", (2, 8, 3, 4)),
+                                                ("DepthToSpace", "CRD", (1, 12, 2, 3)),
+                                                ("SpaceToDepth", None, (2, 3, 4, 6))])
+def test_depth_to_space_and_back(op_type, mode, shape):
+    attrs = {"blocksize": 2}
+    if mode:
+        attrs["mode"] = mode
+    model, feeds = _single(op_type, shape, attrs)
+    check_against_onnxruntime(model, feeds)

@@ -365,7 +365,8 @@ def merge_batch_norms(graph: Graph) -> int:
                 continue
             s1, t1 = _affine_of(first)
             s2, t2 = _affine_of(node)
-            graph.replace([first, node], _affine_node(node.name, first.inputs[0], node.outputs[0], s1 * s2, t1 * s2 + t2))
+            merged = _affine_node(node.name, first.inputs[0], node.outputs[0], s1 * s2, t1 * s2 + t2)
+            graph.replace([first, node], merged)
             count += 1
             break
         else:

@@ -124,7 +124,10 @@ def _conv_transpose(ctx, node, attrs):
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         size = ctx.spatial(node.input[0], "ConvTranspose with output_shape/auto_pad")
-        target = list(attrs["output_shape"])[-2:] if "output_shape" in attrs else [s * st for s, st in zip(size, strides)]
+        if "output_shape" in attrs:
+            target = list(attrs["output_shape"])[-2:]
+        else:  # SAME: the input size times the stride
+            target = [s * st for s, st in zip(size, strides)]
         totals = [st * (s - 1) + op + (k - 1) * d + 1 - t
                   for s, st, op, k, d, t in zip(size, strides, output_padding, kernel, dilations, target)]
         if min(totals) < 0:
@@ -530,6 +533,35 @@ def _squeeze(ctx, node, attrs):
         for a in sorted(a % rank for a in axes):
             out.insert(a, 1)
     _emit_reshape(ctx, node, node.input[0], out)
+
+
+def _reshape_transpose_reshape(ctx, node, split: List[Any], perm: List[int], merged: List[Any]) -> None:
+    """A block rearrangement as reshape -> transpose -> reshape (static C, H, W; N may be dynamic)."""
+    first, moved = ctx.fresh(node.output[0]), ctx.fresh(node.output[0])
+    in_shape = ctx.shape(node.input[0])
+    ctx.shapes[first] = tuple(split)
+    ctx.emit("reshape", [node.input[0]], [first], node, shape=_reshape_target(in_shape, split))
+    ctx.emit("transpose", [first], [moved], node, perm=perm)
+    ctx.shapes[node.output[0]] = tuple(merged)
+    ctx.emit("reshape", [moved], node.output[:1], node, shape=_reshape_target([split[p] for p in perm], merged))
+
+
+@_handles("DepthToSpace", "SpaceToDepth")
+def _depth_space(ctx, node, attrs):
+    shape = ctx.shape(node.input[0])
+    if shape is None or len(shape) != 4 or not static(shape[1:]):
+        raise Unsupported(f"{node.op_type} needs a static C, H, W (got {shape}); fix them with --input-shape")
+    n, c, h, w = shape
+    b = int(attrs["blocksize"])
+    if node.op_type == "SpaceToDepth":
+        _reshape_transpose_reshape(ctx, node, [n, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4],
+                                   [n, c * b * b, h // b, w // b])
+    elif attrs.get("mode", "DCR") == "DCR":
+        _reshape_transpose_reshape(ctx, node, [n, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2],
+                                   [n, c // (b * b), h * b, w * b])
+    else:  # CRD: PyTorch's PixelShuffle
+        _reshape_transpose_reshape(ctx, node, [n, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3],
+                                   [n, c // (b * b), h * b, w * b])
 
 
 def _resize_target(ctx, node) -> Tuple[Optional[List[float]], Optional[List[int]]]:
