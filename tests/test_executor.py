@@ -8,7 +8,7 @@ import pyconv
 from pyconv import registry
 from pyconv.errors import InputError, ModelError
 from pyconv.graph.builder import GraphBuilder
-from pyconv.graph.format import Graph, ReleasedArray, read_graph
+from pyconv.graph.format import Graph, read_graph
 from pyconv.graph.shapes import topological_order
 
 RTOL = 1e-4  # float32 kernels (incl. Winograd F(4,3), ~1e-6) vs float64 references, relative to max |output|
