@@ -194,7 +194,7 @@ def available_memory() -> int:
 # Parsed with one regular expression; anything else goes through numpy's (literal_eval based) parser.
 _NPY_MAGIC = b"\x93NUMPY"
 _SIMPLE_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[biuf][1248])', 'fortran_order': (True|False), "
-                                rb"'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n")
+                                rb"'shape': \(((?:\d{1,19}, )*(?:\d{1,19},?)?)\), \} *\n")
 _NPY_PREFIX_BYTES = 256  # magic + header of every array numpy writes (headers are padded to 64 bytes)
 
 
