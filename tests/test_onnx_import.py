@@ -357,6 +357,9 @@ RESIZE_CASES = {
     "opset10_nearest_down": (10, "nearest", None, None, [1, 1, 0.6, 0.75], None),
     "opset10_nearest_fractional": (10, "nearest", None, None, [1, 1, 1.5, 2.5], None),
     "opset18_nearest": (18, "nearest", "asymmetric", "floor", [1, 1, 2, 2], None),
+    "opset11_tf_half_pixel_for_nn": (11, "nearest", "tf_half_pixel_for_nn", None, [1, 1, 2, 1.5], None),
+    "opset19_half_pixel_symmetric_linear": (19, "linear", "half_pixel_symmetric", None, [1, 1, 2, 0.5], None),
+    "opset19_half_pixel_symmetric_nearest": (19, "nearest", "half_pixel_symmetric", None, None, [2, 3, 7, 9]),
 }
 
 
@@ -556,8 +559,7 @@ def test_pow_with_other_exponent_is_reported():
 
 @pytest.mark.parametrize("attrs,message", [
     (dict(mode="cubic"), "mode='cubic'"),
-    (dict(mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn"), "tf_half_pixel_for_nn"),
-    (dict(mode="nearest", coordinate_transformation_mode="half_pixel_symmetric"), "half_pixel_symmetric"),
+    (dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"), "tf_crop_and_resize"),
 ])
 def test_unsupported_resize_variants_are_reported(attrs, message):
     from pyconv.errors import UnsupportedOpError

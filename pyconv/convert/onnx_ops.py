@@ -15,6 +15,7 @@ import numpy as np
 
 from pyconv.convert.folding import Dim, has_symbols, reshape_shape, slice_params
 from pyconv.convert.ir import static
+from pyconv.ops.tensor import COORDINATE_MODES
 
 
 class Unsupported(Exception):
@@ -640,9 +641,6 @@ def _pad(ctx, node, attrs):
     ctx.emit("pad", [node.input[0]], node.output[:1], node, pads=[int(p) for p in pads], mode=mode, value=value)
 
 
-_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
-
-
 @_handles("Resize", "Upsample")
 def _resize(ctx, node, attrs):
     _check_2d(ctx, node, node.op_type)
@@ -676,8 +674,8 @@ def _resize(ctx, node, attrs):
             scales = [1.0, 1.0] + size_factors
         coord = attrs.get("coordinate_transformation_mode", "half_pixel")
         nearest_mode = attrs.get("nearest_mode", "round_prefer_floor")
-        if coord not in _COORDINATE_MODES:
-            raise Unsupported(f"coordinate_transformation_mode={coord!r} (supported: {', '.join(_COORDINATE_MODES)})")
+        if coord not in COORDINATE_MODES:
+            raise Unsupported(f"coordinate_transformation_mode={coord!r} (supported: {', '.join(COORDINATE_MODES)})")
     if scales is not None:
         if len(scales) != 4 or scales[0] != 1 or scales[1] != 1:
             raise Unsupported(f"only spatial scaling of NCHW tensors is supported, got scales={scales}")
