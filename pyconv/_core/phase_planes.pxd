@@ -50,11 +50,47 @@ cdef inline bint phase_used(int q, int s, int k, int d) noexcept nogil:
     return False
 
 
+cdef enum:
+    PADDED_ROW_MAX = 4096  # floats: stack row for the stride-2 path
+
+
+cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
+    """phase_split for sw == 2: each padded row is built in L1, then split into both
+    column phases by one interleaved loop (which compilers vectorize; a lone
+    stride-2 gather per phase they do not)."""
+    cdef float padded[PADDED_ROW_MAX]
+    cdef int qh, r, j, ih, lo, hi, wp = 2 * g.Wq
+    cdef float* row0
+    cdef float* row1
+    lo = g.pl if g.pl < wp else wp
+    hi = g.pl + g.W if g.pl + g.W < wp else wp
+    for qh in range(g.sh):
+        if not phase_used(qh, g.sh, g.kh, g.dh):
+            continue
+        for r in range(g.Hq):
+            row0 = dst + (qh * 2) * g.plane + <Py_ssize_t>r * g.Wq
+            row1 = row0 + g.plane
+            ih = r * g.sh + qh - g.pt
+            if ih < 0 or ih >= g.H:
+                memset(row0, 0, g.Wq * sizeof(float))
+                memset(row1, 0, g.Wq * sizeof(float))
+                continue
+            memset(padded, 0, lo * sizeof(float))
+            memcpy(padded + lo, src + <Py_ssize_t>ih * g.W + lo - g.pl, (hi - lo) * sizeof(float))
+            memset(padded + hi, 0, (wp - hi) * sizeof(float))
+            for j in range(g.Wq):
+                row0[j] = padded[2 * j]
+                row1[j] = padded[2 * j + 1]
+
+
 cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     """Phase planes [sh][sw][Hq][Wq] of one H x W channel; phases no tap reads are skipped."""
     cdef int qh, qw, r, j, ih, j_lo, j_hi
     cdef float* row
     cdef const float* srow
+    if g.sw == 2 and 2 * g.Wq <= PADDED_ROW_MAX:
+        phase_split_stride2(src, dst, g)
+        return
     for qh in range(g.sh):
         if not phase_used(qh, g.sh, g.kh, g.dh):
             continue
@@ -78,9 +114,6 @@ cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g) n
                 memset(row, 0, j_lo * sizeof(float))
                 if g.sw == 1:
                     memcpy(row + j_lo, srow + j_lo, (j_hi - j_lo) * sizeof(float))
-                elif g.sw == 2:  # constant stride: vectorized as a deinterleave
-                    for j in range(j_lo, j_hi):
-                        row[j] = srow[2 * j]
                 else:
                     for j in range(j_lo, j_hi):
                         row[j] = srow[j * g.sw]
