@@ -5,6 +5,7 @@
 # planes.  Windows are separable, so a window reduction is done in two passes:
 # the window's input rows are reduced into a one-row scratch buffer (unit-stride
 # loop over the columns), then each output column reduces its taps of that row.
+# Small planes run both passes over the whole plane at once (window_pool_flat_plane).
 # Padding is never materialised: window bounds are clipped to the input.
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf

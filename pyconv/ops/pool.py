@@ -68,6 +68,13 @@ def pool_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     return out
 
 
+def _stride_pair(stride, kernel: Tuple[int, int]) -> Tuple[int, int]:
+    """PyTorch: stride None (or an empty list) means stride = kernel_size."""
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        return kernel
+    return int_pair(stride, "stride", 1)
+
+
 class _WindowGeometry:
     """Kernel, stride, dilation, padding (top, left, bottom, right) and output size of a windowed pool."""
 
@@ -76,9 +83,7 @@ class _WindowGeometry:
     def __init__(self, op: str, in_hw: Sequence[int], kernel_size: IntPair, stride: Optional[IntPair],
                  padding, dilation: IntPair, ceil_mode: bool):
         self.kernel = int_pair(kernel_size, "kernel_size", 1)
-        # PyTorch: stride None (or an empty list) means stride = kernel_size
-        self.stride = self.kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
-            else int_pair(stride, "stride", 1)
+        self.stride = _stride_pair(stride, self.kernel)
         self.dilation = int_pair(dilation, "dilation", 1)
         self.pads = padding4(padding)
         sides = ("top", "left", "bottom", "right")
@@ -549,7 +554,7 @@ def _window_shape(op: str, dilated: bool):
     def infer(input_shapes, weight_shapes, attrs) -> List[Tuple[int, ...]]:
         shape = input_shapes[0]
         geo = _geometry(op, _spatial(shape, op), attrs["kernel_size"], attrs["stride"], attrs["padding"],
-                              attrs["dilation"] if dilated else 1, attrs["ceil_mode"])
+                        attrs["dilation"] if dilated else 1, attrs["ceil_mode"])
         return [tuple(shape[:2]) + geo.out_hw]
     return infer
 
@@ -557,11 +562,8 @@ def _window_shape(op: str, dilated: bool):
 def _window_of(dilated: bool):
     def window(attrs, weight_shapes) -> Window:
         kernel = int_pair(attrs["kernel_size"], "kernel_size", 1)
-        stride = attrs.get("stride")
-        stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
-            else int_pair(stride, "stride", 1)
         dilation = int_pair(attrs["dilation"], "dilation", 1) if dilated else (1, 1)
-        return Window(kernel=kernel, stride=stride, dilation=dilation)
+        return Window(kernel=kernel, stride=_stride_pair(attrs.get("stride"), kernel), dilation=dilation)
     return window
 
 
@@ -611,7 +613,7 @@ def _spp_count(input_shapes, weight_shapes, attrs, output_shapes) -> Counts:
 def _sppf_shape(input_shapes, weight_shapes, attrs):
     N, C, H, W = input_shapes[0]
     k, r = _sppf_kernel(attrs["kernel_size"], attrs["repeats"])
-    _WindowGeometry("sppf", (H, W), k, 1, k // 2, 1, False)
+    _geometry("sppf", (H, W), k, 1, k // 2, 1, False)
     return [(N, C * (r + 1), H, W)]
 
 
@@ -636,7 +638,7 @@ def _roi_shape(input_shapes, weight_shapes, attrs):
 
 
 def _roi_align_count(input_shapes, weight_shapes, attrs, output_shapes) -> Counts:
-    ratio = attrs["sampling_ratio"] if attrs["sampling_ratio"] > 0 else 2  # typical adaptive grid
+    ratio = attrs["sampling_ratio"] if attrs["sampling_ratio"] > 0 else 2
     return Counts(macs=int(np.prod(output_shapes[0])) * 4 * ratio * ratio)
 
 
@@ -665,7 +667,8 @@ _register(adaptive_avg_pool2d, _adaptive_shape, attrs={"output_size": REQUIRED},
           count=_per_output_count("adds", _bin_taps))
 _register(spatial_pyramid_pool, _spp_shape, attrs={"levels": [1, 2, 4], "mode": "max"}, count=_spp_count)
 _register(sppf, _sppf_shape, attrs={"kernel_size": 5, "repeats": 3}, count=_sppf_count, window=_sppf_window)
-# RoI ops: the box sizes are data, so counts are upper bounds (a box covering the whole map).
+# RoI ops: box sizes are data, so counts are estimates (roi_pool: a box covering the whole
+# map; roi_align: a 2x2 sampling grid when it is adaptive).
 _register(roi_pool, _roi_shape, inputs=2, attrs={"output_size": REQUIRED, "spatial_scale": 1.0},
           count=_per_output_count("adds", _bin_taps))
 _register(roi_align, _roi_shape, inputs=2,
