@@ -79,6 +79,15 @@ def test_max_pool2d_matches_reference(shape, kernel, stride, padding, dilation, 
     np.testing.assert_array_equal(y, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("kernel,stride", [(3, 2), ((2, 3), (1, 2)), ((3, 2), (2, 1)), ((5, 3), (4, 2))])
+def test_overlapping_non_square_windows(kernel, stride):
+    # AlexNet-style overlapping pooling (stride < kernel) with non-square kernels and strides
+    x = rand(3, 4, 13, 11)
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride), ref.max_pool2d(x, kernel, stride).astype(np.float32))
+    assert_close(ops.avg_pool2d(x, kernel, stride), ref.avg_pool2d(x, kernel, stride), 1e-5)
+    assert_close(ops.lp_pool2d(x, 2, kernel, stride), ref.lp_pool2d(x, 2, kernel, stride), 1e-4)
+
+
 def test_max_pool2d_large_vector_rows_and_threads():
     # rows wide enough for the vector loops and their rounded-up tails; work big enough for 2 threads
     x = rand(2, 8, 45, 71)
