@@ -8,9 +8,10 @@
 # from the phase planes, and a 1x1 stride-1 unpadded conv straight from x.
 #
 # The wide grid is cut into tiles of ``tile_cols`` pixels; each (group, tile)
-# task gathers its B rows, runs one single-threaded sgemm into a pixel-major
-# tile, and stores it transposed into the NCHW rows with the fused epilogue
-# while they are hot.  Tasks are spread over the OpenMP threads, so the BLAS
+# task gathers its B rows and runs one single-threaded sgemm; when the wide
+# grid is the output grid (1x1 kernels) it writes the NCHW rows in place,
+# otherwise a scratch tile whose rows are copied out without the extra columns.
+# The fused epilogue runs on each row run right after, while it is hot.  Tasks are spread over the OpenMP threads, so the BLAS
 # must run single-threaded meanwhile (arranged by pyconv.ops.conv).
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -61,30 +62,39 @@ cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int nco
                 row += 1
 
 
+cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
+                                     const float* bias, const float* residual, Epilogue ep,
+                                     const ConvGeom* g) noexcept nogil:
+    """Fused epilogue on a tile the GEMM wrote straight into the output (wide grid == output grid).
+
+    out and residual point at the group's first output channel."""
+    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, o
+    cdef int co
+    for co in range(cog):
+        o = co * P + col0
+        epilogue_row(out + o, ncols, bias[co] if bias != NULL else 0.0,
+                     residual + o if residual != NULL else NULL, ep)
+
+
 cdef multiversion_void store_tile(const float* ct, float* out, int cog, Py_ssize_t col0, int ncols,
                                   const float* bias, const float* residual, Epilogue ep,
                                   const ConvGeom* g) noexcept nogil:
-    """Output rows of one group from the pixel-major GEMM tile ct[ncols][cog]: transpose,
-    drop the wide grid's extra columns, apply the epilogue on each row run while hot.
+    """Output rows of one group from the GEMM tile ct[cog][ncols] on the wide grid: drop
+    the extra columns, apply the epilogue on each row run while hot.
 
     out and residual point at the group's first output channel."""
     cdef Py_ssize_t p = col0, end = col0 + ncols, P = <Py_ssize_t>g.Ho * g.Wo, o
-    cdef int oh, ow, run, n, co, j
-    cdef const float* src
-    cdef float* dst
+    cdef int oh, ow, run, n, co
     while p < end:
         oh = p // g.ph.Wq
         ow = p - <Py_ssize_t>oh * g.ph.Wq
         run = g.ph.Wq - ow if end - p > g.ph.Wq - ow else end - p  # wide pixels of this row in the tile
         if ow < g.Wo:
             n = g.Wo - ow if run > g.Wo - ow else run
-            src = ct + (p - col0) * cog
             for co in range(cog):
                 o = co * P + <Py_ssize_t>oh * g.Wo + ow
-                dst = out + o
-                for j in range(n):
-                    dst[j] = src[<Py_ssize_t>j * cog + co]
-                epilogue_row(dst, n, bias[co] if bias != NULL else 0.0,
+                memcpy(out + o, ct + <Py_ssize_t>co * ncols + (p - col0), n * sizeof(float))
+                epilogue_row(out + o, n, bias[co] if bias != NULL else 0.0,
                              residual + o if residual != NULL else NULL, ep)
         p += run
 
@@ -156,11 +166,16 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 im2col_tile(ph + grp * cig * phase_stride, cols, col0, ncols, &g)
                 b = cols
                 ldb = ncols
-            # ct (ncols x cog, pixel-major) = B^T @ W^T: OpenBLAS runs this orientation
-            # (channels as BLAS's M) faster than the NCHW one (channels as N).
-            gemm_rowmajor(True, True, ncols, cog, K, 1.0, b, ldb, wp + <Py_ssize_t>grp * cog * K, K,
-                          0.0, ct, cog)
             out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P
-            store_tile(ct, op + out_off, cog, col0, ncols,
-                       bias_p + grp * cog if bias_p != NULL else NULL,
-                       res_p + out_off if res_p != NULL else NULL, ep, &g)
+            if g.ph.Wq == g.Wo:  # no extra columns: the GEMM writes the NCHW rows in place
+                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
+                              b, ldb, 0.0, op + out_off + col0, P)
+                epilogue_tile(op + out_off, cog, col0, ncols,
+                              bias_p + grp * cog if bias_p != NULL else NULL,
+                              res_p + out_off if res_p != NULL else NULL, ep, &g)
+            else:
+                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
+                              b, ldb, 0.0, ct, ncols)
+                store_tile(ct, op + out_off, cog, col0, ncols,
+                           bias_p + grp * cog if bias_p != NULL else NULL,
+                           res_p + out_off if res_p != NULL else NULL, ep, &g)
