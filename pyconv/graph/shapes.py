@@ -8,7 +8,6 @@ model's preprocessing metadata, else 224).
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from pyconv import registry
@@ -131,6 +130,8 @@ def nbytes(shape: Shape, itemsize: int = 4) -> int:
 
 def _dim_expression(symbol: str, s0: int, d0: int, s1: int, d1: int) -> str:
     """The affine expression ``a*symbol + c`` through (s0, d0) and (s1, d1), e.g. "H/2", "W-2", "2*N"."""
+    from fractions import Fraction  # summaries only: keeps it (and decimal) out of loading
+
     slope = Fraction(d1 - d0, s1 - s0)
     offset = d0 - slope * s0
     if offset.denominator != 1 or slope <= 0:
