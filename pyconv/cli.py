@@ -251,8 +251,9 @@ def _peak_rss_bytes() -> Optional[int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     start = time.perf_counter()
-    import pyconv.graph.executor  # noqa: F401  (the loader, kernels and op registry: imported once per
-    import pyconv.ops  # noqa: F401  process, reported apart from loading)
+    # the loader, the kernels and the op registry are imported once per process: timed apart from loading
+    import pyconv.graph.executor  # noqa: F401
+    import pyconv.ops  # noqa: F401
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
     model = _load_model(args.model, args)
