@@ -181,3 +181,44 @@ def test_load_time_and_peak_rss_against_onnxruntime(benchmark, network_files, na
           f"{ours['peak_rss_mb']:.0f} MB, onnxruntime {theirs['peak_rss_mb']:.0f} MB "
           f"(ratio {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f})")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+_TRACE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import pyconv
+    from pyconv.graph.plan import ExecutionState
+    def rss_mb():
+        with open("/proc/self/status") as status:
+            fields = dict(line.split(":", 1) for line in status)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    pyconv.set_num_threads(1)
+    import pyconv.ops
+    rows = [("imports", "", *rss_mb())]
+    model = pyconv.load(sys.argv[1])
+    rows.append(("load", "", *rss_mb()))
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    plan, _ = model._plan((x.shape,))
+    state = ExecutionState(model.optimized, plan, model._calls)
+    rows.append(("buffers", "", *rss_mb()))
+    np.copyto(state.inputs[0], x)
+    for (fn, args, out), name, op in zip(state.steps, state.names, state.ops):
+        fn(*args, out=out)
+        rows.append((name, op, *rss_mb()))
+    print(json.dumps(rows))
+""")
+
+
+def test_memory_trace_resnet18(benchmark, network_files):
+    """RSS and peak RSS after each step of ResNet-18's first run (where the memory goes)."""
+    result = _python("-c", _TRACE, str(network_files["resnet18"][0]))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    print("\nResNet-18, first run at 224x224: RSS / peak RSS (MB) after each step")
+    previous = rows[0][3]
+    for name, op, rss, peak in rows:
+        jump = f"  peak +{peak - previous:.0f}" if peak > previous + 1 else ""
+        print(f"  {name:<24} {op:<18} {rss:7.0f} {peak:7.0f}{jump}")
+        previous = peak
+    benchmark.extra_info.update(peak_rss_mb=rows[-1][3], rss_after_run_mb=rows[-1][2])
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)

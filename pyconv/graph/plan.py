@@ -171,6 +171,7 @@ class ExecutionState:
         self.steps: List[Step] = [step(i) for i in plan.run_steps]
         self.names = [graph.nodes[i].name for i in plan.run_steps]
         self.ops = [graph.nodes[i].op for i in plan.run_steps]
+        self.has_run = False  # the executor trims the heap after a state's first run
         for fn, args, out in (step(i) for i in plan.constant_steps):
             _store(fn(*args, out=out), out)
 
