@@ -8,6 +8,8 @@
 * Load time and peak RSS of ResNet-18 and MobileNetV2 (224x224, batch 1, 1 thread)
   against onnxruntime on the same weights, each engine in its own process: one load
   (median of 5 loads; the previous model is dropped first) and 5 runs, then VmHWM.
+* Where ResNet-18's memory goes: RSS and peak RSS after loading and after every step
+  of its first run (``-k trace``).
 
     python -m pytest bench/test_bench_engine.py --benchmark-disable -s
 """
