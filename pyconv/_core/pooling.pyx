@@ -5,7 +5,7 @@
 # planes.  Windows are separable, so a window reduction is done in two passes:
 # the window's input rows are reduced into a one-row scratch buffer (unit-stride
 # loop over the columns), then each output column reduces its taps of that row.
-# Small planes run both passes over the whole plane at once (window_pool_flat_plane).
+# Small planes run both passes over several whole planes at once (window_pool_flat_planes).
 # Padding is never materialised: window bounds are clipped to the input.
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
@@ -18,7 +18,7 @@ from pyconv._core.simd cimport multiversion_void
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
 cdef enum:
     VECTOR_SLACK = 16
-    FLAT_PLANE_MAX = 4096   # floats: planes up to 16 KiB use the flat-plane scheme (L1-resident)
+    FLAT_CHUNK_MAX = 4096   # floats (16 KiB) of small planes pooled together by the flat scheme
 
 
 cdef struct Window2d:
@@ -239,49 +239,63 @@ cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ss
     return scalar_max_result(&m) if is_max else total
 
 
-cdef multiversion_void window_pool_flat_plane(const float* x, float* out, const Window2d* g, float* buf,
-                                              const float* scale, bint is_max) noexcept nogil:
-    """One small plane (contiguous rows, x_row == W) of the same pool as window_pool_plane.
+cdef inline float scaled(float v, const float* scale_row, Py_ssize_t i) noexcept nogil:
+    return v * scale_row[i] if scale_row != NULL else v
 
-    Both passes run over the whole plane as one flat row, so every loop is long and
-    vectorized: hsum[i] reduces x[i + kx*dw] over kx, vsum[i] reduces hsum[i + ky*dh*W]
-    over ky; output (oh, ow) with a window inside the input is then vsum at its window's
-    top-left cell.  Positions whose window wraps past a row end are computed and never
-    read.  Windows clipped by the padding are reduced directly from the input."""
-    cdef Py_ssize_t HW = g.H * g.W, n_h = HW - (g.kw - 1) * g.dw
-    cdef Py_ssize_t n_v = (g.H - (g.kh - 1) * g.dh) * g.W
+
+cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes, float* out,
+                                               Py_ssize_t out_plane, const Window2d* g, float* buf,
+                                               const float* scale, bint is_max) noexcept nogil:
+    """``planes`` consecutive small planes (x contiguous over them) of the same pool as
+    window_pool_plane; output plane p at ``out + p * out_plane``.
+
+    Both passes run over the planes as one flat row, so every loop is long and
+    vectorized and there is no per-row or per-plane loop setup: hsum[i] reduces
+    x[i + kx*dw] over kx, vsum[i] reduces hsum[i + ky*dh*W] over ky; output (oh, ow)
+    with a window inside its plane is then vsum at its window's top-left cell.
+    Positions whose window wraps past a row or plane end are computed and never read.
+    Windows clipped by the padding are reduced directly from the input."""
+    cdef Py_ssize_t HW = g.H * g.W, total = planes * HW, n_h = total - (g.kw - 1) * g.dw
+    cdef Py_ssize_t n_v = total - (g.kh - 1) * g.dh * g.W
     cdef Py_ssize_t n_vvec = (n_v + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
-    cdef Py_ssize_t oh, ow, kx, ky, h0, i
-    cdef float* hsum = buf                         # HW + VECTOR_SLACK floats
-    cdef float* vsum = buf + HW + VECTOR_SLACK     # n_vvec floats
+    cdef Py_ssize_t p, oh, ow, kx, ky, h0, i
+    cdef float* hsum = buf                           # total + VECTOR_SLACK floats
+    cdef float* vsum = buf + total + VECTOR_SLACK    # n_vvec floats
+    cdef const float* xp
     cdef const float* src
+    cdef const float* sc
     cdef float* o
-    if n_h > 0 and n_v > 0:
-        for i in range(n_h):                       # reads the input: exact length, no over-read
+    cdef bint inside = g.H - (g.kh - 1) * g.dh > 0 and n_h > 0
+    if inside:
+        for i in range(n_h):                         # reads the input: exact length, no over-read
             hsum[i] = x[i]
         for kx in range(1, g.kw):
             accumulate_row(hsum, x + kx * g.dw, n_h, is_max)
-        for i in range(n_vvec):                    # scratch only: whole vectors
+        for i in range(n_vvec):                      # scratch only: whole vectors
             vsum[i] = hsum[i]
         for ky in range(1, g.kh):
             accumulate_row(vsum, hsum + ky * g.dh * g.W, n_vvec, is_max)
-    for oh in range(g.Ho):
-        h0 = oh * g.sh - g.pt
-        o = out + oh * g.out_row
-        if n_v > 0 and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
-            src = vsum + h0 * g.W - g.pl
-            for ow in range(g.ow_lo, g.ow_hi):
-                o[ow] = src[ow * g.sw]
-            for ow in range(g.ow_lo):
-                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
-            for ow in range(g.ow_hi, g.Wo):
-                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
-        else:
-            for ow in range(g.Wo):
-                o[ow] = reduce_clipped_window(x, g, h0, ow * g.sw - g.pl, is_max)
-        if scale != NULL:
-            for ow in range(g.Wo):
-                o[ow] = o[ow] * scale[oh * g.Wo + ow]
+    for p in range(planes):
+        xp = x + p * HW
+        for oh in range(g.Ho):
+            h0 = oh * g.sh - g.pt
+            o = out + p * out_plane + oh * g.out_row
+            sc = scale + oh * g.Wo if scale != NULL else NULL
+            if inside and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
+                src = vsum + p * HW + h0 * g.W - g.pl
+                if sc != NULL:
+                    for ow in range(g.ow_lo, g.ow_hi):
+                        o[ow] = src[ow * g.sw] * sc[ow]
+                else:
+                    for ow in range(g.ow_lo, g.ow_hi):
+                        o[ow] = src[ow * g.sw]
+                for ow in range(g.ow_lo):
+                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
+                for ow in range(g.ow_hi, g.Wo):
+                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
+            else:
+                for ow in range(g.Wo):
+                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
 
 
 cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
@@ -311,19 +325,29 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
         scale_view = scale
         scale_ptr = &scale_view[0, 0]
     g.phase_len = (g.W + g.sw - 1) // g.sw
-    # Small planes whose interior rows are narrower than a vector: flat-plane scheme.
-    cdef bint flat = g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and g.H * g.W <= FLAT_PLANE_MAX
-    cdef Py_ssize_t buf_len = (2 * g.H * g.W + 3 * VECTOR_SLACK if flat else
+    # Small planes whose interior rows are narrower than a vector: flat scheme over
+    # chunks of up to FLAT_CHUNK_MAX floats of consecutive planes of one image.
+    cdef Py_ssize_t HW = g.H * g.W
+    cdef bint flat = (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
+                      and (C == 1 or x.strides[1] == HW * sizeof(float)))
+    cdef Py_ssize_t chunk = max(1, FLAT_CHUNK_MAX // HW) if flat else 1
+    cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
+    cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
+    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if flat else
                                g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
     row_bufs = np.zeros((max(nthreads, 1), buf_len), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
+    if flat:
+        for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
+            n = p // chunks
+            c = (p % chunks) * chunk
+            window_pool_flat_planes(&x[n, c, 0, 0], min(chunk, C - c), &out[n, c, 0, 0], out_plane, &g,
+                                    &bufs[threadid(), 0], scale_ptr, is_max)
+        return
     for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
         n = p // C
         c = p % C
-        if flat:
-            window_pool_flat_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
-        else:
-            window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+        window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
 
 
 cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* out, Py_ssize_t out_row,
