@@ -205,10 +205,12 @@ def test_conv_layer(benchmark, layer, threads, who):
 
 def interleaved_medians(funcs: Dict[str, Callable], rounds: int, clock=time.perf_counter) -> Dict[str, float]:
     """Median time per competitor; each round times every competitor's second of two
-    back-to-back calls, so none inherits the caches its predecessor evicted."""
+    back-to-back calls, so none inherits the caches its predecessor evicted, and
+    rounds rotate the order, so no competitor always runs first."""
     times: Dict[str, List[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, fn in funcs.items():
+    order = list(funcs.items())
+    for r in range(rounds):
+        for name, fn in order[r % len(order):] + order[:r % len(order)]:
             fn()
             start = clock()
             fn()
