@@ -261,6 +261,21 @@ def test_linear(x_shape, with_bias):
     assert counts.macs == y.size * 11 and counts.params == 77 + 7 * with_bias
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_split_across_threads(threads):
+    """Enough work for threads_for to use both threads; 1001 features split unevenly."""
+    import pyconv
+
+    x, w, b = _rand((3, 257), 9), _rand((1001, 257), 10), _rand(1001, 11)
+    before = pyconv.get_num_threads()
+    pyconv.set_num_threads(threads)
+    try:
+        y = ops.linear(x, w, b)
+    finally:
+        pyconv.set_num_threads(before)
+    _close(y, x.astype(np.float64) @ w.T.astype(np.float64) + b, rtol=1e-5)
+
+
 def test_linear_bad_arguments():
     with pytest.raises(ValueError, match="match"):
         ops.linear(_rand((2, 10)), _rand((7, 11)))

@@ -258,6 +258,9 @@ def _check_tile(tile) -> int:
     return int(tile)
 
 
+PACK_BLOCK_CHANNELS = 32
+
+
 def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
     """Transformed filters ``U = G g G^T`` for F(tile x tile, 3 x 3), shape ``(P, Ci, Co)``.
 
@@ -273,8 +276,13 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
         raise ValueError(f"weight must have at least one input and output channel, got {weight.shape}")
     _, g, _ = transform_matrices(m)
     n = m + 2
-    u = np.einsum("kr,oirs,ls->klio", g, weight.astype(np.float64), g, optimize=True)
-    return np.ascontiguousarray(u.reshape(n * n, ci, co), dtype=np.float32)
+    packed = np.empty((n, n, ci, co), dtype=np.float32)
+    # Blocks of output channels bound the float64 temporaries (a whole 512x512
+    # layer at once needed ~100 MB, the peak of a ResNet-18 load).
+    for start in range(0, co, PACK_BLOCK_CHANNELS):
+        block = weight[start:start + PACK_BLOCK_CHANNELS].astype(np.float64)
+        packed[..., start:start + block.shape[0]] = np.einsum("kr,oirs,ls->klio", g, block, g, optimize=True)
+    return packed.reshape(n * n, ci, co)
 
 
 def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,

@@ -16,6 +16,7 @@ import numpy as np
 
 from pyconv._core import channel_shuffle as _shuffle
 from pyconv._core import elementwise as _elementwise
+from pyconv._core import linear as _linear
 from pyconv._core import resize as _resize
 from pyconv._threads import threads_for
 from pyconv.ops._args import as_float32, as_nchw, check_out
@@ -303,25 +304,19 @@ def transpose(x, perm: Optional[Sequence[int]] = None, out: Optional[np.ndarray]
 def linear(x, weight, bias=None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """y = x @ weight.T + bias for x of shape (..., in) and weight (out, in) (PyTorch ``Linear``).
 
-    One sgemm of SciPy's BLAS, the one pyconv keeps on a single thread (NumPy's
-    own BLAS would start a second thread pool that spin-waits after the call
-    and slows the OpenMP kernels that follow).  Both operands are passed as
-    Fortran-ordered transposes of the C arrays, so nothing is copied."""
-    from scipy.linalg.blas import sgemm
-
+    sgemm of SciPy's BLAS through ``pyconv._core.linear``, output features split
+    across pyconv's threads (NumPy's matmul would start NumPy's own BLAS thread
+    pool, which spin-waits after the call and slows the kernels that follow)."""
     x, weight = as_float32(x), as_float32(weight, "weight", ndim=2)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: x of shape {x.shape} does not match weight of shape {weight.shape} (out, in)")
-    y = check_out(out, x.shape[:-1] + (weight.shape[0],))
-    rows = x.reshape(-1, weight.shape[1])
-    if rows.shape[0] and weight.shape[0]:
-        # (out, rows) in Fortran order = weight @ rows.T; its transpose is y's C layout.
-        np.copyto(y.reshape(-1, weight.shape[0]), sgemm(1.0, weight.T, rows.T, trans_a=True).T)
     if bias is not None:
         bias = as_float32(bias, "bias").reshape(-1)
         if bias.size != weight.shape[0]:
             raise ValueError(f"linear bias must have {weight.shape[0]} elements, got shape {bias.shape}")
-        y += bias
+    y = check_out(out, x.shape[:-1] + (weight.shape[0],))
+    rows = x.reshape(-1, weight.shape[1])
+    _linear.linear_forward(rows, weight, bias, y.reshape(-1, weight.shape[0]), threads_for(rows.shape[0] * weight.size))
     return y
 
 
