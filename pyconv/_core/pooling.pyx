@@ -258,7 +258,7 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
     cdef Py_ssize_t HW = g.H * g.W, total = planes * HW, n_h = total - (g.kw - 1) * g.dw
     cdef Py_ssize_t n_v = total - (g.kh - 1) * g.dh * g.W
     cdef Py_ssize_t n_vvec = (n_v + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
-    cdef Py_ssize_t p, oh, ow, kx, ky, h0, i
+    cdef Py_ssize_t p, oh, ow, kx, ky, h0, i, lo, hi
     cdef float* hsum = buf                           # total + VECTOR_SLACK floats
     cdef float* vsum = buf + total + VECTOR_SLACK    # n_vvec floats
     cdef const float* xp
@@ -275,26 +275,32 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
             vsum[i] = hsum[i]
         for ky in range(1, g.kh):
             accumulate_row(vsum, hsum + ky * g.dh * g.W, n_vvec, is_max)
-    for p in range(planes):
-        xp = x + p * HW
-        for oh in range(g.Ho):
-            h0 = oh * g.sh - g.pt
-            o = out + p * out_plane + oh * g.out_row
-            sc = scale + oh * g.Wo if scale != NULL else NULL
-            if inside and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
-                src = vsum + p * HW + h0 * g.W - g.pl
+    # Output rows outer, planes inner: the row's bookkeeping is done once for all planes.
+    for oh in range(g.Ho):
+        h0 = oh * g.sh - g.pt
+        sc = scale + oh * g.Wo if scale != NULL else NULL
+        if inside and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
+            src = vsum + h0 * g.W - g.pl
+            o = out + oh * g.out_row
+            for p in range(planes):
                 if sc != NULL:
                     for ow in range(g.ow_lo, g.ow_hi):
                         o[ow] = src[ow * g.sw] * sc[ow]
                 else:
                     for ow in range(g.ow_lo, g.ow_hi):
                         o[ow] = src[ow * g.sw]
-                for ow in range(g.ow_lo):
-                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
-                for ow in range(g.ow_hi, g.Wo):
-                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
-            else:
-                for ow in range(g.Wo):
+                src = src + HW
+                o = o + out_plane
+            lo, hi = g.ow_lo, g.ow_hi        # the padding-clipped columns remain
+        else:
+            lo, hi = g.Wo, g.Wo              # the whole row is clipped
+        if lo == 0 and hi == g.Wo:
+            continue
+        for p in range(planes):
+            xp = x + p * HW
+            o = out + p * out_plane + oh * g.out_row
+            for ow in range(g.Wo):
+                if ow < lo or ow >= hi:
                     o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
 
 
