@@ -202,4 +202,6 @@ def test_trained_weights_all_used_and_counted():
     net = addernet_resnet20(state_dict=sd)
     assert net.unused_weights() == []
     params = totals(rows_of(net.build()))["params"]
-    assert params == sum(v.size for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    # BN running statistics are buffers, not parameters
+    buffers = ("num_batches_tracked", "running_mean", "running_var")
+    assert params == sum(v.size for k, v in sd.items() if not k.endswith(buffers))

@@ -10,7 +10,7 @@ from pyconv._core import lrn as _lrn
 from pyconv._threads import threads_for
 from pyconv.ops._args import as_float32, check_out
 from pyconv.ops._spec_helpers import bind_with_out, numel, per_element_counts, same_shape
-from pyconv.registry import REQUIRED, OpSpec, register
+from pyconv.registry import REQUIRED, Counts, OpSpec, register
 
 __all__ = ["batch_norm", "fold_batch_norm", "local_response_norm"]
 
@@ -98,15 +98,16 @@ def fold_batch_norm(conv_weight, conv_bias, mean, var, weight=None, bias=None, e
     if scale.shape[0] != out_channels:
         raise ValueError(f"batch norm has {scale.shape[0]} channels but the layer has {out_channels} outputs "
                          f"(conv_weight shape {w.shape}, axis={axis}, groups={groups})")
-    w64 = w.astype(np.float64)
     if axis == 0:
-        folded = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        view, scale_view = w, scale.reshape((-1,) + (1,) * (w.ndim - 1))
     else:
-        per_group = w.shape[0] // groups
-        grouped = w64.reshape((groups, per_group) + w.shape[1:])
-        folded = (grouped * scale.reshape((groups, 1, w.shape[1]) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        view = w.reshape((groups, w.shape[0] // groups) + w.shape[1:])
+        scale_view = scale.reshape((groups, 1, w.shape[1]) + (1,) * (w.ndim - 2))
+    folded = np.empty(w.shape, dtype=np.float32)
+    # Products in float64, rounded once into float32 (NumPy buffers the casts: no float64 copy of w).
+    np.multiply(view, scale_view, out=folded.reshape(view.shape), dtype=np.float64, casting="same_kind")
     b = _channel_vector(conv_bias, "conv_bias", out_channels, 0.0)
-    return folded.astype(np.float32), (b * scale + shift).astype(np.float32)
+    return folded, (b * scale + shift).astype(np.float32)
 
 
 def _lrn_before(size: int) -> int:
@@ -167,13 +168,20 @@ def _batch_norm_shape(input_shapes, weight_shapes, attrs):
     return [x]
 
 
+def _batch_norm_counts(input_shapes, weight_shapes, attrs, output_shapes) -> Counts:
+    # Running mean and variance are buffers, not parameters (PyTorch's and the
+    # papers' counts): only the learned scale and shift count.
+    learned = {k: v for k, v in weight_shapes.items() if k in ("weight", "bias")}
+    return per_element_counts(adds=0, macs=1)(input_shapes, learned, attrs, output_shapes)
+
+
 register(OpSpec(
     name="batch_norm",
     fn=batch_norm,
     infer_shape=_batch_norm_shape,
     weights=("mean", "var", "weight?", "bias?"),
     attrs={"eps": 1e-5},
-    count=per_element_counts(adds=0, macs=1),
+    count=_batch_norm_counts,
     prepare=_prepare_batch_norm,
     reference=_batch_norm_ref,
     inplace=True,
