@@ -126,7 +126,7 @@ def test_conv2d_sweep(algorithm, threads):
     if algorithm.startswith("winograd") and C._winograd_kernels() is None:
         pytest.skip("winograd kernel not built")
     rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads])
-    for _ in range(25):
+    for _ in range(40):
         case = random_case(rng, algorithm)
         ref = C.conv2d_reference(**case)
         got = C.conv2d(**case, algorithm=algorithm)
