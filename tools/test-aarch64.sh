@@ -113,16 +113,17 @@ ensure_rootfs() {
 install_cross_compiler() {
   # Copy the host's aarch64 cross toolchain (the files of its Debian packages)
   # and the x86-64 shared libraries its programs load into root filesystem $1.
-  local dest=$1 pkgs
+  local dest=$1 pkgs files programs f lib
   pkgs=$(dpkg-query -W -f='${Package}\n' | grep -E '^(gcc|cpp|binutils)(-[0-9]+)?-aarch64-linux-gnu$|^(libc6|libc6-dev|linux-libc-dev|libgcc-[0-9]+-dev|libgcc-s1|libgomp1|libatomic1)-arm64-cross$')
-  dpkg -L $pkgs | while read -r f; do
+  files=$(dpkg -L $pkgs)
+  for f in $files; do
     if [ -f "$f" ] || [ -L "$f" ]; then cp -P --parents "$f" "$dest"; fi
   done
-  find /usr/bin /usr/libexec/gcc-cross /usr/lib/gcc-cross /usr/aarch64-linux-gnu/bin -type f -perm -u+x 2>/dev/null \
-    | grep -E 'aarch64' | xargs file -L | grep -F 'x86-64' | cut -d: -f1 | xargs ldd 2>/dev/null \
-    | grep -oE '/[^ ]+\.so[^ ]*' | sort -u | while read -r lib; do
-      cp -L --parents "$lib" "$dest"
-    done
+  programs=$(file -L $files 2>/dev/null | grep -F 'ELF 64-bit' | grep -F 'x86-64' | cut -d: -f1 || true)
+  # ldd prints "program:" headers, then one indented line per library.
+  for lib in $( { ldd $programs 2>/dev/null || true; } | grep -E '^[[:space:]]' | grep -oE '/[^ ]+[.]so[^ ]*' | sort -u); do
+    cp -L --parents "$lib" "$dest"
+  done
 }
 
 copy_checkout() {
