@@ -457,7 +457,7 @@ def test_registry_conv1d_and_transpose():
 
 def test_against_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(8)
