@@ -335,6 +335,8 @@ def test_out_must_not_overlap_x():
     x = np.ones((1, 4, 5, 5), np.float32)
     with pytest.raises(ValueError, match="overlap"):
         C.conv2d(x, np.ones((4, 4, 1, 1), np.float32), out=x)
+    with pytest.raises(ValueError, match="overlap"):
+        C.conv_transpose2d(x, np.ones((4, 4, 1, 1), np.float32), out=x)
 
 
 # ----------------------------------------------------------------------------- conv1d

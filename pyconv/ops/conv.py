@@ -458,6 +458,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     shape = g.output_shape(x.shape)
     epilogue = parse_activation(activation)
     out = check_out(out, shape)
+    if np.may_share_memory(out, x):
+        raise ValueError("out must not overlap x (the kernels read x while writing out)")
     cog = g.out_channels // g.groups
     cols = np.empty((cog * g.kernel[0] * g.kernel[1], x.shape[2] * x.shape[3]), np.float32)
     nthreads = threads_for(float(cols.size) * x.shape[0] * g.groups * (g.in_channels // g.groups))
