@@ -31,7 +31,6 @@ from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.simd cimport multiversion_void
 
 from pyconv._core.winograd_transforms import TILE_SIZES, transform_matrices
-from pyconv._threads import blas_single_threaded
 
 __all__ = ["winograd_pack", "winograd_conv", "TILE_SIZES"]
 
@@ -299,8 +298,8 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
     own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
-    ``nthreads > 1`` the kernel's own threads call sgemm concurrently, so the
-    BLAS is switched to one thread for the call and restored afterwards."""
+    ``nthreads > 1`` the kernel's own threads call sgemm concurrently (the BLAS
+    itself stays on one thread: pyconv._threads)."""
     m = _check_tile(tile)
     n = m + 2
     if not isinstance(x, np.ndarray) or x.ndim != 4:
@@ -385,26 +384,25 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef float* base
     cdef Py_ssize_t b, r0, tid
 
-    with blas_single_threaded(threads > 1):
-        with nogil:
-            if thread_per_block:
-                # dynamic: a thread descheduled on a busy machine leaves its
-                # remaining blocks to the others instead of holding them
-                for b in prange(nblocks, num_threads=threads, schedule="dynamic", chunksize=1):
-                    tid = pyconv_omp_thread_id()
-                    base = &work_v[0] + tid * block_floats
-                    r0 = b * rows_total // nblocks
-                    run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
-                              ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
-                              base, base + xb_size, base + xb_size + v_size,
-                              base + xb_size + v_size + m_size,
-                              &index_v[tid, 0, 0], &index_v[tid, 1, 0], &index_v[tid, 2, 0], 1)
-            else:
-                base = &work_v[0]
-                for b in range(nblocks):
-                    r0 = b * rows_total // nblocks
-                    run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
-                              ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
-                              base, base + xb_size, base + xb_size + v_size,
-                              base + xb_size + v_size + m_size,
-                              &index_v[0, 0, 0], &index_v[0, 1, 0], &index_v[0, 2, 0], threads)
+    with nogil:
+        if thread_per_block:
+            # dynamic: a thread descheduled on a busy machine leaves its
+            # remaining blocks to the others instead of holding them
+            for b in prange(nblocks, num_threads=threads, schedule="dynamic", chunksize=1):
+                tid = pyconv_omp_thread_id()
+                base = &work_v[0] + tid * block_floats
+                r0 = b * rows_total // nblocks
+                run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                          ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
+                          base, base + xb_size, base + xb_size + v_size,
+                          base + xb_size + v_size + m_size,
+                          &index_v[tid, 0, 0], &index_v[tid, 1, 0], &index_v[tid, 2, 0], 1)
+        else:
+            base = &work_v[0]
+            for b in range(nblocks):
+                r0 = b * rows_total // nblocks
+                run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                          ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
+                          base, base + xb_size, base + xb_size + v_size,
+                          base + xb_size + v_size + m_size,
+                          &index_v[0, 0, 0], &index_v[0, 1, 0], &index_v[0, 2, 0], threads)

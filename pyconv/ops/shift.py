@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from pyconv._threads import blas_single_threaded, threads_for
+from pyconv._threads import threads_for
 from pyconv.ops._args import (
     apply_activation_reference,
     as_float32,
@@ -188,9 +188,7 @@ def _run_shift_conv1x1(x, wmat, bias, dy, dx, stride, activation, out):
     block = _block_pixels(c, wmat.shape[0], out_pixels, n, nthreads)
     panels = np.empty((nthreads, c * block), dtype=np.float32)
     bias_arg = bias if bias is not None else np.empty(0, np.float32)
-    with blas_single_threaded(nthreads > 1):
-        _kernel().shift_conv1x1_forward(x, wmat, bias_arg, out, dy, dx, sh, sw,
-                                                epilogue, panels, nthreads)
+    _kernel().shift_conv1x1_forward(x, wmat, bias_arg, out, dy, dx, sh, sw, epilogue, panels, nthreads)
     return out
 
 
