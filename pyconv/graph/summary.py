@@ -108,11 +108,13 @@ def describe_inputs(graph: Graph, input_shapes: Mapping[str, Shape]) -> str:
 
 def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = None, header: str = "") -> str:
     """A text table with a totals line (and the memory plan when given), after ``header``."""
-    table = [("layer", "op", "output shape", "params", "MACs", "receptive field")]
+    # "adds": additions, comparisons and other operations that are not multiply-adds
+    # (an adder conv's |x - w| accumulations, pooling, elementwise ops).
+    table = [("layer", "op", "output shape", "params", "MACs", "adds", "receptive field")]
     for r in rows:
         shape = ", ".join(_dims(s) for s in (r.symbolic_shapes or r.output_shapes))
         rf = r.field_text() or "-"
-        table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), rf))
+        table.append((r.name, r.op, shape, f"{r.params:,}", _human(r.macs), _human(r.adds), rf))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
 
     def aligned(row) -> str:  # text columns left, numbers right
@@ -123,7 +125,7 @@ def format_summary(rows: List[LayerRow], memory: Optional[Mapping[str, Any]] = N
     t = totals(rows)
     lines.append("-" * len(lines[-len(rows) - 1]))
     lines.append(f"total: {t['layers']} layers, {t['params']:,} parameters, {_human(t['macs'])} MACs "
-                 f"({t['macs']:,}), {_human(t['adds'])} other ops")
+                 f"({t['macs']:,}), {_human(t['adds'])} adds and other ops")
     if memory:
         lines.append(f"memory: weights {memory['weight_bytes'] / 2**20:.2f} MiB, peak activations "
                      f"{memory['activation_bytes'] / 2**20:.2f} MiB in {memory['buffers']} buffers "
