@@ -10,7 +10,6 @@ networks at 2 threads on a 2-core machine before this rule.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -92,9 +91,3 @@ def threads_for(work: float) -> int:
     if n == 1 or work < 2 * MIN_WORK_PER_THREAD:
         return 1
     return int(min(n, work // MIN_WORK_PER_THREAD))
-
-
-@contextlib.contextmanager
-def blas_single_threaded(active: bool = True):
-    """Kept for call sites written before the single-pool rule: the BLAS is always on one thread."""
-    yield

@@ -180,7 +180,7 @@ def test_kernels_with_explicit_thread_counts(algorithm, weight_shape, groups, nt
     w = rng.standard_normal(weight_shape).astype(np.float32)
     prepared = C.prepare_conv2d(w, stride=(2, 1), padding=(1, 0, 1, 1), groups=groups, algorithm=algorithm)
     out = np.empty(prepared.output_shape(x.shape), np.float32)
-    prepared._kernel(x, None, out, None, (0, 0.0, 0.0, 0.0), nthreads)
+    prepared._kernel.plan(x.shape, out.shape, nthreads)(x, None, out)
     ref = C.conv2d_reference(x, w, stride=(2, 1), padding=(1, 0, 1, 1), groups=groups)
     assert rel_err(out, ref) <= 1e-5
 
@@ -242,8 +242,30 @@ def test_auto_algorithm_rule():
         assert algo((64, 64, 3, 3), padding=1) == "winograd"
         assert algo((64, 64, 3, 3), algorithm="winograd") == "winograd"
         assert algo((64, 64, 3, 3), algorithm="winograd6") == "winograd6"
-    assert C.winograd_tile_for(1, 56, 56) == 4 and C.winograd_tile_for(1, 14, 14) == 2
-    assert C.winograd_tile_for(4, 14, 14) == 4
+    tile = C.winograd_tile_for
+    assert tile(1, 64, 64, 56, 56) == 4 and tile(1, 256, 256, 14, 14) == 2 and tile(4, 256, 256, 14, 14) == 4
+    assert tile(1, 512, 512, 28, 28) == 2  # F(4x4)'s filters: 770 KiB per tile
+    assert tile(1, 512, 512, 7, 7, allow_im2col=True) is None and tile(1, 512, 512, 7, 7) == 2
+    assert tile(1, 48, 192, 13, 13, allow_im2col=True) == 2
+
+
+@pytest.mark.skipif(C._winograd_kernels() is None, reason="pyconv._core.winograd is not built")
+def test_auto_chooses_per_input_shape(threads):
+    """"auto" on a Winograd-eligible conv picks the kernel per input shape, packs only what it runs."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((96, 96, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    prepared = C.prepare_conv2d(w, b, padding=1, activation="relu")
+    assert prepared.algorithm == "winograd"
+    small, large = (1, 96, 1, 1), (2, 96, 9, 7)  # 1 output tile: im2col; 2 x 12 F(2x2) tiles: Winograd
+    assert prepared.algorithm_for(small) == "im2col" and prepared.algorithm_for(large) == "winograd2"
+    for shape in (small, large, small):
+        x = rng.standard_normal(shape).astype(np.float32)
+        ref = C.conv2d_reference(x, w, b, padding=1, activation="relu")
+        np.testing.assert_allclose(prepared(x), ref, atol=1e-4 * np.abs(ref).max())
+    assert sorted(prepared._kernel.packed) == [2]
+    forced = C.prepare_conv2d(w, b, padding=1, algorithm="winograd")
+    assert forced.algorithm_for(small) == "winograd2"  # a forced Winograd never falls back
 
 
 @pytest.mark.parametrize("shape, kwargs, message", [

@@ -23,7 +23,7 @@ import numpy as np
 from pyconv._core import conv_gemm as _gemm
 from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
-from pyconv._threads import blas_single_threaded, threads_for
+from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
 )
@@ -36,16 +36,23 @@ __all__ = [
 ]
 
 ALGORITHMS = ("auto", "winograd", "winograd2", "winograd4", "winograd6", "1x1", "depthwise", "im2col", "direct")
-# "winograd" (and "auto") pick the tile per call: F(4x4, 3x3) (error ~2e-6 of the
-# output magnitude, 4x fewer multiplies than direct) when the output has at least
-# WINOGRAD_MIN_TILES 4x4 tiles, else F(2x2, 3x3): each of the (m+2)^2 GEMMs has
-# one row per tile, and a few dozen rows make BLAS inefficient (256 ch @14x14).
-WINOGRAD_MIN_TILES = 64
 # "auto" uses Winograd only from this many input and output channels on: below
 # it the transforms cost more than the GEMM they save (measured, docs/kernels.md).
 WINOGRAD_MIN_CHANNELS = 16
+# Winograd's tile is chosen per input shape (winograd_tile_for).  Each of the
+# (m+2)^2 GEMMs of F(m x m, 3x3) has one row per output tile and streams that
+# position's Ci x Co transformed filters once per call: with few tiles and many
+# channels the filters' memory traffic, not the multiplies, sets the time.
+# F(4x4) needs at least this many tiles (thin GEMMs below it run slowly) ...
+WINOGRAD4_MIN_TILES = 48
+# ... and a tile size is used only while its transformed filters amount to at
+# most this many bytes per output tile; "auto" runs im2col when even F(2x2)
+# exceeds it (512 ch @7x7: 1 MiB per tile).
+WINOGRAD_FILTER_BYTES_PER_TILE = 384 << 10
 # B tile + C tile of one GEMM task, in floats: 2 MiB, the L2 of one core here.
 _GEMM_TILE_BUDGET = 1 << 19
+# Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
+_MAX_PLANS = 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,9 +141,12 @@ def choose_algorithm(geometry: ConvGeometry, algorithm: str = "auto") -> str:
     group); the direct 1x1 GEMM for 1x1 kernels; "winograd" for 3x3 stride-1
     undilated ungrouped convs with at least WINOGRAD_MIN_CHANNELS input and
     output channels (when the Winograd kernel is built); tiled im2col + GEMM
-    otherwise.  "winograd" picks F(4x4) or F(2x2) per call from the output size
-    (:func:`winograd_tile_for`); "winograd2/4/6" force a tile.  "direct" is an alias of "im2col" (the tiled
-    im2col is an implicit GEMM: B is built one cache-sized tile at a time)."""
+    otherwise.  For such "winograd" convs the tile is chosen per input shape
+    (:func:`winograd_tile_for`): F(4x4) or F(2x2), or, under "auto" only,
+    im2col when the output has too few tiles for the transformed filters to pay
+    (512 channels @7x7).  "winograd2/4/6" force a tile.  "direct" is an alias of
+    "im2col" (the tiled im2col is an implicit GEMM: B is built one cache-sized
+    tile at a time)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     g = geometry
@@ -180,15 +190,19 @@ class _Scratch(threading.local):
         return buf
 
 
+# A kernel's ``plan(x_shape, out_shape, nthreads)`` does the per-shape work once
+# (tile sizes, scratch sizes, algorithm choice) and returns ``run(x, residual, out)``.
+
 class _GemmKernel:
     """1x1 and im2col convs: tiled GEMM on NCHW (pyconv/_core/conv_gemm.pyx)."""
 
-    def __init__(self, g: ConvGeometry, weight: np.ndarray):
+    def __init__(self, g: ConvGeometry, weight: np.ndarray, bias, epilogue):
         self.g = g
         self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
+        self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
 
-    def tile_cols(self, n: int, pixels: int, nthreads: int) -> int:
+    def tile_cols(self, pixels: int, nthreads: int) -> int:
         """Wide-grid pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
         k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
         cap = max(64, _GEMM_TILE_BUDGET // (k + cog))
@@ -199,64 +213,101 @@ class _GemmKernel:
         tile = -(-pixels // ntiles)
         return min(pixels, -(-tile // 16) * 16)
 
-    def __call__(self, x, residual, out, bias, epilogue, nthreads):
+    def plan(self, x_shape, out_shape, nthreads):
         g = self.g
         kh, kw = g.kernel
-        ho, wo = out.shape[2:]
+        ho, wo = out_shape[2:]
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        tile = self.tile_cols(x.shape[0], ho * wq, nthreads)
-        scratch = self._scratch.get("tiles", (nthreads, _gemm.scratch_floats(
-            self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw)))
-        phases = self._scratch.get("phases", (1 if direct else _gemm.phase_floats(x.shape[1], g.stride, hq, wq),))
-        with blas_single_threaded(nthreads > 1):
-            _gemm.conv2d_gemm(x, self.wmat, bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
-                              epilogue, residual, out, tile, phases, scratch, nthreads)
+        tile = self.tile_cols(ho * wq, nthreads)
+        tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
+        phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
+        args = (self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw, self.epilogue)
+        scratch, conv = self._scratch, _gemm.conv2d_gemm
+
+        def run(x, residual, out):
+            conv(x, *args, residual, out, tile, scratch.get("phases", phase_shape), scratch.get("tiles", tile_shape),
+                 nthreads)
+        return run
 
 
 class _DepthwiseKernel:
     """groups == C_in: phase planes and wide output planes (pyconv/_core/depthwise.pyx)."""
 
-    def __init__(self, g: ConvGeometry, weight: np.ndarray):
+    def __init__(self, g: ConvGeometry, weight: np.ndarray, bias, epilogue):
         self.g = g
         self.weight = np.ascontiguousarray(weight)
+        self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
 
-    def __call__(self, x, residual, out, bias, epilogue, nthreads):
+    def plan(self, x_shape, out_shape, nthreads):
         g = self.g
-        nthreads = min(nthreads, x.shape[0] * x.shape[1])
-        scratch = self._scratch.get("planes", (nthreads, _depthwise.scratch_floats(
-            out.shape[2], out.shape[3], *g.kernel, g.stride, g.dilation)))
-        _depthwise.depthwise_conv2d(x, self.weight, bias, g.stride, g.pads, g.dilation, epilogue, residual,
-                                    out, scratch, nthreads)
+        nthreads = min(nthreads, x_shape[0] * x_shape[1])
+        plane_shape = (nthreads, _depthwise.scratch_floats(out_shape[2], out_shape[3], *g.kernel, g.stride,
+                                                           g.dilation))
+        args = (self.weight, self.bias, g.stride, g.pads, g.dilation, self.epilogue)
+        scratch, conv = self._scratch, _depthwise.depthwise_conv2d
+
+        def run(x, residual, out):
+            conv(x, *args, residual, out, scratch.get("planes", plane_shape), nthreads)
+        return run
 
 
-def winograd_tile_for(n: int, ho: int, wo: int) -> int:
-    """Output tile m of F(m x m, 3x3) that algorithm "winograd" uses for an (n, *, ho, wo) output."""
-    return 4 if n * -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES else 2
+def winograd_tile_for(n: int, in_channels: int, out_channels: int, ho: int, wo: int,
+                      allow_im2col: bool = False) -> Optional[int]:
+    """Output tile m of F(m x m, 3x3) for an (n, out_channels, ho, wo) output, or None for im2col.
+
+    F(4x4) when it has at least WINOGRAD4_MIN_TILES tiles, else F(2x2); a tile
+    qualifies only while its transformed filters, (m+2)^2 * C_in * C_out floats,
+    come to at most WINOGRAD_FILTER_BYTES_PER_TILE per output tile.  When F(2x2)
+    does not qualify: None if ``allow_im2col`` (what "auto" does), else 2."""
+    for m in (4, 2):
+        tiles = n * -(-ho // m) * -(-wo // m)
+        filter_bytes = 4 * (m + 2) ** 2 * in_channels * out_channels
+        if (m == 2 or tiles >= WINOGRAD4_MIN_TILES) and filter_bytes <= WINOGRAD_FILTER_BYTES_PER_TILE * tiles:
+            return m
+    return None if allow_im2col else 2
 
 
 class _WinogradKernel:
     """3x3 stride-1 convs by Winograd F(m x m, 3x3) (pyconv/_core/winograd.pyx).
 
-    ``tile`` None: chosen per call by :func:`winograd_tile_for`, each tile's
-    filters transformed on first use."""
+    ``tile`` None: chosen per input shape by :func:`winograd_tile_for` (with
+    ``allow_im2col``, shapes too small for Winograd run im2col); filters are
+    transformed for a tile on first use, so only the tiles in use hold memory."""
 
-    def __init__(self, g: ConvGeometry, weight: np.ndarray, tile: Optional[int]):
+    def __init__(self, g: ConvGeometry, weight: np.ndarray, bias, epilogue, tile: Optional[int],
+                 allow_im2col: bool = False):
         self.g = g
-        self.tile = tile
+        self.tile, self.allow_im2col = tile, allow_im2col
+        self.bias, self.epilogue = bias, epilogue
         self.module = _winograd_kernels()
         self.weight = np.ascontiguousarray(weight)
         self.packed = {}
+        self._im2col = None
         if tile is not None:
             self.packed[tile] = self.module.winograd_pack(self.weight, tile)
             self.weight = None
 
-    def __call__(self, x, residual, out, bias, epilogue, nthreads):
-        tile = self.tile or winograd_tile_for(out.shape[0], out.shape[2], out.shape[3])
+    def tile_for(self, out_shape) -> Optional[int]:
+        """The tile this kernel uses for ``out_shape`` (None: im2col)."""
+        n, co, ho, wo = out_shape
+        return self.tile or winograd_tile_for(n, self.g.in_channels, co, ho, wo, self.allow_im2col)
+
+    def plan(self, x_shape, out_shape, nthreads):
+        tile = self.tile_for(out_shape)
+        if tile is None:
+            if self._im2col is None:
+                self._im2col = _GemmKernel(self.g, self.weight, self.bias, self.epilogue)
+            return self._im2col.plan(x_shape, out_shape, nthreads)
         packed = self.packed.get(tile)
         if packed is None:
             packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile)
-        self.module.winograd_conv(x, packed, tile, bias, self.g.pads, epilogue, residual, out, nthreads)
+        args = (packed, tile, self.bias, self.g.pads, self.epilogue)
+        conv = self.module.winograd_conv
+
+        def run(x, residual, out):
+            conv(x, *args, residual, out, nthreads)
+        return run
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -265,7 +316,10 @@ class PreparedConv2d:
     """A conv2d whose weights are packed once for one algorithm.
 
     Call it as ``prepared(x, residual=None, out=None)``; ``algorithm`` says which
-    kernel runs.  Built by :func:`prepare_conv2d`."""
+    kernel family runs, :meth:`algorithm_for` the exact kernel for an input
+    shape.  Per input shape the geometry, thread count, tiles and (for
+    Winograd) the tile size are worked out on the first call and cached.
+    Built by :func:`prepare_conv2d`."""
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  activation=None, algorithm: str = "auto"):
@@ -275,23 +329,46 @@ class PreparedConv2d:
                                                stride, padding, dilation, groups)
         self.epilogue = parse_activation(activation)
         self.algorithm = choose_algorithm(self.geometry, algorithm)
+        kernel_args = (self.geometry, weight, self.bias, self.epilogue)
         if self.algorithm.startswith("winograd"):
             tile = self.algorithm[len("winograd"):]
-            self._kernel = _WinogradKernel(self.geometry, weight, int(tile) if tile else None)
+            self._kernel = _WinogradKernel(*kernel_args, int(tile) if tile else None, allow_im2col=algorithm == "auto")
         elif self.algorithm == "depthwise":
-            self._kernel = _DepthwiseKernel(self.geometry, weight)
+            self._kernel = _DepthwiseKernel(*kernel_args)
         else:
-            self._kernel = _GemmKernel(self.geometry, weight)
+            self._kernel = _GemmKernel(*kernel_args)
         g = self.geometry
         self._macs_per_output = (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1]
+        self._plans = {}
 
     def output_shape(self, x_shape: Sequence[int]) -> Tuple[int, int, int, int]:
         """Output shape for an input of ``x_shape`` (ValueError when it does not fit)."""
         return self.geometry.output_shape(x_shape)
 
+    def algorithm_for(self, x_shape: Sequence[int]) -> str:
+        """The kernel that runs for an input of ``x_shape``: "winograd2/4/6", "im2col", "1x1" or "depthwise"."""
+        if isinstance(self._kernel, _WinogradKernel):
+            tile = self._kernel.tile_for(self.output_shape(x_shape))
+            return "im2col" if tile is None else f"winograd{tile}"
+        return self.algorithm
+
+    def _plan(self, x_shape):
+        """(output shape, run(x, residual, out)) for inputs of ``x_shape``, made once per shape
+        and thread setting."""
+        key = (x_shape, get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            shape = self.geometry.output_shape(x_shape)
+            nthreads = threads_for(float(np.prod(shape)) * self._macs_per_output)
+            plan = (shape, self._kernel.plan(x_shape, shape, nthreads))
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     def __call__(self, x, residual=None, out: Optional[np.ndarray] = None) -> np.ndarray:
         x = as_float32(x, "x", ndim=4)
-        shape = self.geometry.output_shape(x.shape)
+        shape, run = self._plan(x.shape)
         if residual is not None:
             residual = as_float32(residual, "residual")
             if residual.shape != shape:
@@ -301,8 +378,7 @@ class PreparedConv2d:
             raise ValueError("out must not overlap x (the kernels read x while writing out)")
         if residual is not None and np.may_share_memory(out, residual):
             residual = residual.copy()  # output rows are written before their residual is read
-        nthreads = threads_for(float(np.prod(shape)) * self._macs_per_output)
-        self._kernel(x, residual, out, self.bias, self.epilogue, nthreads)
+        run(x, residual, out)
         return out
 
     def __repr__(self) -> str:
@@ -463,9 +539,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     cog = g.out_channels // g.groups
     cols = np.empty((cog * g.kernel[0] * g.kernel[1], x.shape[2] * x.shape[3]), np.float32)
     nthreads = threads_for(float(cols.size) * x.shape[0] * g.groups * (g.in_channels // g.groups))
-    with blas_single_threaded(nthreads > 1):
-        _transpose.conv_transpose2d_gemm(x, weight, bias, g.stride, g.pads[:2], g.dilation, g.groups, epilogue,
-                                         out, cols, nthreads)
+    _transpose.conv_transpose2d_gemm(x, weight, bias, g.stride, g.pads[:2], g.dilation, g.groups, epilogue,
+                                     out, cols, nthreads)
     return out
 
 
