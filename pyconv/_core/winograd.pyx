@@ -49,14 +49,27 @@ cdef struct Geometry:
     Py_ssize_t Xw              # output-tile buffer width (TX * m)
 
 
+cdef extern from "winograd_layout.h" nogil:
+    void pyconv_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride)
+
+
+cdef inline void transpose_part(const float* src, Py_ssize_t src_stride, float* dst,
+                                Py_ssize_t dst_stride, Py_ssize_t r0, Py_ssize_t r1,
+                                Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """dst[c * dst_stride + r] = src[r * src_stride + c] for r0 <= r < r1, c0 <= c < c1
+    (the edges that pyconv_transpose16 does not cover)."""
+    cdef Py_ssize_t r, c
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            dst[c * dst_stride + r] = src[r * src_stride + c]
+
+
 cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t image,
                                        Py_ssize_t yp, const Geometry* g) noexcept nogil:
     """Padded input row ``yp`` of one image as NHWC (Wp x Ci floats), zeros outside the input."""
     cdef Py_ssize_t y = yp - g.top
     cdef Py_ssize_t c0 = 0, i, Ci = g.Ci, W = g.W, plane = g.H * g.W
-    cdef int cc
     cdef const float* src
-    cdef float* d
     if y < 0 or y >= g.H:
         memset(dst, 0, g.Wp * Ci * sizeof(float))
         return
@@ -64,18 +77,16 @@ cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t im
     memset(dst + (g.left + W) * Ci, 0, (g.Wp - g.left - W) * Ci * sizeof(float))
     src = x + (image * Ci * g.H + y) * W
     dst += g.left * Ci
-    # 16 channels per step (contiguous stores, a fixed-length unrolled loop):
-    # 2.4x faster than one strided store per element.
+    # 16 channels x 16 pixels per in-register transpose (winograd_layout.h)
     while c0 + 16 <= Ci:
-        for i in range(W):
-            d = dst + i * Ci + c0
-            for cc in range(16):
-                d[cc] = src[(c0 + cc) * plane + i]
+        i = 0
+        while i < W and W >= 16:
+            i = min(i, W - 16)  # the last block overlaps the one before it
+            pyconv_transpose16(src + c0 * plane + i, plane, dst + i * Ci + c0, Ci)
+            i += 16
+        transpose_part(src + c0 * plane, plane, dst + c0, Ci, 0, 16, i, W)
         c0 += 16
-    while c0 < Ci:
-        for i in range(W):
-            dst[i * Ci + c0] = src[c0 * plane + i]
-        c0 += 1
+    transpose_part(src + c0 * plane, plane, dst + c0, Ci, 0, Ci - c0, 0, W)
 
 
 # Generated straight-line transforms (see winograd_transforms.kernels_source):
@@ -126,19 +137,18 @@ cdef multiversion_void output_tile_f6(const float* src, Py_ssize_t pos_stride, P
     winograd_f6_output_tile(src, pos_stride, C, dst, row_stride)
 
 
-cdef multiversion_void unpack_output_row(const float* src, Py_ssize_t C, float* dst,
-                                         Py_ssize_t width) noexcept nogil:
-    """dst[x] = src[x*C]: one channel's output row out of the NHWC tile buffer."""
+cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float* dst,
+                                          Py_ssize_t dst_stride, Py_ssize_t width,
+                                          Py_ssize_t rows) noexcept nogil:
+    """dst[r * dst_stride + x] = src[x * C + r]: ``rows`` (<= 16) channels' output rows
+    out of the channels-innermost tile buffer."""
     cdef Py_ssize_t x0 = 0
-    cdef int xx
-    # fixed-length unrolled blocks: 2.4x faster than the plain strided loop
-    while x0 + 16 <= width:
-        for xx in range(16):
-            dst[x0 + xx] = src[(x0 + xx) * C]
-        x0 += 16
-    while x0 < width:
-        dst[x0] = src[x0 * C]
-        x0 += 1
+    if rows == 16:
+        while x0 < width and width >= 16:
+            x0 = min(x0, width - 16)  # the last block overlaps the one before it
+            pyconv_transpose16(src + x0 * C, C, dst + x0, dst_stride)
+            x0 += 16
+    transpose_part(src, C, dst, dst_stride, x0, width, 0, rows)
 
 
 cdef void run_block(const float* x, const float* u, const float* bias, const float* residual,
@@ -218,12 +228,14 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
             y = ty * m + a
             if y >= g.Ho:
                 break
+            orow = out + ((image * Co + c0) * g.Ho + y) * g.Wo
+            unpack_output_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, Co, orow, g.Ho * g.Wo,
+                               g.Wo, min(16, Co - c0))
             for co in range(c0, min(c0 + 16, Co)):
                 orow = out + ((image * Co + co) * g.Ho + y) * g.Wo
                 res_row = NULL
                 if residual != NULL:
                     res_row = residual + ((image * Co + co) * g.Ho + y) * g.Wo
-                unpack_output_row(ybuf + ((rr * m + a) * g.Xw) * Co + co, Co, orow, g.Wo)
                 epilogue_row(orow, g.Wo, bias[co] if bias != NULL else 0.0, res_row, ep)
 
 

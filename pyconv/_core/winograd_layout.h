@@ -1,0 +1,71 @@
+/* 16 x 16 float transpose for the NCHW <-> channels-innermost layout changes of
+ * winograd.pyx:  dst[j * dst_stride + i] = src[i * src_stride + j],  i, j < 16.
+ *
+ * Compilers turn the plain loop into 256 scalar loads and stores (gathers are
+ * not profitable to them).  With the compiler's portable vector extension the
+ * 16 rows are loaded as vectors and transposed in registers by four rounds of
+ * two-input shuffles that swap the off-diagonal 8x8, 4x4, 2x2 and 1x1 blocks
+ * (64 shuffles, 16 loads, 16 stores; AVX-512: one vpermt2ps each).  No ISA
+ * intrinsics: the caller's multiversioned clone picks the instructions. */
+#ifndef PYCONV_WINOGRAD_LAYOUT_H
+#define PYCONV_WINOGRAD_LAYOUT_H
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define PYCONV_HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+
+#if defined(__GNUC__)
+#define PYCONV_LAYOUT_INLINE static inline __attribute__((always_inline))
+#else
+#define PYCONV_LAYOUT_INLINE static inline
+#endif
+
+#ifdef PYCONV_HAVE_SHUFFLEVECTOR
+typedef float pyconv_f32x16 __attribute__((vector_size(64)));
+
+/* rows i and i + b (bit b of i clear) exchange their off-diagonal b x b blocks */
+#define PYCONV_SWAP_BLOCKS(r, i, b, LO, HI) do { \
+        pyconv_f32x16 lo_ = __builtin_shufflevector(r[i], r[i + b], LO); \
+        pyconv_f32x16 hi_ = __builtin_shufflevector(r[i], r[i + b], HI); \
+        r[i] = lo_; r[i + b] = hi_; } while (0)
+#define PYCONV_LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define PYCONV_HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define PYCONV_LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define PYCONV_HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define PYCONV_LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define PYCONV_HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define PYCONV_LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define PYCONV_HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+
+PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_stride,
+                                             float* dst, ptrdiff_t dst_stride)
+{
+    pyconv_f32x16 r[16];
+    for (int i = 0; i < 16; i++)
+        memcpy(&r[i], src + i * src_stride, sizeof(r[i]));
+    for (int i = 0; i < 16; i++)
+        if (!(i & 8)) PYCONV_SWAP_BLOCKS(r, i, 8, PYCONV_LO8, PYCONV_HI8);
+    for (int i = 0; i < 16; i++)
+        if (!(i & 4)) PYCONV_SWAP_BLOCKS(r, i, 4, PYCONV_LO4, PYCONV_HI4);
+    for (int i = 0; i < 16; i++)
+        if (!(i & 2)) PYCONV_SWAP_BLOCKS(r, i, 2, PYCONV_LO2, PYCONV_HI2);
+    for (int i = 0; i < 16; i += 2)
+        PYCONV_SWAP_BLOCKS(r, i, 1, PYCONV_LO1, PYCONV_HI1);
+    for (int j = 0; j < 16; j++)
+        memcpy(dst + j * dst_stride, &r[j], sizeof(r[j]));
+}
+#else
+PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_stride,
+                                             float* dst, ptrdiff_t dst_stride)
+{
+    for (int j = 0; j < 16; j++)
+        for (int i = 0; i < 16; i++)
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+#endif
+
+#endif
