@@ -39,6 +39,14 @@ cdef inline float max_nan(float a, float b) noexcept nogil:
     return m if a == a else a
 
 
+cdef inline float max3_nan(float a, float b, float c) noexcept nogil:
+    # max of three, NaN if any is NaN: two maxps and one unordered test (nesting max_nan
+    # vectorizes to a chain of ~18 mask operations).
+    cdef float m = a if a > b else b
+    m = m if m > c else c
+    return m if (a == a) & (b == b) & (c == c) else NAN
+
+
 cdef struct ScalarMax:
     # Running maximum for scalar reductions: the max compiles to maxss and NaN is
     # tracked off the dependency chain (max_nan's NaN select would lengthen it).
@@ -103,16 +111,51 @@ cdef inline void gather_taps(float* acc, const float* src, Py_ssize_t n, Py_ssiz
             acc[i] = acc[i] + src[2 * i]
 
 
-cdef inline void reduce_rows(float* dst, const float* src, Py_ssize_t nrows, Py_ssize_t row_step,
-                             Py_ssize_t width, bint is_max) noexcept nogil:
-    """dst[w] = max or sum over r < nrows of src[r * row_step + w] (nrows >= 1)."""
+cdef inline void combine_three(float* dst, const float* a, Py_ssize_t step, Py_ssize_t n,
+                               bint is_max) noexcept nogil:
+    """dst[i] = max_nan or sum of a[i], a[i + step], a[i + 2 * step]."""
+    cdef Py_ssize_t i
+    if is_max:
+        for i in range(n):
+            dst[i] = max3_nan(a[i], a[i + step], a[i + 2 * step])
+    else:
+        for i in range(n):
+            dst[i] = a[i] + a[i + step] + a[i + 2 * step]
+
+
+cdef inline void accumulate_two(float* acc, const float* a, Py_ssize_t step, Py_ssize_t n,
+                                bint is_max) noexcept nogil:
+    """acc[i] (op)= a[i] (op) a[i + step]."""
+    cdef Py_ssize_t i
+    if is_max:
+        for i in range(n):
+            acc[i] = max3_nan(acc[i], a[i], a[i + step])
+    else:
+        for i in range(n):
+            acc[i] = acc[i] + (a[i] + a[i + step])
+
+
+cdef multiversion_void reduce_rows(float* dst, const float* src, Py_ssize_t nrows, Py_ssize_t row_step,
+                                   Py_ssize_t width, bint is_max) noexcept nogil:
+    """dst[w] = max or sum over r < nrows of src[r * row_step + w] (nrows >= 1).
+
+    Up to three rows per pass over dst: one load/store pass per row would be bound by
+    the load and store ports rather than the arithmetic.  Multi-versioned: it is too big
+    for GCC to inline, and a plain out-of-line copy gets only SSE2 (4x slower for max)."""
     cdef Py_ssize_t r, w
     if nrows == 1:
         for w in range(width):
             dst[w] = src[w]
         return
-    combine_rows(dst, src, src + row_step, width, is_max)
-    for r in range(2, nrows):
+    if nrows == 2:
+        combine_rows(dst, src, src + row_step, width, is_max)
+        return
+    combine_three(dst, src, row_step, width, is_max)
+    r = 3
+    while r + 1 < nrows:
+        accumulate_two(dst, src + r * row_step, row_step, width, is_max)
+        r += 2
+    if r < nrows:
         accumulate_row(dst, src + r * row_step, width, is_max)
 
 
@@ -244,53 +287,47 @@ cdef inline float scaled(float v, const float* scale_row, Py_ssize_t i) noexcept
 
 
 cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes, float* out,
-                                               Py_ssize_t out_plane, const Window2d* g, float* buf,
-                                               const float* scale, bint is_max) noexcept nogil:
+                                               Py_ssize_t out_plane, const Window2d* g, const int* corner,
+                                               float* buf, const float* scale, bint is_max) noexcept nogil:
     """``planes`` consecutive small planes (x contiguous over them) of the same pool as
-    window_pool_plane; output plane p at ``out + p * out_plane``.
+    window_pool_plane; output plane p (Ho x Wo contiguous) at ``out + p * out_plane``.
 
     Both passes run over the planes as one flat row, so every loop is long and
     vectorized and there is no per-row or per-plane loop setup: hsum[i] reduces
-    x[i + kx*dw] over kx, vsum[i] reduces hsum[i + ky*dh*W] over ky; output (oh, ow)
-    with a window inside its plane is then vsum at its window's top-left cell.
+    x[i + kx*dw] over kx, vsum[i] reduces hsum[i + ky*dh*W] over ky; output j = (oh, ow)
+    with a window inside its plane is then vsum at its window's top-left cell, the
+    plane offset ``corner[j]`` (one gather loop per plane).
     Positions whose window wraps past a row or plane end are computed and never read.
-    Windows clipped by the padding are reduced directly from the input."""
+    Windows clipped by the padding are then reduced directly from the input."""
     cdef Py_ssize_t HW = g.H * g.W, total = planes * HW, n_h = total - (g.kw - 1) * g.dw
-    cdef Py_ssize_t n_v = total - (g.kh - 1) * g.dh * g.W
+    cdef Py_ssize_t n_v = total - (g.kh - 1) * g.dh * g.W, HoWo = g.Ho * g.Wo
     cdef Py_ssize_t n_vvec = (n_v + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
-    cdef Py_ssize_t p, oh, ow, kx, ky, h0, i, lo, hi
-    cdef float* hsum = buf                           # total + VECTOR_SLACK floats
-    cdef float* vsum = buf + total + VECTOR_SLACK    # n_vvec floats
+    cdef Py_ssize_t p, j, oh, ow, h0, lo, hi
+    # vsum below hsum: GCC's run-time overlap check of vsum against its shifted reads of
+    # hsum then always passes (with vsum above, the check failed and ran the scalar loop)
+    cdef float* vsum = buf                           # n_vvec floats
+    cdef float* hsum = buf + total + VECTOR_SLACK    # total + VECTOR_SLACK floats
     cdef const float* xp
     cdef const float* src
     cdef const float* sc
     cdef float* o
     cdef bint inside = g.H - (g.kh - 1) * g.dh > 0 and n_h > 0
     if inside:
-        for i in range(n_h):                         # reads the input: exact length, no over-read
-            hsum[i] = x[i]
-        for kx in range(1, g.kw):
-            accumulate_row(hsum, x + kx * g.dw, n_h, is_max)
-        for i in range(n_vvec):                      # scratch only: whole vectors
-            vsum[i] = hsum[i]
-        for ky in range(1, g.kh):
-            accumulate_row(vsum, hsum + ky * g.dh * g.W, n_vvec, is_max)
-    # Output rows outer, planes inner: the row's bookkeeping is done once for all planes.
+        reduce_rows(hsum, x, g.kw, g.dw, n_h, is_max)                  # reads the input: exact length
+        reduce_rows(vsum, hsum, g.kh, g.dh * g.W, n_vvec, is_max)      # scratch only: whole vectors
+        for p in range(planes):
+            src = vsum + p * HW
+            o = out + p * out_plane
+            if scale != NULL:
+                for j in range(HoWo):
+                    o[j] = src[corner[j]] * scale[j]
+            else:
+                for j in range(HoWo):
+                    o[j] = src[corner[j]]
     for oh in range(g.Ho):
         h0 = oh * g.sh - g.pt
         sc = scale + oh * g.Wo if scale != NULL else NULL
         if inside and h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H:
-            src = vsum + h0 * g.W - g.pl
-            o = out + oh * g.out_row
-            for p in range(planes):
-                if sc != NULL:
-                    for ow in range(g.ow_lo, g.ow_hi):
-                        o[ow] = src[ow * g.sw] * sc[ow]
-                else:
-                    for ow in range(g.ow_lo, g.ow_hi):
-                        o[ow] = src[ow * g.sw]
-                src = src + HW
-                o = o + out_plane
             lo, hi = g.ow_lo, g.ow_hi        # the padding-clipped columns remain
         else:
             lo, hi = g.Wo, g.Wo              # the whole row is clipped
@@ -298,10 +335,25 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
             continue
         for p in range(planes):
             xp = x + p * HW
-            o = out + p * out_plane + oh * g.out_row
+            o = out + p * out_plane + oh * g.Wo
             for ow in range(g.Wo):
                 if ow < lo or ow >= hi:
                     o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
+
+
+cdef window_corners(const Window2d* g):
+    """Plane offset of each output's window top-left cell (int32, Ho * Wo); 0 for windows
+    clipped by the padding (computed separately)."""
+    corners = np.empty(g.Ho * g.Wo, dtype=np.intc)
+    cdef int[::1] c = corners
+    cdef Py_ssize_t oh, ow, h0, w0
+    for oh in range(g.Ho):
+        h0 = oh * g.sh - g.pt
+        for ow in range(g.Wo):
+            w0 = ow * g.sw - g.pl
+            inside = h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H and w0 >= 0 and w0 + (g.kw - 1) * g.dw < g.W
+            c[oh * g.Wo + ow] = h0 * g.W + w0 if inside else 0
+    return corners
 
 
 cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
@@ -335,7 +387,7 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     # chunks of up to FLAT_CHUNK_MAX floats of consecutive planes of one image.
     cdef Py_ssize_t HW = g.H * g.W
     cdef bint flat = (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
-                      and (C == 1 or x.strides[1] == HW * sizeof(float)))
+                      and (C == 1 or x.strides[1] == HW * sizeof(float)) and g.out_row == g.Wo)
     cdef Py_ssize_t chunk = max(1, FLAT_CHUNK_MAX // HW) if flat else 1
     cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
     cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
@@ -343,12 +395,14 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
                                g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
     row_bufs = np.zeros((max(nthreads, 1), buf_len), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
+    cdef const int[::1] corner
     if flat:
+        corner = window_corners(&g)
         for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
             n = p // chunks
             c = (p % chunks) * chunk
             window_pool_flat_planes(&x[n, c, 0, 0], min(chunk, C - c), &out[n, c, 0, 0], out_plane, &g,
-                                    &bufs[threadid(), 0], scale_ptr, is_max)
+                                    &corner[0], &bufs[threadid(), 0], scale_ptr, is_max)
         return
     for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
         n = p // C
