@@ -2,17 +2,18 @@
 # dilation, groups):   out[g] (Co/g x P) = W[g] (Co/g x K) @ B (K x P),
 # K = Ci/g * kh * kw.
 #
-# B comes from the input's phase planes (pyconv/_core/phase_planes.pxd): on
-# the wide output grid every B row is one contiguous run of a phase plane, so
-# the im2col of a tile is one memcpy per B row, a 1x1 conv reads B straight
+# B comes from the input's phase planes (pyconv/_core/phase_planes.pxd): every
+# tap of an output row reads one contiguous run of a phase plane, so the im2col
+# of a tile is one memcpy per (B row, output row), a 1x1 conv reads B straight
 # from the phase planes, and a 1x1 stride-1 unpadded conv straight from x.
+# B holds only real output pixels (not the phase planes' wider rows): at 7x7
+# the wide grid would multiply 9 columns per row for 7 outputs.
 #
-# The wide grid is cut into tiles of ``tile_cols`` pixels; each (group, tile)
-# task gathers its B rows and runs one single-threaded sgemm; when the wide
-# grid is the output grid (1x1 kernels) it writes the NCHW rows in place,
-# otherwise a scratch tile whose rows are copied out without the extra columns.
-# The fused epilogue runs on each row run right after, while it is hot.  Tasks are spread over the OpenMP threads, so the BLAS
-# must run single-threaded meanwhile (arranged by pyconv.ops.conv).
+# The output pixels are cut into tiles of ``tile_cols``; each (group, tile)
+# task gathers its B rows and runs one single-threaded sgemm that writes the
+# NCHW output rows in place; the fused epilogue runs on them right after,
+# while they are hot.  Tasks are spread over the OpenMP threads (the BLAS is
+# always on one thread, see pyconv/_threads.py).
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 
@@ -36,12 +37,12 @@ def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
 
 
 def scratch_floats(int k, int cog, int tile_cols, int kh, int kw) -> int:
-    """Floats of scratch one thread needs: the GEMM's output tile, plus an im2col tile for kxk."""
-    return tile_cols * (cog + (k if kh * kw > 1 else 0))
+    """Floats of scratch one thread needs: an im2col tile for kxk (1 for 1x1, which needs none)."""
+    return tile_cols * k if kh * kw > 1 else 1
 
 
 def phase_floats(int C, stride, int Hq, int Wq) -> int:
-    """Floats of the shared phase-plane buffer of one image (plus a tail the wide grid may read)."""
+    """Floats of the shared phase-plane buffer of one image (plus the tail phase_planes.pxd asks for)."""
     return C * stride[0] * stride[1] * Hq * Wq + Wq
 
 
@@ -51,21 +52,30 @@ cdef multiversion_void phase_split_channel(const float* src, float* dst, const P
 
 cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int ncols,
                       const ConvGeom* g) noexcept nogil:
-    """B rows (cig*kh*kw of ncols wide-grid pixels) of one group: a memcpy each."""
-    cdef int c, ki, kj
-    cdef Py_ssize_t row = 0
+    """B rows (cig*kh*kw of output pixels col0 .. col0+ncols) of one group: one
+    memcpy per output row each."""
+    cdef int c, ki, kj, oh, ow, run
+    cdef Py_ssize_t p, end = col0 + ncols
+    cdef const float* tap
+    cdef float* dst = cols
     for c in range(g.C // g.groups):
         for ki in range(g.ph.kh):
             for kj in range(g.ph.kw):
-                memcpy(cols + row * ncols, phases + c * g.ph.channel + tap_offset(&g.ph, ki, kj) + col0,
-                       ncols * sizeof(float))
-                row += 1
+                tap = phases + c * g.ph.channel + tap_offset(&g.ph, ki, kj)
+                p = col0
+                while p < end:
+                    oh = p // g.Wo
+                    ow = p - <Py_ssize_t>oh * g.Wo
+                    run = g.Wo - ow if end - p > g.Wo - ow else end - p
+                    memcpy(dst, tap + <Py_ssize_t>oh * g.ph.Wq + ow, run * sizeof(float))
+                    dst += run
+                    p += run
 
 
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
                                      const float* bias, const float* residual, Epilogue ep,
                                      const ConvGeom* g) noexcept nogil:
-    """Fused epilogue on a tile the GEMM wrote straight into the output (wide grid == output grid).
+    """Fused epilogue on a tile the GEMM wrote straight into the output.
 
     out and residual point at the group's first output channel."""
     cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, o
@@ -76,29 +86,6 @@ cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int n
                      residual + o if residual != NULL else NULL, ep)
 
 
-cdef multiversion_void store_tile(const float* ct, float* out, int cog, Py_ssize_t col0, int ncols,
-                                  const float* bias, const float* residual, Epilogue ep,
-                                  const ConvGeom* g) noexcept nogil:
-    """Output rows of one group from the GEMM tile ct[cog][ncols] on the wide grid: drop
-    the extra columns, apply the epilogue on each row run while hot.
-
-    out and residual point at the group's first output channel."""
-    cdef Py_ssize_t p = col0, end = col0 + ncols, P = <Py_ssize_t>g.Ho * g.Wo, o
-    cdef int oh, ow, run, n, co
-    while p < end:
-        oh = p // g.ph.Wq
-        ow = p - <Py_ssize_t>oh * g.ph.Wq
-        run = g.ph.Wq - ow if end - p > g.ph.Wq - ow else end - p  # wide pixels of this row in the tile
-        if ow < g.Wo:
-            n = g.Wo - ow if run > g.Wo - ow else run
-            for co in range(cog):
-                o = co * P + <Py_ssize_t>oh * g.Wo + ow
-                memcpy(out + o, ct + <Py_ssize_t>co * ncols + (p - col0), n * sizeof(float))
-                epilogue_row(out + o, n, bias[co] if bias != NULL else 0.0,
-                             residual + o if residual != NULL else NULL, ep)
-        p += run
-
-
 def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 stride, pads, dilation, int groups, int kh, int kw,
                 tuple epilogue, residual, float[:, :, :, ::1] out,
@@ -107,8 +94,7 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
 
     pads = (top, left, bottom, right); bias float32[Co] or None; residual
     float32[N, Co, Ho, Wo] or None; phases float32[phase_floats(...)], zeroed
-    when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)].
-    Call with the BLAS single-threaded."""
+    when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
     g.C = x.shape[1]; g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
     g.groups = groups
@@ -117,8 +103,8 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     cdef int N = x.shape[0]
     cdef int cig = g.C // groups, cog = g.Co // groups
     cdef int K = cig * kh * kw
-    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * g.ph.Wq
-    cdef int ntiles = (wide + tile_cols - 1) // tile_cols
+    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
+    cdef int ntiles = (P + tile_cols - 1) // tile_cols
     cdef int ntasks = groups * ntiles
     if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(K, cog, tile_cols, kh, kw):
         raise ValueError("scratch too small for the GEMM tiles")
@@ -143,7 +129,6 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     cdef int n, c, task, grp, t, ncols, ldb
     cdef Py_ssize_t col0, out_off
     cdef float* cols
-    cdef float* ct
     cdef const float* b
     for n in range(N):
         if not g.direct:
@@ -153,8 +138,7 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
             t = task % ntiles
             grp = task // ntiles
             col0 = <Py_ssize_t>t * tile_cols
-            ncols = wide - col0 if wide - col0 < tile_cols else tile_cols
-            ct = &scratch[pyconv_omp_thread_id(), 0]
+            ncols = P - col0 if P - col0 < tile_cols else tile_cols
             if g.direct:
                 b = xp + (<Py_ssize_t>n * g.C + grp * cig) * P + col0
                 ldb = P
@@ -162,20 +146,13 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 b = ph + grp * cig * phase_stride + col0
                 ldb = phase_stride
             else:
-                cols = ct + <Py_ssize_t>cog * tile_cols
+                cols = &scratch[pyconv_omp_thread_id(), 0]
                 im2col_tile(ph + grp * cig * phase_stride, cols, col0, ncols, &g)
                 b = cols
                 ldb = ncols
             out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P
-            if g.ph.Wq == g.Wo:  # no extra columns: the GEMM writes the NCHW rows in place
-                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
-                              b, ldb, 0.0, op + out_off + col0, P)
-                epilogue_tile(op + out_off, cog, col0, ncols,
-                              bias_p + grp * cog if bias_p != NULL else NULL,
-                              res_p + out_off if res_p != NULL else NULL, ep, &g)
-            else:
-                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
-                              b, ldb, 0.0, ct, ncols)
-                store_tile(ct, op + out_off, cog, col0, ncols,
-                           bias_p + grp * cog if bias_p != NULL else NULL,
-                           res_p + out_off if res_p != NULL else NULL, ep, &g)
+            gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
+                          b, ldb, 0.0, op + out_off + col0, P)
+            epilogue_tile(op + out_off, cog, col0, ncols,
+                          bias_p + grp * cog if bias_p != NULL else NULL,
+                          res_p + out_off if res_p != NULL else NULL, ep, &g)

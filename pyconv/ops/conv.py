@@ -49,8 +49,11 @@ WINOGRAD4_MIN_TILES = 48
 # most this many bytes per output tile; "auto" runs im2col when even F(2x2)
 # exceeds it (512 ch @7x7: 1 MiB per tile).
 WINOGRAD_FILTER_BYTES_PER_TILE = 384 << 10
-# B tile + C tile of one GEMM task, in floats: 2 MiB, the L2 of one core here.
-_GEMM_TILE_BUDGET = 1 << 19
+# Floats of one GEMM task's B and C tiles: 2 MiB (the L2 of one core here) for
+# 1x1 convs, which read B in place; 1 MiB for kxk, whose im2col tile is
+# written first and must stay in L2 beside the BLAS's packed panels (measured).
+_GEMM_TILE_BUDGET_1X1 = 1 << 19
+_GEMM_TILE_BUDGET_IM2COL = 1 << 18
 # Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
 _MAX_PLANS = 16
 
@@ -203,9 +206,10 @@ class _GemmKernel:
         self._scratch = _Scratch()
 
     def tile_cols(self, pixels: int, nthreads: int) -> int:
-        """Wide-grid pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
+        """Output pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
         k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
-        cap = max(64, _GEMM_TILE_BUDGET // (k + cog))
+        budget = _GEMM_TILE_BUDGET_1X1 if self.g.kernel == (1, 1) else _GEMM_TILE_BUDGET_IM2COL
+        cap = max(64, budget // (k + cog))
         ntiles = -(-pixels // cap)
         if self.g.groups * ntiles < 8 * nthreads:
             while (self.g.groups * ntiles) % nthreads:
@@ -218,7 +222,7 @@ class _GemmKernel:
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        tile = self.tile_cols(ho * wq, nthreads)
+        tile = self.tile_cols(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         args = (self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw, self.epilogue)
