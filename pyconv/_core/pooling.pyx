@@ -469,6 +469,40 @@ def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[
                        &wbins[b, 0, 0], Wo, &bufs[threadid(), 0], is_max, average)
 
 
+def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_t[:, ::1] levels,
+                 const Py_ssize_t[:, ::1] hbins, const Py_ssize_t[:, ::1] wbins, bint is_max, bint average,
+                 int nthreads):
+    """Spatial pyramid pooling of every plane in one pass: all levels of a plane while it is in cache.
+
+    Row l of ``levels`` is (n, source, column, first bin), in computation order: level l
+    is n x n bins ``hbins[first:first + n]`` x ``wbins[first:first + n]`` over plane c of
+    the input (source -1) or of level ``source``'s n' x n' output (an earlier row); its
+    output plane c is ``out[:, column + c * n * n:][:n * n]``."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = levels.shape[0], p, i, c, l, n, src, m, width
+    cdef const float* plane
+    cdef Py_ssize_t plane_row
+    width = x.shape[3]
+    for l in range(L):
+        width = max(width, levels[l, 0])
+    row_bufs = np.empty((max(nthreads, 1), width), dtype=np.float32)
+    cdef float[:, ::1] bufs = row_bufs
+    for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
+        i = p // C
+        c = p % C
+        for l in range(L):
+            n = levels[l, 0]
+            src = levels[l, 1]
+            if src < 0:
+                plane = &x[i, c, 0, 0]
+                plane_row = x.shape[3]
+            else:
+                m = levels[src, 0]
+                plane = &out[i, levels[src, 2] + c * m * m]
+                plane_row = m
+            bin_pool_plane(plane, plane_row, &out[i, levels[l, 2] + c * n * n], n, &hbins[levels[l, 3], 0], n,
+                           &wbins[levels[l, 3], 0], n, &bufs[threadid(), 0], is_max, average)
+
+
 cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize_t size, float* out,
                                      bint is_max, float scale, Py_ssize_t width) noexcept nogil:
     """out[p] = scale * sum, or max, of the ``size`` contiguous floats of each plane p.

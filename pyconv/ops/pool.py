@@ -353,6 +353,29 @@ def _check_levels(levels) -> Tuple[int, ...]:
     return result
 
 
+@functools.lru_cache(maxsize=256)
+def _pyramid_plan(in_hw: Tuple[int, int], levels: Tuple[int, ...], mode: str, channels: int):
+    """The ``levels`` / ``hbins`` / ``wbins`` tables of ``_kernels.pyramid_pool`` (read-only, cached).
+
+    Levels are computed finest first.  For max, an adaptive bin of level n is the union
+    of the bins of a finer level m = k * n that it contains (floor(k*i*a / (k*n)) =
+    floor(i*a / n)), so level n is pooled from the small m x m map instead of the input."""
+    columns = np.cumsum([0] + [channels * n * n for n in levels])
+    rows, hbins, wbins, computed = [], [], [], {}   # computed: level size -> its row
+    for j in sorted(range(len(levels)), key=lambda j: -levels[j]):
+        n = levels[j]
+        finer = next((m for m in computed if m % n == 0), None) if mode == "max" else None
+        source_hw = in_hw if finer is None else (finer, finer)
+        rows.append((n, -1 if finer is None else computed[finer], int(columns[j]), sum(len(b) for b in hbins)))
+        computed.setdefault(n, len(rows) - 1)
+        hbins.append(_adaptive_bins(source_hw[0], n))
+        wbins.append(_adaptive_bins(source_hw[1], n))
+    tables = (np.array(rows, dtype=np.intp), np.concatenate(hbins), np.concatenate(wbins))
+    for table in tables:
+        table.setflags(write=False)
+    return tables
+
+
 def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode: str = "max", *,
                          out: Optional[np.ndarray] = None) -> np.ndarray:
     """SPP-net: for each level n, an n x n adaptive pool; the flattened results concatenated.
@@ -364,19 +387,10 @@ def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode:
     levels = _check_levels(levels)
     if mode not in SPP_MODES:
         raise ValueError(f"spatial_pyramid_pool: mode must be one of {SPP_MODES}, got {mode!r}")
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     y = check_out(out, (N, C * sum(n * n for n in levels)))
-    offsets = np.cumsum([0] + [C * n * n for n in levels])
-    blocks = {n: np.ndarray((N, C, n, n), np.float32, y, 4 * int(offset),  # the level's columns of y
-                            (y.strides[0], 4 * n * n, 4 * n, 4)) for n, offset in zip(levels, offsets)}
-    done: List[int] = []
-    for n in sorted(set(levels), reverse=True):
-        # An adaptive bin of level n is the union of the bins of level m = k * n that it
-        # contains (floor(k*i*a / (k*n)) = floor(i*a / n)), so for max a finer level
-        # pooled in k x k groups gives it exactly, from a map of m x m instead of the input.
-        finer = next((m for m in done if m % n == 0), None) if mode == "max" else None
-        _pool_adaptive(x if finer is None else blocks[finer], blocks[n], mode)
-        done.append(n)
+    table, hbins, wbins = _pyramid_plan((H, W), levels, mode, C)
+    _kernels.pyramid_pool(x, y, table, hbins, wbins, mode == "max", mode == "avg", threads_for(x.size * len(levels)))
     return y
 
 
