@@ -115,6 +115,19 @@ def test_wide_rows_take_the_vector_path(stride, kernel, padding, dilation):
     assert_close(ops.lp_pool2d(x, 2, kernel, stride, padding), ref.lp_pool2d(x, 2, kernel, stride, padding), 1e-4)
 
 
+@pytest.mark.parametrize("H,W,ceil_mode", [(40, 36, False), (41, 34, False), (41, 34, True), (33, 35, False)])
+def test_2x2_stride_2_pool(H, W, ceil_mode):
+    # even W with every window inside runs the column-pairs kernel; odd H drops the last row
+    # (floor mode) or keeps a partial window (ceil mode, row kernel); odd W takes the row kernel
+    x = rand(2, 3, H, W, scale=100.0)
+    x[0, 1, 5, 7] = np.nan
+    np.testing.assert_array_equal(ops.max_pool2d(x, 2, 2, ceil_mode=ceil_mode),
+                                  ref.max_pool2d(x, 2, 2, 0, 1, ceil_mode).astype(np.float32))
+    assert_close(ops.avg_pool2d(x, 2, 2, ceil_mode=ceil_mode), ref.avg_pool2d(x, 2, 2, 0, ceil_mode), 1e-5)
+    view = np.concatenate([x, x], axis=1)[:, 2:5]      # a channel slice: strided planes
+    np.testing.assert_array_equal(ops.max_pool2d(view, 2), ops.max_pool2d(np.ascontiguousarray(view), 2))
+
+
 def test_large_plane_with_narrow_output_takes_the_row_path():
     # a plane above the flat-plane size limit whose interior rows are narrower than a vector
     x = rand(1, 2, 70, 70)
@@ -247,6 +260,14 @@ def test_spatial_pyramid_pool_layout_is_level_then_channel_then_bin():
     y = ops.spatial_pyramid_pool(x, [1, 2], "max")
     np.testing.assert_array_equal(y[0, :3], x.max(axis=(2, 3))[0])
     np.testing.assert_array_equal(y[0, 3:], ops.adaptive_max_pool2d(x, 2).reshape(-1))
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_spatial_pyramid_pool_repeated_and_unsorted_levels(mode):
+    # levels are pooled finest first (max: coarser from finer); a repeated level fills both blocks
+    x = rand(2, 3, 11, 9)
+    for levels in [(2, 2), (4, 1, 2, 4), (3, 6, 1)]:
+        assert_close(ops.spatial_pyramid_pool(x, levels, mode), ref.spatial_pyramid_pool(x, levels, mode), 1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 13, 13), (2, 4, 9, 20), (1, 2, 1, 1)])

@@ -261,6 +261,32 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = o[ow] * scale[oh * g.Wo + ow]
 
 
+cdef inline void reduce_pairs(float* dst, const float* src, Py_ssize_t n, bint is_max) noexcept nogil:
+    """dst[i] = max_nan or sum of src[2i], src[2i + 1]."""
+    cdef Py_ssize_t i
+    if is_max:
+        for i in range(n):
+            dst[i] = max_nan(src[2 * i], src[2 * i + 1])
+    else:
+        for i in range(n):
+            dst[i] = src[2 * i] + src[2 * i + 1]
+
+
+cdef multiversion_void pool_2x2_plane(const float* x, float* out, const Window2d* g, float* pairs,
+                                      const float* scale, bint is_max) noexcept nogil:
+    """One plane of a 2x2 stride-2 pool with every window inside (W even, x and out
+    contiguous planes): column pairs of the whole plane in one long loop, then pairs of
+    those rows, then the scale; no per-row tap bookkeeping (which dominates window_pool_plane
+    on rows this short)."""
+    cdef Py_ssize_t oh, j
+    reduce_pairs(pairs, x, g.H * g.Wo, is_max)
+    for oh in range(g.Ho):
+        combine_rows(out + oh * g.Wo, pairs + 2 * oh * g.Wo, pairs + (2 * oh + 1) * g.Wo, g.Wo, is_max)
+    if scale != NULL:
+        for j in range(g.Ho * g.Wo):
+            out[j] = out[j] * scale[j]
+
+
 cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ssize_t h0,
                                         Py_ssize_t w0, bint is_max) noexcept nogil:
     """max or sum of the window starting at (h0, w0), read straight from the plane, taps
@@ -391,7 +417,10 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     cdef Py_ssize_t chunk = max(1, FLAT_CHUNK_MAX // HW) if flat else 1
     cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
     cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
-    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if flat else
+    cdef bint pairs = (not flat and g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1
+                       and g.dw == 1 and g.pt == 0 and g.pl == 0 and g.W == 2 * g.Wo and 2 * g.Ho <= g.H
+                       and g.x_row == g.W and g.out_row == g.Wo)
+    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if flat else g.H * g.Wo if pairs else
                                g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
     row_bufs = np.zeros((max(nthreads, 1), buf_len), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
@@ -407,7 +436,10 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
         n = p // C
         c = p % C
-        window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+        if pairs:
+            pool_2x2_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+        else:
+            window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
 
 
 cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* out, Py_ssize_t out_row,
