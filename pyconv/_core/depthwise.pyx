@@ -11,6 +11,7 @@
 # are then copied out without the wide grid's extra columns, and the fused
 # epilogue runs on each while it is hot.
 from cython.parallel cimport prange
+from libc.string cimport memset
 
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id
@@ -23,7 +24,7 @@ cdef enum:
 
 
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
-    phase_split(src, dst, g)
+    phase_split(src, dst, g, True)
 
 
 cdef multiversion_void depthwise_plane(const float* phases, const float* w, float* acc, float* out,
@@ -73,11 +74,13 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
                 for p in range(p0, p0 + n):
                     acc[p] += w[t] * src[p]
             p0 += ACC_CHUNK
+    if residual == NULL:  # one epilogue pass over the wide plane: short rows make per-row calls costly
+        epilogue_row(acc, wide, bias, NULL, ep)
     for oh in range(Ho):
         for ow in range(Wo):
             out[<Py_ssize_t>oh * Wo + ow] = acc[<Py_ssize_t>oh * g.Wq + ow]
-        epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, bias,
-                     residual + <Py_ssize_t>oh * Wo if residual != NULL else NULL, ep)
+        if residual != NULL:
+            epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, bias, residual + <Py_ssize_t>oh * Wo, ep)
 
 
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
@@ -92,7 +95,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     """out = epilogue(depthwise conv2d(x, weight)); weight [C*mult, 1, kh, kw].
 
     pads = (top, left, bottom, right); scratch float32[nthreads, scratch_floats(...)],
-    zeroed when allocated (the phase-plane tail is read for dropped columns only)."""
+    its phase-plane part is zeroed here (the padding), the tail is read for dropped columns only."""
     cdef int N = x.shape[0], C = x.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef int mult = out.shape[1] // C
     cdef PhaseGeom g = phase_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
@@ -114,6 +117,9 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef const float* wp = &weight[0, 0, 0, 0]
     cdef float* op = &out[0, 0, 0, 0]
     cdef Py_ssize_t plane_out = <Py_ssize_t>Ho * Wo, acc_off = g.channel + g.Wq
+    cdef int t
+    for t in range(nthreads):  # this geometry's zero padding, written once per thread's planes
+        memset(&scratch[t, 0], 0, acc_off * sizeof(float))
     cdef Py_ssize_t o_off
     cdef int task, n, c, m, co
     cdef float* phases

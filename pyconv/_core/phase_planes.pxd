@@ -83,8 +83,12 @@ cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGe
                 row1[j] = padded[2 * j + 1]
 
 
-cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
-    """Phase planes [sh][sw][Hq][Wq] of one H x W channel; phases no tap reads are skipped."""
+cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g, bint zeroed=False) noexcept nogil:
+    """Phase planes [sh][sw][Hq][Wq] of one H x W channel; phases no tap reads are skipped.
+
+    zeroed: dst already holds this geometry's zero padding (a buffer zeroed once and
+    reused for channels of one geometry), so only input pixels are written.  Small
+    planes spend most of their split on the padding's memsets otherwise."""
     cdef int qh, qw, r, j, ih, j_lo, j_hi
     cdef float* row
     cdef const float* srow
@@ -108,13 +112,15 @@ cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g) n
                 row = dst + (qh * g.sw + qw) * g.plane + <Py_ssize_t>r * g.Wq
                 ih = r * g.sh + qh - g.pt
                 if ih < 0 or ih >= g.H:
-                    memset(row, 0, g.Wq * sizeof(float))
+                    if not zeroed:
+                        memset(row, 0, g.Wq * sizeof(float))
                     continue
                 srow = src + <Py_ssize_t>ih * g.W + qw - g.pl
-                memset(row, 0, j_lo * sizeof(float))
+                if not zeroed:
+                    memset(row, 0, j_lo * sizeof(float))
+                    memset(row + j_hi, 0, (g.Wq - j_hi) * sizeof(float))
                 if g.sw == 1:
                     memcpy(row + j_lo, srow + j_lo, (j_hi - j_lo) * sizeof(float))
                 else:
                     for j in range(j_lo, j_hi):
                         row[j] = srow[j * g.sw]
-                memset(row + j_hi, 0, (g.Wq - j_hi) * sizeof(float))
