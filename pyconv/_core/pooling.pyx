@@ -278,13 +278,22 @@ cdef multiversion_void pool_2x2_plane(const float* x, float* out, const Window2d
     contiguous planes): column pairs of the whole plane in one long loop, then pairs of
     those rows, then the scale; no per-row tap bookkeeping (which dominates window_pool_plane
     on rows this short)."""
-    cdef Py_ssize_t oh, j
+    cdef Py_ssize_t oh, ow
+    cdef const float* top
+    cdef const float* bottom
+    cdef const float* sc
+    cdef float* o
     reduce_pairs(pairs, x, g.H * g.Wo, is_max)
     for oh in range(g.Ho):
-        combine_rows(out + oh * g.Wo, pairs + 2 * oh * g.Wo, pairs + (2 * oh + 1) * g.Wo, g.Wo, is_max)
-    if scale != NULL:
-        for j in range(g.Ho * g.Wo):
-            out[j] = out[j] * scale[j]
+        top = pairs + 2 * oh * g.Wo
+        bottom = top + g.Wo
+        o = out + oh * g.Wo
+        if scale == NULL:
+            combine_rows(o, top, bottom, g.Wo, is_max)
+        else:   # average: scaled while the sum is in a register
+            sc = scale + oh * g.Wo
+            for ow in range(g.Wo):
+                o[ow] = (top[ow] + bottom[ow]) * sc[ow]
 
 
 cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ssize_t h0,
