@@ -99,7 +99,8 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     g.C = x.shape[1]; g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
     g.groups = groups
     g.ph = phase_geometry(x.shape[2], x.shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
-    g.direct = gemm_layout(kh, kw, stride, pads, dilation, g.Ho, g.Wo)[2]
+    g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
+                and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)  # as gemm_layout says, without a Python call
     cdef int N = x.shape[0]
     cdef int cig = g.C // groups, cog = g.Co // groups
     cdef int K = cig * kh * kw
