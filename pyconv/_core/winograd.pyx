@@ -269,9 +269,24 @@ def _check_tile(tile) -> int:
     return int(tile)
 
 
-# Input channels per block of winograd_pack: bounds its float64 temporaries to
-# PACK_BLOCK_FLOATS * 8 bytes (L2-sized: 4x faster than 4 MB blocks).
-PACK_BLOCK_FLOATS = 1 << 16
+cdef multiversion_void transform_filters(const float* by_input, const double* kron, Py_ssize_t P,
+                                         Py_ssize_t Ci, Py_ssize_t Co, float* packed) noexcept nogil:
+    """packed[p, ci, co] = sum_k kron[p, k] * by_input[ci, k, co], in float64, rounded once."""
+    cdef Py_ssize_t ci, p, co
+    cdef const float* g
+    cdef float* dst
+    cdef double k0, k1, k2, k3, k4, k5, k6, k7, k8
+    for ci in range(Ci):
+        g = by_input + ci * 9 * Co
+        for p in range(P):
+            k0, k1, k2 = kron[p * 9], kron[p * 9 + 1], kron[p * 9 + 2]
+            k3, k4, k5 = kron[p * 9 + 3], kron[p * 9 + 4], kron[p * 9 + 5]
+            k6, k7, k8 = kron[p * 9 + 6], kron[p * 9 + 7], kron[p * 9 + 8]
+            dst = packed + (p * Ci + ci) * Co
+            for co in range(Co):  # unit stride over output channels: vectorized
+                dst[co] = <float>(k0 * g[co] + k1 * g[Co + co] + k2 * g[2 * Co + co]
+                                  + k3 * g[3 * Co + co] + k4 * g[4 * Co + co] + k5 * g[5 * Co + co]
+                                  + k6 * g[6 * Co + co] + k7 * g[7 * Co + co] + k8 * g[8 * Co + co])
 
 
 def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
@@ -290,15 +305,15 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
     _, g, _ = transform_matrices(m)
     n = m + 2
     # (G g G^T)[k, l] = sum_rs G[k, r] G[l, s] g[r, s]: one (P x 9) matrix for all
-    # filters, so each block of input channels is a single matmul whose result
-    # is already in U's [p, ci, co] order (contiguous rows, no strided writes).
-    kron = np.kron(g, g)
-    by_input = weight.reshape(co, ci, 9).transpose(1, 0, 2)
+    # filters, applied by our own loop (NumPy's threaded BLAS made this 10-40x
+    # slower at times on a busy machine); extra memory: one copy of the weights.
+    cdef const double[:, ::1] kron = np.ascontiguousarray(np.kron(g, g))
+    cdef const float[:, :, ::1] by_input = np.ascontiguousarray(weight.reshape(co, ci * 9).T).reshape(ci, 9, co)
     packed = np.empty((n * n, ci, co), dtype=np.float32)
-    step = max(1, PACK_BLOCK_FLOATS // (n * n * co))
-    for start in range(0, ci, step):
-        block = by_input[start:start + step].reshape(-1, 9).astype(np.float64)
-        packed[:, start:start + step] = (kron @ block.T).reshape(n * n, -1, co)
+    cdef float[:, :, ::1] packed_v = packed
+    cdef Py_ssize_t positions = n * n, inputs = ci, outputs = co
+    with nogil:
+        transform_filters(&by_input[0, 0, 0], &kron[0, 0], positions, inputs, outputs, &packed_v[0, 0, 0])
     return packed
 
 
