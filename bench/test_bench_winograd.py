@@ -169,3 +169,38 @@ def test_winograd_ratios():
         scaling = f"{medians[layer, 1, impl] / t:.2f}x" if threads == 2 else ""
         lines.append(f"| {layer} | {threads} | {impl} | {t * 1e3:.3f} | {vs_ort} | {scaling} |")
     print("\n" + "\n".join(lines))
+
+
+CROSSOVER_LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))
+CROSSOVER_ALGORITHMS = ("winograd2", "winograd4", "winograd6", "im2col")
+
+
+def test_winograd_crossover():
+    """Print forced tiles vs ``algorithm="im2col"`` (prepared conv2d, batch 1) on ResNet's
+    3x3 layers, for the ``auto`` rule: median ms at 1 and 2 threads, onnxruntime alongside."""
+    from pyconv.registry import get
+
+    conv = get("conv2d")
+    lines = ["| layer | threads | " + " | ".join(CROSSOVER_ALGORITHMS) + " | onnxruntime |",
+             "|---|---|" + "---|" * (len(CROSSOVER_ALGORITHMS) + 1)]
+    for channels, size in CROSSOVER_LAYERS:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
+        w = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2.0 / (9 * channels))).astype(np.float32)
+        out = np.empty_like(x)
+        for threads in (1, 2):
+            with threads_set(threads):
+                funcs = {}
+                for algorithm in CROSSOVER_ALGORITHMS:
+                    bound = conv.bind({"weight": w}, {"padding": 1, "algorithm": algorithm})
+                    funcs[algorithm] = lambda f=bound: f(x, out=out)
+                try:
+                    session = onnxruntime_session(w, threads)
+                    funcs["onnxruntime"] = lambda: session.run(None, {"x": x})
+                except pytest.skip.Exception:
+                    pass
+                medians = interleaved_medians(funcs, max(3, ROUNDS // 3))
+            cells = [f"{medians[name] * 1e3:.3f}" if name in medians else "n/a"
+                     for name in CROSSOVER_ALGORITHMS + ("onnxruntime",)]
+            lines.append(f"| {channels}->{channels} @{size} | {threads} | " + " | ".join(cells) + " |")
+    print("\n" + "\n".join(lines))
