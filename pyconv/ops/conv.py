@@ -47,8 +47,10 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD4_MIN_TILES = 48
 # ... and a tile size is used only while its transformed filters amount to at
 # most this many bytes per output tile; "auto" runs im2col when even F(2x2)
-# exceeds it (512 ch @7x7: 1 MiB per tile).
-WINOGRAD_FILTER_BYTES_PER_TILE = 384 << 10
+# exceeds it (512 ch @7x7: 1 MiB per tile).  Measured: F(4x4) wins at 385 KiB
+# (256->512 @28) and loses to F(2x2) at 770 KiB (512 @28); F(2x2) beats im2col
+# at 342 KiB (512 @14) and loses at 1 MiB (512 @7).
+WINOGRAD_FILTER_BYTES_PER_TILE = 512 << 10
 # Floats of one GEMM task's B and C tiles: 2 MiB (the L2 of one core here) for
 # 1x1 convs, which read B in place; 1 MiB for kxk, whose im2col tile is
 # written first and must stay in L2 beside the BLAS's packed panels (measured).
