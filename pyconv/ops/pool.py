@@ -284,8 +284,18 @@ def _run_bin_pool(x: np.ndarray, y: np.ndarray, image_of: np.ndarray, hbins: np.
     return y
 
 
-def _pool_adaptive(x: np.ndarray, y: np.ndarray, mode: str) -> np.ndarray:
-    kind, a, b = _adaptive_plan(x.shape[2:], y.shape[2:])
+@functools.lru_cache(maxsize=256)
+def _adaptive_call(op: str, in_hw: Tuple[int, int], output_size):
+    """(output size, plan) of one adaptive pool call, cached: at 13x13 the Python checks
+    would otherwise be ~10% of the call."""
+    out_hw = _adaptive_output_size(op, output_size, in_hw)
+    return out_hw, _adaptive_plan(in_hw, out_hw)
+
+
+def _pool_adaptive(op: str, x, output_size, out: Optional[np.ndarray], mode: str) -> np.ndarray:
+    x = _as_input(x)
+    out_hw, (kind, a, b) = _adaptive_call(op, x.shape[2:], _hashable(output_size))
+    y = check_out(out, x.shape[:2] + out_hw)
     if kind == "window":
         return _run_window_pool(x, y, a, b if mode == "avg" else None, mode == "max")
     return _run_bin_pool(x, y, np.arange(x.shape[0], dtype=np.intp), a, b, mode)
@@ -328,16 +338,12 @@ def global_lp_pool2d(x: np.ndarray, p: float = 2.0, *, out: Optional[np.ndarray]
 
 def adaptive_max_pool2d(x: np.ndarray, output_size, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Max over bins [floor(i*in/out), ceil((i+1)*in/out)) per axis (PyTorch); any in/out sizes."""
-    x = _as_input(x)
-    out_hw = _adaptive_output_size("adaptive_max_pool2d", output_size, x.shape[2:])
-    return _pool_adaptive(x, check_out(out, x.shape[:2] + out_hw), "max")
+    return _pool_adaptive("adaptive_max_pool2d", x, output_size, out, "max")
 
 
 def adaptive_avg_pool2d(x: np.ndarray, output_size, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Mean over bins [floor(i*in/out), ceil((i+1)*in/out)) per axis (PyTorch); any in/out sizes."""
-    x = _as_input(x)
-    out_hw = _adaptive_output_size("adaptive_avg_pool2d", output_size, x.shape[2:])
-    return _pool_adaptive(x, check_out(out, x.shape[:2] + out_hw), "avg")
+    return _pool_adaptive("adaptive_avg_pool2d", x, output_size, out, "avg")
 
 
 SPP_MODES = ("max", "avg")
