@@ -204,3 +204,26 @@ def test_winograd_crossover():
                      for name in CROSSOVER_ALGORITHMS + ("onnxruntime",)]
             lines.append(f"| {channels}->{channels} @{size} | {threads} | " + " | ".join(cells) + " |")
     print("\n" + "\n".join(lines))
+
+
+RESNET50_3X3 = ((64, 3), (128, 4), (256, 6), (512, 3))  # (channels, layers) of ResNet-50's 3x3 convs
+
+
+def test_winograd_pack_resnet50():
+    """Print winograd_pack's time per layer size and for all of ResNet-50's 3x3 layers."""
+    rng = np.random.default_rng(0)
+    weights = {c: rng.standard_normal((c, c, 3, 3)).astype(np.float32) for c, _ in RESNET50_3X3}
+    lines = ["| tile | " + " | ".join(f"{c}x{c}" for c, _ in RESNET50_3X3) + " | all 16 layers |",
+             "|---|" + "---|" * (len(RESNET50_3X3) + 1)]
+    for tile in TILES:
+        total, cells = 0.0, []
+        for channels, count in RESNET50_3X3:
+            times = []
+            for _ in range(count):
+                start = time.perf_counter()
+                winograd_pack(weights[channels], tile)
+                times.append(time.perf_counter() - start)
+            total += sum(times)
+            cells.append(f"{np.median(times) * 1e3:.1f} ms")
+        lines.append(f"| F({tile}) | " + " | ".join(cells) + f" | {total * 1e3:.0f} ms |")
+    print("\n" + "\n".join(lines))
