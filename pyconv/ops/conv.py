@@ -56,6 +56,10 @@ WINOGRAD_FILTER_BYTES_PER_TILE = 512 << 10
 # written first and must stay in L2 beside the BLAS's packed panels (measured).
 _GEMM_TILE_BUDGET_1X1 = 1 << 19
 _GEMM_TILE_BUDGET_IM2COL = 1 << 18
+# ... and at most this many pixels per kxk tile: first layers (C_in = 3, K = 27)
+# ran 1.4-1.7x faster with 256-pixel tiles than with 2500-4200 (measured,
+# docs/kernels.md); larger K is indifferent between 128 and 1024.
+_IM2COL_MAX_TILE_COLS = 256
 # Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
 _MAX_PLANS = 16
 
@@ -210,8 +214,10 @@ class _GemmKernel:
     def tile_cols(self, pixels: int, nthreads: int) -> int:
         """Output pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
         k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
-        budget = _GEMM_TILE_BUDGET_1X1 if self.g.kernel == (1, 1) else _GEMM_TILE_BUDGET_IM2COL
-        cap = max(64, budget // (k + cog))
+        if self.g.kernel == (1, 1):
+            cap = max(64, _GEMM_TILE_BUDGET_1X1 // (k + cog))
+        else:
+            cap = max(64, min(_IM2COL_MAX_TILE_COLS, _GEMM_TILE_BUDGET_IM2COL // (k + cog)))
         ntiles = -(-pixels // cap)
         if self.g.groups * ntiles < 8 * nthreads:
             while (self.g.groups * ntiles) % nthreads:
