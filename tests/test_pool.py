@@ -270,6 +270,21 @@ def test_spatial_pyramid_pool_repeated_and_unsorted_levels(mode):
         assert_close(ops.spatial_pyramid_pool(x, levels, mode), ref.spatial_pyramid_pool(x, levels, mode), 1e-5)
 
 
+def test_pyramid_and_2x2_kernels_on_two_threads():
+    # work above the one-thread limit: planes split across OpenMP threads
+    x, wide = rand(2, 200, 13, 13), rand(1, 40, 60, 64)
+    previous = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(2)
+        for mode in ("max", "avg"):
+            assert_close(ops.spatial_pyramid_pool(x, (1, 2, 4), mode), ref.spatial_pyramid_pool(x, (1, 2, 4), mode), 1e-5)
+        np.testing.assert_array_equal(ops.max_pool2d(wide, 2), ref.max_pool2d(wide, 2).astype(np.float32))
+        assert_close(ops.avg_pool2d(wide, 2), ref.avg_pool2d(wide, 2), 1e-5)
+        assert_close(ops.global_avg_pool2d(x), x.mean(axis=(2, 3), keepdims=True, dtype=np.float64), 1e-5)
+    finally:
+        pyconv.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 13, 13), (2, 4, 9, 20), (1, 2, 1, 1)])
 def test_sppf_equals_spp_with_kernels_5_9_13(shape):
     x = rand(*shape)
