@@ -12,6 +12,8 @@ from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
 
 import numpy as np
 
+FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
+
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.simd cimport multiversion_void
 
@@ -512,37 +514,51 @@ def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[
 
 
 def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_t[:, ::1] levels,
-                 const Py_ssize_t[:, ::1] hbins, const Py_ssize_t[:, ::1] wbins, bint is_max, bint average,
-                 int nthreads):
-    """Spatial pyramid pooling of every plane in one pass: all levels of a plane while it is in cache.
+                 const Py_ssize_t[:, ::1] hbins, const Py_ssize_t[:, ::1] wbins, const int[::1] corners,
+                 const float[::1] scales, bint is_max, bint average, int nthreads):
+    """Spatial pyramid pooling in one call: each task takes a chunk of consecutive planes
+    (the flat scheme's size) and computes every level of it while it is in cache.
 
-    Row l of ``levels`` is (n, source, column, first bin), in computation order: level l
-    is n x n bins ``hbins[first:first + n]`` x ``wbins[first:first + n]`` over plane c of
-    the input (source -1) or of level ``source``'s n' x n' output (an earlier row); its
-    output plane c is ``out[:, column + c * n * n:][:n * n]``."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = levels.shape[0], p, i, c, l, n, src, m, width
+    Row l of ``levels`` is (n, source, column, first, kh, kw, sh, sw, table), in computation
+    order: level l is n x n bins ``hbins[first:first + n]`` x ``wbins[first:first + n]``
+    over plane c of the input (source -1) or of level ``source``'s n' x n' output (an
+    earlier row); its output plane c is ``out[:, column + c * n * n:][:n * n]``.  A level
+    of the input whose bins are equal windows (kh > 0: kernel kh x kw, stride sh x sw,
+    all inside) runs the flat window kernel instead, with the window corners
+    ``corners[table:]`` and (average) the scales ``scales[table:]``, n * n each."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], L = levels.shape[0]
+    cdef Py_ssize_t HW = H * W, chunk = max(1, FLAT_CHUNK_MAX // HW), chunks = (C + chunk - 1) // chunk
+    cdef Py_ssize_t p, i, c0, c, planes, l, n, src, m, first, width, plane_h, plane_w
     cdef const float* plane
-    cdef Py_ssize_t plane_row
-    width = x.shape[3]
+    cdef Window2d g
+    width = max(W, 2 * chunk * HW + 3 * VECTOR_SLACK)
     for l in range(L):
-        width = max(width, levels[l, 0])
-    row_bufs = np.empty((max(nthreads, 1), width), dtype=np.float32)
+        width = max(width, 2 * chunk * levels[l, 0] * levels[l, 0] + 3 * VECTOR_SLACK)
+    row_bufs = np.zeros((max(nthreads, 1), width), dtype=np.float32)
     cdef float[:, ::1] bufs = row_bufs
-    for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
-        i = p // C
-        c = p % C
+    for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
+        i = p // chunks
+        c0 = (p % chunks) * chunk
+        planes = min(chunk, C - c0)
         for l in range(L):
             n = levels[l, 0]
             src = levels[l, 1]
+            first = levels[l, 3]
             if src < 0:
-                plane = &x[i, c, 0, 0]
-                plane_row = x.shape[3]
+                plane, plane_h, plane_w = &x[i, c0, 0, 0], H, W
             else:
                 m = levels[src, 0]
-                plane = &out[i, levels[src, 2] + c * m * m]
-                plane_row = m
-            bin_pool_plane(plane, plane_row, &out[i, levels[l, 2] + c * n * n], n, &hbins[levels[l, 3], 0], n,
-                           &wbins[levels[l, 3], 0], n, &bufs[threadid(), 0], is_max, average)
+                plane, plane_h, plane_w = &out[i, levels[src, 2] + c0 * m * m], m, m
+            if levels[l, 4] > 0:
+                g = Window2d(plane_h, plane_w, n, n, levels[l, 4], levels[l, 5], levels[l, 6], levels[l, 7],
+                             0, 0, 1, 1, 0, n, plane_w, n, 0)
+                window_pool_flat_planes(plane, planes, &out[i, levels[l, 2] + c0 * n * n], n * n, &g,
+                                        &corners[levels[l, 8]], &bufs[threadid(), 0],
+                                        &scales[levels[l, 8]] if average else NULL, is_max)
+                continue
+            for c in range(planes):
+                bin_pool_plane(plane + c * plane_h * plane_w, plane_w, &out[i, levels[l, 2] + (c0 + c) * n * n], n,
+                               &hbins[first, 0], n, &wbins[first, 0], n, &bufs[threadid(), 0], is_max, average)
 
 
 cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize_t size, float* out,

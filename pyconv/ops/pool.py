@@ -371,19 +371,42 @@ def _pyramid_plan(in_hw: Tuple[int, int], levels, mode: str, channels: int):
     if mode not in SPP_MODES:
         raise ValueError(f"spatial_pyramid_pool: mode must be one of {SPP_MODES}, got {mode!r}")
     columns = np.cumsum([0] + [channels * n * n for n in levels])
-    rows, hbins, wbins, computed = [], [], [], {}   # computed: level size -> its row
+    rows, hbins, wbins, corners, scales = [], [], [], [], []
+    computed = {}   # level size -> its row
     for j in sorted(range(len(levels)), key=lambda j: -levels[j]):
         n = levels[j]
         finer = next((m for m in computed if m % n == 0), None) if mode == "max" else None
         source_hw = in_hw if finer is None else (finer, finer)
-        rows.append((n, -1 if finer is None else computed[finer], int(columns[j]), sum(len(b) for b in hbins)))
+        window = _pyramid_window(source_hw, n)
+        kh, kw, sh, sw = window or (0, 0, 0, 0)
+        rows.append((n, -1 if finer is None else computed[finer], int(columns[j]), sum(len(b) for b in hbins),
+                     kh, kw, sh, sw, sum(len(c) for c in corners)))
         computed.setdefault(n, len(rows) - 1)
         hbins.append(_adaptive_bins(source_hw[0], n))
         wbins.append(_adaptive_bins(source_hw[1], n))
-    tables = (np.array(rows, dtype=np.intp), np.concatenate(hbins), np.concatenate(wbins))
+        if window:
+            corners.append((np.arange(n)[:, None] * sh * source_hw[1] + np.arange(n)[None, :] * sw).reshape(-1))
+            scales.append(np.full(n * n, 1.0 / (kh * kw)))
+    tables = (np.array(rows, dtype=np.intp), np.concatenate(hbins), np.concatenate(wbins),
+              np.concatenate(corners or [[]]).astype(np.intc), np.concatenate(scales or [[]]).astype(np.float32))
     for table in tables:
         table.setflags(write=False)
     return (int(columns[-1]),) + tables
+
+
+# Largest window (per axis) for which an SPP level runs the flat window kernel: it computes
+# every position of the plane, a pass per three taps, so large windows (level 1 of a
+# 13x13 map: 13x13) are cheaper as bins.
+SPP_WINDOW_MAX = 4
+
+
+def _pyramid_window(in_hw: Tuple[int, int], n: int) -> Optional[Tuple[int, int, int, int]]:
+    """(kh, kw, sh, sw) when level n of an in_hw map is a small-plane grid of equal windows, else None."""
+    rows, cols = _uniform_window(in_hw[0], n), _uniform_window(in_hw[1], n)
+    if (rows and cols and in_hw[0] * in_hw[1] <= _kernels.FLAT_PLANE_MAX and rows[0] <= SPP_WINDOW_MAX
+            and cols[0] <= SPP_WINDOW_MAX):
+        return rows[0], cols[0], rows[1], cols[1]
+    return None
 
 
 def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode: str = "max", *,
@@ -395,9 +418,10 @@ def spatial_pyramid_pool(x: np.ndarray, levels: Sequence[int] = (1, 2, 4), mode:
     (the classic window/stride formula does not, see docs/pooling.md)."""
     x = _as_input(x)
     N, C, H, W = x.shape
-    width, table, hbins, wbins = _pyramid_plan((H, W), _hashable(levels), mode, C)
+    width, table, hbins, wbins, corners, scales = _pyramid_plan((H, W), _hashable(levels), mode, C)
     y = check_out(out, (N, width))
-    _kernels.pyramid_pool(x, y, table, hbins, wbins, mode == "max", mode == "avg", threads_for(x.size * len(table)))
+    _kernels.pyramid_pool(x, y, table, hbins, wbins, corners, scales, mode == "max", mode == "avg",
+                          threads_for(x.size * len(table)))
     return y
 
 
