@@ -16,7 +16,6 @@ about speed.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
@@ -24,8 +23,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-import pyconv
 from pyconv.ops import conv as C
+
+from harness import clock_for, emit_table, interleaved_medians, threads_set  # noqa: E402  (bench/ is on sys.path)
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -166,20 +166,6 @@ def competitors(layer: Layer, threads: int, slow: bool = True, only: str = "") -
     return funcs
 
 
-class threads_set:
-    """pyconv, NumPy's and SciPy's BLAS all on ``n`` threads."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        self.before = pyconv.get_num_threads()
-        self.limits = threadpoolctl.threadpool_limits(self.n)
-        pyconv.set_num_threads(self.n)  # after threadpoolctl: it also sets SciPy's BLAS
-
-    def __exit__(self, *exc):
-        self.limits.restore_original_limits()
-        pyconv.set_num_threads(self.before)
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -203,27 +189,6 @@ def test_conv_layer(benchmark, layer, threads, who):
 
 # ----------------------------------------------------------------------------- interleaved ratio table
 
-def interleaved_medians(funcs: Dict[str, Callable], rounds: int, clock=time.perf_counter) -> Dict[str, float]:
-    """Median time per competitor; each round times every competitor's second of two
-    back-to-back calls, so none inherits the caches its predecessor evicted, and
-    rounds rotate the order, so no competitor always runs first."""
-    times: Dict[str, List[float]] = {name: [] for name in funcs}
-    order = list(funcs.items())
-    for r in range(rounds):
-        for name, fn in order[r % len(order):] + order[:r % len(order)]:
-            fn()
-            start = clock()
-            fn()
-            times[name].append(clock() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-# On one thread every competitor computes in the calling thread, so its CPU time
-# measures the work and ignores time lost to other processes on a shared
-# machine; with two threads only wall time says anything.
-CLOCKS = {1: time.thread_time, 2: time.perf_counter}
-
-
 def test_conv_ratios():
     rounds = int(os.environ.get("PYCONV_BENCH_ROUNDS", "21"))  # PYCONV_BENCH_THREADS="1" for one column
     lines = ["| layer | implementation | 1T ms | 1T: onnxruntime / this | 1T: correlate2d loop / this "
@@ -239,9 +204,9 @@ def test_conv_ratios():
                 slow = {"scipy correlate2d loop": funcs.pop("scipy correlate2d loop")} if threads == 1 else {}
                 for fn in funcs.values():
                     fn()  # warm-up
-                results[threads] = interleaved_medians(funcs, rounds, CLOCKS[threads])
+                results[threads] = interleaved_medians(funcs, rounds, clock=clock_for(threads))
                 if slow:
-                    results[threads].update(interleaved_medians(slow, 2, CLOCKS[threads]))
+                    results[threads].update(interleaved_medians(slow, 2, clock=clock_for(threads)))
         ort1, ort2 = results[1].get("onnxruntime"), results[2].get("onnxruntime")
         loop = results[1].get("scipy correlate2d loop")
         for name, t1 in results[1].items():
@@ -250,9 +215,4 @@ def test_conv_ratios():
                      f"{t2 * 1e3:.3f}" if t2 else "-", f"{ort2 / t2:.2f}x" if ort2 and t2 else "-",
                      f"{t1 / t2:.2f}x" if t2 else "-"]
             lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    path = os.environ.get("PYCONV_BENCH_TABLE")
-    if path:
-        with open(path, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines)

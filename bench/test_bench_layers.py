@@ -10,8 +10,7 @@ interleaves competitors round by round and takes medians; nothing is asserted ab
 from __future__ import annotations
 
 import os
-import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ import scipy.special
 
 import pyconv
 from pyconv import ops
+
+from harness import clock_for, emit_table, interleaved_medians  # noqa: E402  (bench/ is on sys.path)
 
 _rng = np.random.default_rng(0)
 X112 = _rng.standard_normal((1, 64, 112, 112)).astype(np.float32)
@@ -142,27 +143,12 @@ def test_layer(benchmark, case, who):
     benchmark.pedantic(fn, rounds=20, warmup_rounds=2)
 
 
-def interleaved_medians(funcs: Dict[str, Callable], rounds: int) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, fn in funcs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def test_layer_ratios():
     rounds = int(os.environ.get("PYCONV_BENCH_ROUNDS", "31"))
     lines = ["| layer | pyconv ms | competitor | competitor ms | competitor / pyconv |", "| --- | ---: | --- | ---: | ---: |"]
     for case in CASES:
-        medians = interleaved_medians(implementations(case), rounds)
+        medians = interleaved_medians(implementations(case), rounds, clock=clock_for(1))
         mine = medians.pop("pyconv")
         for name, t in medians.items():
             lines.append(f"| {case} | {mine * 1e3:.3f} | {name} | {t * 1e3:.3f} | {t / mine:.2f}x |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    path = os.environ.get("PYCONV_BENCH_TABLE")
-    if path:
-        with open(path, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines)

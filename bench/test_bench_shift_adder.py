@@ -22,15 +22,15 @@ thread CPU time (``time.thread_time``), which other processes cannot inflate,
 from __future__ import annotations
 
 import os
-import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import pytest
 
-import pyconv
 from pyconv import registry
 from pyconv.ops import conv as C
+
+from harness import clock_for, emit_table, interleaved_samples, threads_set  # noqa: E402  (bench/ is on sys.path)
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -42,45 +42,14 @@ def randn(*shape) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-class threads_set:
-    """pyconv and every BLAS in the process on ``n`` threads."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        self.before = pyconv.get_num_threads()
-        self.limits = threadpoolctl.threadpool_limits(self.n)
-        pyconv.set_num_threads(self.n)  # after threadpoolctl: it also sets SciPy's BLAS
-
-    def __exit__(self, *exc):
-        self.limits.restore_original_limits()
-        pyconv.set_num_threads(self.before)
-
-
-def clock_for(threads: int) -> Callable[[], float]:
-    """The stopwatch: on one thread everything runs in the calling thread, so its CPU
-    time is exact and immune to other processes taking the core; with more threads,
-    wall time."""
-    return time.thread_time if threads == 1 else time.perf_counter
-
-
 def interleaved_times(funcs: Dict[str, Callable], rounds: int, threads: int) -> Dict[str, Tuple[float, float]]:
-    """(median, best) seconds per competitor, run round-robin after one warm-up call each.
+    """(median, best) seconds per competitor.
 
     The best time is printed beside the median: on a shared 2-core machine a
     2-thread run is often stalled by a descheduled thread, which the median
     alone does not survive when the machine is busy."""
-    clock = clock_for(threads)
-    for fn in funcs.values():
-        fn()
-    times: Dict[str, List[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, fn in funcs.items():
-            start = clock()
-            fn()
-            times[name].append(clock() - start)
-    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
+    samples = interleaved_samples(funcs, rounds, clock=clock_for(threads))
+    return {name: (float(np.median(t)), float(np.min(t))) for name, t in samples.items()}
 
 
 def node(op: str, weights: Dict[str, np.ndarray], **attrs) -> Callable:
@@ -103,13 +72,6 @@ def check(funcs: Dict[str, Callable], reference: np.ndarray) -> None:
         assert err < 1e-4, (name, err)
 
 
-def emit(title: str, lines: List[str]) -> None:
-    table = f"\n### {title}\n\n" + "\n".join(lines) + "\n"
-    print(table)
-    path = os.environ.get("PYCONV_BENCH_TABLE")
-    if path:
-        with open(path, "a") as f:
-            f.write(table)
 
 
 # ----------------------------------------------------------------------------- adder vs multiply conv
@@ -161,8 +123,7 @@ def test_adder_ratios():
             unit = f"{rate:.1f} G abs-diff-acc/s" if "adder" in name else f"{2 * rate:.1f} GFLOP/s"
             lines.append(f"| {name} | {threads} | {median * 1e3:.2f} | {median / base_median:.2f}x | "
                          f"{best / base_best:.2f}x | {unit} |")
-    emit("adder2d 3x3 64->64 @56 (batch 1) vs the same-shaped multiplying conv (conv throughput: 2 x MACs / s)",
-         lines)
+    emit_table(lines, "adder2d 3x3 64->64 @56 (batch 1) vs the same-shaped multiplying conv (conv throughput: 2 x MACs / s)")
 
 
 # ----------------------------------------------------------------------------- fused shift + 1x1
@@ -199,7 +160,7 @@ def test_shift_conv1x1_ratios():
                                                     "shift2d then conv2d 1x1"))
             lines.append(f"| {cin} -> {cout} @{size} | {threads} | {fused[0] * 1e3:.3f} | {alone[0] * 1e3:.3f} | "
                          f"{fused[0] / alone[0]:.2f}x | {fused[1] / alone[1]:.2f}x | {unfused[0] / alone[0]:.2f}x |")
-    emit("fused shift + 1x1 vs the 1x1 conv alone (medians; target <= 1.15x)", lines)
+    emit_table(lines, "fused shift + 1x1 vs the 1x1 conv alone (medians; target <= 1.15x)")
 
 
 # ----------------------------------------------------------------------------- the Shift paper's table
@@ -242,7 +203,7 @@ def test_shift_paper_table_ratios():
             params, macs = sum(x.params for x in c), sum(x.macs for x in c)
             lines.append(f"| {name} ({channels} @{size}) | {params:,} | {macs / 1e6:.1f} M | "
                          f"{results[1][name] * 1e3:.3f} | {results[2][name] * 1e3:.3f} |")
-    emit("Shift paper's comparison on this CPU (batch 1, ReLU fused)", lines)
+    emit_table(lines, "Shift paper's comparison on this CPU (batch 1, ReLU fused)")
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark

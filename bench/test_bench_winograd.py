@@ -23,9 +23,10 @@ from typing import Callable, Dict
 import numpy as np
 import pytest
 
-import pyconv
 from pyconv._core.winograd import winograd_conv, winograd_pack
 from pyconv.ops._args import parse_activation
+
+from harness import interleaved_medians, threads_set  # noqa: E402  (bench/ is on sys.path)
 
 LAYERS = {"conv3x3 64->64 @56": (64, 56), "conv3x3 256->256 @14": (256, 14)}
 TILES = (2, 4, 6)
@@ -93,38 +94,6 @@ def competitors(name: str, threads: int) -> Dict[str, Callable[[], object]]:
     return funcs
 
 
-def numpy_blas_controllers() -> list:
-    """threadpoolctl controllers of NumPy's own BLAS (not SciPy's), if any."""
-    try:
-        import threadpoolctl
-    except ImportError:
-        return []
-    return [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
-            if lib.user_api == "blas" and "numpy" in lib.filepath]
-
-
-class threads_set:
-    """pyconv and the BLAS it calls (SciPy's) on ``n`` threads; NumPy's BLAS on one.
-
-    NumPy's idle OpenBLAS threads would spin on both cores after each baseline
-    call and slow whatever is timed next, so the NumPy baseline stays serial."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        self.before = pyconv.get_num_threads()
-        self.numpy_blas = [(lib, lib.num_threads) for lib in numpy_blas_controllers()]
-        for lib, _ in self.numpy_blas:
-            lib.set_num_threads(1)
-        pyconv.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        for lib, threads in self.numpy_blas:
-            lib.set_num_threads(threads)
-        pyconv.set_num_threads(self.before)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("impl", [f"pyconv F({m}x{m},3x3)" for m in TILES] + ["onnxruntime", "numpy im2col+matmul"])
@@ -137,29 +106,13 @@ def test_winograd_layer(benchmark, layer, threads, impl):
         benchmark.pedantic(funcs[impl], rounds=20, warmup_rounds=3)
 
 
-def interleaved_medians(funcs: Dict[str, Callable[[], object]], rounds: int, burst: int = 4) -> Dict[str, float]:
-    """Median seconds per call, competitors timed round-robin in short bursts.
-
-    The first call of each burst is not timed: it absorbs the previous
-    competitor's idle threads (OpenMP, BLAS) still spinning on the two cores."""
-    times: Dict[str, list] = {impl: [] for impl in funcs}
-    for _ in range(rounds):
-        for impl, fn in funcs.items():
-            fn()
-            for _ in range(burst - 1):
-                start = time.perf_counter()
-                fn()
-                times[impl].append(time.perf_counter() - start)
-    return {impl: float(np.median(t)) for impl, t in times.items()}
-
-
 def test_winograd_ratios():
     """Print a Markdown table: median ms and speed relative to onnxruntime, 2- vs 1-thread speedup."""
     medians = {}
     for layer in LAYERS:
         for threads in (1, 2):
             with threads_set(threads):
-                for impl, t in interleaved_medians(competitors(layer, threads), ROUNDS).items():
+                for impl, t in interleaved_medians(competitors(layer, threads), ROUNDS, calls=3).items():
                     medians[layer, threads, impl] = t
     lines = ["| layer | threads | implementation | median ms | onnxruntime / impl | 1 thread / 2 threads |",
              "|---|---|---|---|---|---|"]
@@ -199,7 +152,7 @@ def test_winograd_crossover():
                     funcs["onnxruntime"] = lambda: session.run(None, {"x": x})
                 except pytest.skip.Exception:
                     pass
-                medians = interleaved_medians(funcs, max(3, ROUNDS // 3))
+                medians = interleaved_medians(funcs, max(3, ROUNDS // 3), calls=3)
             cells = [f"{medians[name] * 1e3:.3f}" if name in medians else "n/a"
                      for name in CROSSOVER_ALGORITHMS + ("onnxruntime",)]
             lines.append(f"| {channels}->{channels} @{size} | {threads} | " + " | ".join(cells) + " |")
