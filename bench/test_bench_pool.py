@@ -18,16 +18,16 @@ noisy machine slows all of them alike; it prints a Markdown table
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-import pyconv
 from pyconv import ops
+
+from harness import clock_for, emit_table, interleaved_medians, threads_set  # noqa: E402  (bench/ is on sys.path)
 
 SPP_LEVELS = (1, 2, 4)
 
@@ -200,21 +200,12 @@ def competitors(case: Case) -> Dict[str, Callable[[], np.ndarray]]:
     return funcs
 
 
-class one_thread:
-    def __enter__(self):
-        self.before = pyconv.get_num_threads()
-        pyconv.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        pyconv.set_num_threads(self.before)
-
-
 # ----------------------------------------------------------------------------- pytest-benchmark
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 @pytest.mark.parametrize("who", ["pyconv", "onnxruntime", "numpy", "scipy.ndimage"])
 def test_pool(benchmark, case, who):
-    with one_thread():
+    with threads_set(1):
         funcs = competitors(case)
         if who not in funcs:
             pytest.skip(f"{who} not available")
@@ -224,40 +215,20 @@ def test_pool(benchmark, case, who):
 
 # ----------------------------------------------------------------------------- interleaved ratio table
 
-def interleaved_medians(funcs: Dict[str, Callable], rounds: int, calls: int) -> Dict[str, float]:
-    """Median over ``rounds`` of the mean time of ``calls`` back-to-back calls, competitors round-robin.
-
-    Time is the calling thread's CPU time (every competitor runs on the calling thread
-    here), so time spent descheduled on a shared machine does not count."""
-    times: Dict[str, List[float]] = {name: [] for name in funcs}
-    for _ in range(rounds):
-        for name, fn in funcs.items():
-            start = time.thread_time()
-            for _ in range(calls):
-                fn()
-            times[name].append((time.thread_time() - start) / calls)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def test_pool_ratios():
     rounds = int(os.environ.get("PYCONV_BENCH_ROUNDS", "31"))
     lines = ["| case | pyconv ms | onnxruntime ms | onnxruntime / pyconv | numpy / pyconv | scipy.ndimage / pyconv |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    with one_thread():
+    with threads_set(1):
         for case in CASES:
             funcs = competitors(case)
             for fn in funcs.values():
                 fn()
-            t = interleaved_medians(funcs, rounds, calls=10)
+            t = interleaved_medians(funcs, rounds, calls=10, clock=clock_for(1))
             ours = t["pyconv"]
             ort = t.get("onnxruntime")
             cells = [case.name, f"{ours * 1e3:.4f}", f"{ort * 1e3:.4f}" if ort else "-",
                      f"{ort / ours:.2f}x" if ort else "-", f"{t['numpy'] / ours:.1f}x",
                      f"{t['scipy.ndimage'] / ours:.1f}x"]
             lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    path = os.environ.get("PYCONV_BENCH_TABLE")
-    if path:
-        with open(path, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines)
