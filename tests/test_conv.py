@@ -207,6 +207,45 @@ def test_1x1_on_1x1_spatial_and_stride():
         assert rel_err(C.conv2d(x, w, stride=stride), C.conv2d_reference(x, w, stride=stride)) <= 1e-5
 
 
+@pytest.mark.parametrize("cig, cog, groups, hw, stride, pads", [
+    (1, 8, 1, (6, 6), 1, (0, 0, 0, 0)),       # smallest block: 8 rows, 36 pixels (overlapping last block)
+    (16, 9, 1, (5, 7), 1, (0, 0, 0, 0)),      # rows not a multiple of the block, pixels 35
+    (32, 20, 2, (13, 11), 2, (1, 0, 2, 1)),   # groups, strided, padded: B read from phase planes
+    (24, 13, 1, (47, 45), 1, (0, 0, 0, 0)),   # several tiles
+    (33, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # K above the pointwise limit: sgemm
+])
+def test_1x1_pointwise_loop(cig, cog, groups, hw, stride, pads, threads):
+    # 1x1 convs with K <= 32 and >= 8 output channels run pointwise_tile, not sgemm
+    rng = np.random.default_rng([cig, cog, groups, threads])
+    for n in (1, 3):
+        x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
+        w = rng.standard_normal((cog * groups, cig, 1, 1)).astype(np.float32)
+        b = rng.standard_normal(cog * groups).astype(np.float32)
+        ref0 = C.conv2d_reference(x, w, b, stride=stride, padding=pads, groups=groups)
+        res = rng.standard_normal(ref0.shape).astype(np.float32)
+        got = C.conv2d(x, w, b, stride=stride, padding=pads, groups=groups, residual=res, activation="relu6")
+        ref = C.conv2d_reference(x, w, b, stride=stride, padding=pads, groups=groups, residual=res,
+                                 activation="relu6")
+        assert rel_err(got, ref, np.max(np.abs(ref0 + res))) <= TOL["1x1"]
+
+
+def test_pointwise_kernel_matches_sgemm():
+    # the kernel flag itself (the rule above could route around it): both paths, same output
+    from pyconv._core import conv_gemm
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 12, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((10, 12)).astype(np.float32)
+    results = []
+    for pointwise in (False, True):
+        out = np.full((2, 10, 7, 9), np.nan, np.float32)
+        conv_gemm.conv2d_gemm(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 1, 1, (0, 0.0, 0.0, 0.0), None, out,
+                              48, np.zeros(1, np.float32), np.zeros((1, 1), np.float32), 1, pointwise)
+        results.append(out)
+    ref = C.conv2d_reference(x, w[:, :, None, None])
+    for out in results:
+        assert rel_err(out, ref) <= TOL["1x1"]
+
+
 def test_epilogue_with_residual_and_out():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 16, 10, 11)).astype(np.float32)

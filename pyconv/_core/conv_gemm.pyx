@@ -46,6 +46,16 @@ def phase_floats(int C, stride, int Hq, int Wq) -> int:
     return C * stride[0] * stride[1] * Hq * Wq + Wq
 
 
+def pointwise_min_rows() -> int:
+    """Fewest output channels per group pointwise_tile handles."""
+    return PW_ROWS
+
+
+def pointwise_min_cols() -> int:
+    """Fewest output pixels per tile pointwise_tile handles."""
+    return PW_COLS
+
+
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     phase_split(src, dst, g)
 
@@ -72,6 +82,50 @@ cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int nco
                     p += run
 
 
+cdef enum:
+    PW_ROWS = 8    # output channels per register block of pointwise_tile
+    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 AVX-512 or 32 AVX2 registers)
+
+
+cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_ssize_t ldb,
+                                      float* c, Py_ssize_t ldc, int rows, int ncols) noexcept nogil:
+    """c[rows x ncols] = w[rows x K] @ b[K x ncols] without BLAS, for small K (1x1 convs).
+
+    sgemm packs both operands and zeroes C in a pass of its own, which at K <= 32
+    costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
+    accumulated over all of K in a local array and stored once.  Needs rows >=
+    PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
+    (recomputing a few values) instead of running a remainder loop."""
+    cdef float acc[PW_ROWS][PW_COLS]
+    cdef float wk[PW_ROWS]
+    cdef int r, r0, k, j
+    cdef Py_ssize_t p0
+    cdef const float* brow
+    r0 = 0
+    while r0 < rows:
+        if r0 > rows - PW_ROWS:
+            r0 = rows - PW_ROWS
+        p0 = 0
+        while p0 < ncols:
+            if p0 > ncols - PW_COLS:
+                p0 = ncols - PW_COLS
+            for r in range(PW_ROWS):
+                for j in range(PW_COLS):
+                    acc[r][j] = 0.0
+            for k in range(K):
+                brow = b + k * ldb + p0
+                for r in range(PW_ROWS):
+                    wk[r] = w[(r0 + r) * K + k]
+                for r in range(PW_ROWS):
+                    for j in range(PW_COLS):
+                        acc[r][j] += wk[r] * brow[j]
+            for r in range(PW_ROWS):
+                for j in range(PW_COLS):
+                    c[(r0 + r) * ldc + p0 + j] = acc[r][j]
+            p0 += PW_COLS
+        r0 += PW_ROWS
+
+
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
                                      const float* bias, const float* residual, Epilogue ep,
                                      const ConvGeom* g) noexcept nogil:
@@ -89,11 +143,12 @@ cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int n
 def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 stride, pads, dilation, int groups, int kh, int kw,
                 tuple epilogue, residual, float[:, :, :, ::1] out,
-                int tile_cols, float[::1] phases, float[:, ::1] scratch, int nthreads):
+                int tile_cols, float[::1] phases, float[:, ::1] scratch, int nthreads, bint pointwise=False):
     """out = epilogue(conv2d(x, W)) with W given as wmat[Co, Ci/groups*kh*kw].
 
     pads = (top, left, bottom, right); bias float32[Co] or None; residual
-    float32[N, Co, Ho, Wo] or None; phases float32[phase_floats(...)], zeroed
+    float32[N, Co, Ho, Wo] or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm
+    (needs Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols()); phases float32[phase_floats(...)], zeroed
     when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
     g.C = x.shape[1]; g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
@@ -152,8 +207,11 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 b = cols
                 ldb = ncols
             out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P
-            gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
-                          b, ldb, 0.0, op + out_off + col0, P)
+            if pointwise:
+                pointwise_tile(wp + <Py_ssize_t>grp * cog * K, K, b, ldb, op + out_off + col0, P, cog, ncols)
+            else:
+                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
+                              b, ldb, 0.0, op + out_off + col0, P)
             epilogue_tile(op + out_off, cog, col0, ncols,
                           bias_p + grp * cog if bias_p != NULL else NULL,
                           res_p + out_off if res_p != NULL else NULL, ep, &g)
