@@ -140,6 +140,57 @@ cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int n
                      residual + o if residual != NULL else NULL, ep)
 
 
+cdef struct GemmCall:
+    const ConvGeom* g
+    const float* x
+    const float* w
+    float* out
+    float* phases
+    const float* bias
+    const float* residual
+    Epilogue ep
+    int K, cig, cog, tile_cols, ntiles
+    bint pointwise
+
+
+cdef inline void split_task(const GemmCall* c, int n, int ch) noexcept nogil:
+    """Channel ch of image n into the shared phase planes."""
+    cdef const ConvGeom* g = c.g
+    phase_split_channel(c.x + (<Py_ssize_t>n * g.C + ch) * g.ph.H * g.ph.W, c.phases + ch * g.ph.channel, &g.ph)
+
+
+cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noexcept nogil:
+    """One (group, pixel tile) of image n: gather B, multiply into the output, epilogue.
+
+    cols: this thread's im2col scratch."""
+    cdef const ConvGeom* g = c.g
+    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
+    cdef int t = task % c.ntiles, grp = task // c.ntiles
+    cdef Py_ssize_t col0 = <Py_ssize_t>t * c.tile_cols
+    cdef int ncols = P - col0 if P - col0 < c.tile_cols else c.tile_cols
+    cdef const float* b
+    cdef int ldb
+    if g.direct:
+        b = c.x + (<Py_ssize_t>n * g.C + grp * c.cig) * P + col0
+        ldb = P
+    elif g.ph.kh * g.ph.kw == 1:
+        b = c.phases + grp * c.cig * g.ph.channel + col0
+        ldb = g.ph.channel
+    else:
+        im2col_tile(c.phases + grp * c.cig * g.ph.channel, cols, col0, ncols, g)
+        b = cols
+        ldb = ncols
+    cdef Py_ssize_t out_off = (<Py_ssize_t>n * g.Co + grp * c.cog) * P
+    cdef const float* w = c.w + <Py_ssize_t>grp * c.cog * c.K
+    if c.pointwise:
+        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, c.cog, ncols)
+    else:
+        gemm_rowmajor(False, False, c.cog, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
+    epilogue_tile(c.out + out_off, c.cog, col0, ncols,
+                  c.bias + grp * c.cog if c.bias != NULL else NULL,
+                  c.residual + out_off if c.residual != NULL else NULL, c.ep, g)
+
+
 def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
                 stride, pads, dilation, int groups, int kh, int kw,
                 tuple epilogue, residual, float[:, :, :, ::1] out,
@@ -177,41 +228,30 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     if residual is not None:
         res_v = residual
         res_p = &res_v[0, 0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef const float* wp = &wmat[0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef float* ph = &phases[0]
-    cdef Py_ssize_t phase_stride = g.ph.channel
-    cdef int n, c, task, grp, t, ncols, ldb
-    cdef Py_ssize_t col0, out_off
-    cdef float* cols
-    cdef const float* b
+    cdef GemmCall call
+    call.g = &g
+    call.x = &x[0, 0, 0, 0]
+    call.w = &wmat[0, 0]
+    call.out = &out[0, 0, 0, 0]
+    call.phases = &phases[0]
+    call.bias = bias_p
+    call.residual = res_p
+    call.ep = ep
+    call.K = K; call.cig = cig; call.cog = cog; call.tile_cols = tile_cols; call.ntiles = ntiles
+    call.pointwise = pointwise
+    cdef int n, c, task
     for n in range(N):
+        # one thread: plain loops, no OpenMP region to enter (most calls of small-layer networks)
         if not g.direct:
-            for c in prange(g.C, nogil=True, num_threads=nthreads, schedule="static"):
-                phase_split_channel(xp + (<Py_ssize_t>n * g.C + c) * g.ph.H * g.ph.W, ph + c * phase_stride, &g.ph)
-        for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
-            t = task % ntiles
-            grp = task // ntiles
-            col0 = <Py_ssize_t>t * tile_cols
-            ncols = P - col0 if P - col0 < tile_cols else tile_cols
-            if g.direct:
-                b = xp + (<Py_ssize_t>n * g.C + grp * cig) * P + col0
-                ldb = P
-            elif kh * kw == 1:
-                b = ph + grp * cig * phase_stride + col0
-                ldb = phase_stride
+            if nthreads == 1:
+                for c in range(g.C):
+                    split_task(&call, n, c)
             else:
-                cols = &scratch[pyconv_omp_thread_id(), 0]
-                im2col_tile(ph + grp * cig * phase_stride, cols, col0, ncols, &g)
-                b = cols
-                ldb = ncols
-            out_off = (<Py_ssize_t>n * g.Co + grp * cog) * P
-            if pointwise:
-                pointwise_tile(wp + <Py_ssize_t>grp * cog * K, K, b, ldb, op + out_off + col0, P, cog, ncols)
-            else:
-                gemm_rowmajor(False, False, cog, ncols, K, 1.0, wp + <Py_ssize_t>grp * cog * K, K,
-                              b, ldb, 0.0, op + out_off + col0, P)
-            epilogue_tile(op + out_off, cog, col0, ncols,
-                          bias_p + grp * cog if bias_p != NULL else NULL,
-                          res_p + out_off if res_p != NULL else NULL, ep, &g)
+                for c in prange(g.C, nogil=True, num_threads=nthreads, schedule="static"):
+                    split_task(&call, n, c)
+        if nthreads == 1:
+            for task in range(ntasks):
+                gemm_task(&call, n, task, &scratch[0, 0])
+        else:
+            for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
+                gemm_task(&call, n, task, &scratch[pyconv_omp_thread_id(), 0])

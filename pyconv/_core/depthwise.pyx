@@ -83,6 +83,33 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
             epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, bias, residual + <Py_ssize_t>oh * Wo, ep)
 
 
+cdef struct DepthwiseCall:
+    const PhaseGeom* g
+    const float* x
+    const float* w
+    float* out
+    const float* bias
+    const float* residual
+    Epilogue ep
+    int C, mult, Ho, Wo
+
+
+cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* phases) noexcept nogil:
+    """Input channel task % C of image task // C: its phase planes, then its mult output planes.
+
+    phases: this thread's scratch (phase planes, then the wide accumulator)."""
+    cdef const PhaseGeom* g = c.g
+    cdef int n = task // c.C, ch = task % c.C, m, co
+    cdef Py_ssize_t plane_out = <Py_ssize_t>c.Ho * c.Wo, o_off
+    phase_split_channel(c.x + <Py_ssize_t>task * g.H * g.W, phases, g)
+    for m in range(c.mult):
+        co = ch * c.mult + m
+        o_off = (<Py_ssize_t>n * c.C * c.mult + co) * plane_out
+        depthwise_plane(phases, c.w + <Py_ssize_t>co * g.kh * g.kw, phases + g.channel + g.Wq, c.out + o_off,
+                        c.Ho, c.Wo, c.bias[co] if c.bias != NULL else 0.0,
+                        c.residual + o_off if c.residual != NULL else NULL, c.ep, g)
+
+
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     """Floats of scratch one thread needs: a channel's phase planes (+ tail) and a wide output plane."""
     cdef PhaseGeom g = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
@@ -113,24 +140,22 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     if residual is not None:
         res_v = residual
         res_p = &res_v[0, 0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef const float* wp = &weight[0, 0, 0, 0]
-    cdef float* op = &out[0, 0, 0, 0]
-    cdef Py_ssize_t plane_out = <Py_ssize_t>Ho * Wo, acc_off = g.channel + g.Wq
-    cdef int t
+    cdef DepthwiseCall call
+    call.g = &g
+    call.x = &x[0, 0, 0, 0]
+    call.w = &weight[0, 0, 0, 0]
+    call.out = &out[0, 0, 0, 0]
+    call.bias = bias_p
+    call.residual = res_p
+    call.ep = ep
+    call.C = C; call.mult = mult; call.Ho = Ho; call.Wo = Wo
+    cdef Py_ssize_t acc_off = g.channel + g.Wq
+    cdef int t, task
     for t in range(nthreads):  # this geometry's zero padding, written once per thread's planes
         memset(&scratch[t, 0], 0, acc_off * sizeof(float))
-    cdef Py_ssize_t o_off
-    cdef int task, n, c, m, co
-    cdef float* phases
-    for task in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
-        n = task // C
-        c = task % C
-        phases = &scratch[pyconv_omp_thread_id(), 0]
-        phase_split_channel(xp + <Py_ssize_t>task * g.H * g.W, phases, &g)
-        for m in range(mult):
-            co = c * mult + m
-            o_off = (<Py_ssize_t>n * C * mult + co) * plane_out
-            depthwise_plane(phases, wp + <Py_ssize_t>co * g.kh * g.kw, phases + acc_off, op + o_off, Ho, Wo,
-                            bias_p[co] if bias_p != NULL else 0.0,
-                            res_p + o_off if res_p != NULL else NULL, ep, &g)
+    if nthreads == 1:  # plain loop, no OpenMP region to enter (small layers)
+        for task in range(N * C):
+            depthwise_task(&call, task, &scratch[0, 0])
+    else:
+        for task in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
+            depthwise_task(&call, task, &scratch[pyconv_omp_thread_id(), 0])
