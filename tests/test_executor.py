@@ -475,3 +475,32 @@ def test_load_and_run_import_only_what_they_need(resnet_file):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]", "[]"]
+
+
+@needs(*NET_OPS)
+def test_conv_steps_are_bound_to_their_buffers_and_follow_the_thread_setting(resnet_file):
+    # convs run as pre-checked steps on the planned buffers (no per-call checks); a thread
+    # setting changed between runs still applies, and results stay those of the reference
+    from pyconv.ops.conv import PreparedConv2d
+
+    model = pyconv.load(resnet_file)
+    x = np.random.default_rng(4).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    expected = reference_run(read_graph(resnet_file), {"input": x})["probs"]
+    before = pyconv.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            pyconv.set_num_threads(threads)
+            assert_close(model(x), expected)
+    finally:
+        pyconv.set_num_threads(before)
+    plan, pool = model._plan((x.shape,))
+    steps = {name: step for name, step in zip(pool[0].names, pool[0].steps)}
+    conv_names = [n.name for n in model.optimized.nodes if n.op == "conv2d"]
+    assert len(conv_names) == 5
+    for name in conv_names:
+        fn, args, out = steps[name]
+        assert not isinstance(fn, PreparedConv2d) and args == (), name
+    conv = next(c for c, n in zip(model._calls, model.optimized.nodes) if n.name == "conv1")
+    x16 = np.zeros((1, 3, 4, 4), np.float16)  # needs __call__'s conversion: not bound
+    assert conv.bind_step((x16,), np.empty((1, 8, 4, 4), np.float32)) is None
+    assert conv.bind_step((np.zeros((1, 3, 4, 4), np.float32),), np.empty((1, 8, 5, 4), np.float32)) is None

@@ -164,7 +164,10 @@ class ExecutionState:
         def step(i: int) -> Step:
             node = graph.nodes[i]
             out = views[node.outputs[0]] if len(node.outputs) == 1 else tuple(views[t] for t in node.outputs)
-            return calls[i], tuple(views[t] for t in node.inputs), out
+            args = tuple(views[t] for t in node.inputs)
+            bind = getattr(calls[i], "bind_step", None)  # ops that can skip their per-call checks on these buffers
+            bound = bind(args, out) if bind is not None else None
+            return (calls[i], args, out) if bound is None else (bound, (), out)
 
         self.inputs = [views[t.name] for t in graph.inputs]
         self.outputs = [views[o.tensor] for o in graph.outputs]

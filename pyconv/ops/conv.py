@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -200,6 +200,8 @@ class _Scratch(threading.local):
 
     def get(self, name: str, shape: tuple) -> np.ndarray:
         buf = self.__dict__.get(name)
+        if buf is not None and buf.shape == shape:  # the usual case, without the generator below
+            return buf
         if buf is None or any(have < want for have, want in zip(buf.shape, shape)):
             buf = self.__dict__[name] = np.zeros(shape, np.float32)
         return buf
@@ -400,6 +402,29 @@ class PreparedConv2d:
             residual = residual.copy()  # output rows are written before their residual is read
         run(x, residual, out)
         return out
+
+    def bind_step(self, inputs: Sequence[np.ndarray], out: np.ndarray) -> Optional[Callable[..., np.ndarray]]:
+        """``step(out=out)``: this conv on fixed arrays (an executor's planned buffers, reused every run).
+
+        The checks of :meth:`__call__` run once, here; None when the arrays need its
+        conversions or fail them (the caller then uses ``__call__``, which reports why)."""
+        x, residual = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+        try:
+            fits = (as_float32(x, "x", ndim=4) is x and check_out(out, self._plan(x.shape)[0]) is out
+                    and not np.may_share_memory(out, x))
+            if residual is not None:
+                fits = fits and as_float32(residual, "residual") is residual and residual.shape == out.shape \
+                    and not np.may_share_memory(out, residual)
+        except (ValueError, TypeError):
+            return None
+        if not fits:
+            return None
+        plan, shape = self._plan, x.shape
+
+        def step(out: np.ndarray = out) -> np.ndarray:
+            plan(shape)[1](x, residual, out)  # per call only the thread setting is looked up
+            return out
+        return step
 
     def __repr__(self) -> str:
         g = self.geometry
