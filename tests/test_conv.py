@@ -212,10 +212,11 @@ def test_1x1_on_1x1_spatial_and_stride():
     (16, 9, 1, (5, 7), 1, (0, 0, 0, 0)),      # rows not a multiple of the block, pixels 35
     (32, 20, 2, (13, 11), 2, (1, 0, 2, 1)),   # groups, strided, padded: B read from phase planes
     (24, 13, 1, (47, 45), 1, (0, 0, 0, 0)),   # several tiles
-    (33, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # K above the pointwise limit: sgemm
+    (70, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # large K, few output channels: pointwise
+    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0)),     # both above the pointwise limits: sgemm
 ])
 def test_1x1_pointwise_loop(cig, cog, groups, hw, stride, pads, threads):
-    # 1x1 convs with K <= 32 and >= 8 output channels run pointwise_tile, not sgemm
+    # 1x1 convs with K <= 32 or 8..32 output channels per group run pointwise_tile, not sgemm
     rng = np.random.default_rng([cig, cog, groups, threads])
     for n in (1, 3):
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)

@@ -60,12 +60,15 @@ _GEMM_TILE_BUDGET_IM2COL = 1 << 18
 # ran 1.4-1.7x faster with 256-pixel tiles than with 2500-4200 (measured,
 # docs/kernels.md); larger K is indifferent between 128 and 1024.
 _IM2COL_MAX_TILE_COLS = 256
-# 1x1 convs with at most this many input channels per group run the
-# register-blocked pointwise loop instead of sgemm: it writes each output once,
-# where sgemm (beta = 0) first zeroes C in a pass of its own; in a network the
-# large outputs of these layers are cold, and MobileNetV2's and ShuffleNetV2's
-# K <= 32 layers ran 8-20% faster (measured in-network, docs/kernels.md).
+# 1x1 convs with at most _POINTWISE_MAX_K input or _POINTWISE_MAX_ROWS output
+# channels per group run the register-blocked pointwise loop instead of sgemm.
+# Alone sgemm is faster, but in a network these layers' large outputs or
+# inputs are cold: the loop writes each output once (sgemm with beta = 0 zeroes
+# C in a pass of its own) and streams B in short blocks.  MobileNetV2's and
+# SqueezeNet's such layers ran 10-35 % faster in-network; wide layers on small
+# planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
 _POINTWISE_MAX_K = 32
+_POINTWISE_MAX_ROWS = 32
 # Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
 _MAX_PLANS = 16
 
@@ -243,8 +246,9 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         args = (self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw, self.epilogue)
         scratch, conv = self._scratch, _gemm.conv2d_gemm
-        pointwise = (kh == kw == 1 and self.wmat.shape[1] <= _POINTWISE_MAX_K
-                     and g.out_channels // g.groups >= _gemm.pointwise_min_rows() and tile >= _gemm.pointwise_min_cols())
+        cog = g.out_channels // g.groups
+        pointwise = (kh == kw == 1 and (self.wmat.shape[1] <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS)
+                     and cog >= _gemm.pointwise_min_rows() and tile >= _gemm.pointwise_min_cols())
 
         def run(x, residual, out):
             conv(x, *args, residual, out, tile, scratch.get("phases", phase_shape), scratch.get("tiles", tile_shape),
