@@ -88,19 +88,25 @@ cdef enum:
 
 
 cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_ssize_t ldb,
-                                      float* c, Py_ssize_t ldc, int rows, int ncols) noexcept nogil:
-    """c[rows x ncols] = w[rows x K] @ b[K x ncols] without BLAS, for small K (1x1 convs).
+                                      float* c, Py_ssize_t ldc, int rows, int ncols,
+                                      const float* bias, const float* residual, Epilogue ep) noexcept nogil:
+    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS (1x1 convs).
+
+    bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs
+    on each block's rows as they are stored (no second pass over c).
 
     sgemm packs both operands and zeroes C in a pass of its own, which at K <= 32
     costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
     accumulated over all of K in a local array and stored once.  Needs rows >=
     PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
-    (recomputing a few values) instead of running a remainder loop."""
+    (recomputing a few values from acc, so also the epilogue) instead of running a
+    remainder loop."""
     cdef float acc[PW_ROWS][PW_COLS]
     cdef float wk[PW_ROWS]
     cdef int r, r0, k, j
     cdef Py_ssize_t p0
     cdef const float* brow
+    cdef float* crow
     r0 = 0
     while r0 < rows:
         if r0 > rows - PW_ROWS:
@@ -120,8 +126,11 @@ cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_
                     for j in range(PW_COLS):
                         acc[r][j] += wk[r] * brow[j]
             for r in range(PW_ROWS):
+                crow = c + (r0 + r) * ldc + p0
                 for j in range(PW_COLS):
-                    c[(r0 + r) * ldc + p0 + j] = acc[r][j]
+                    crow[j] = acc[r][j]
+                epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
+                             residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)
             p0 += PW_COLS
         r0 += PW_ROWS
 
@@ -182,13 +191,14 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         ldb = ncols
     cdef Py_ssize_t out_off = (<Py_ssize_t>n * g.Co + grp * c.cog) * P
     cdef const float* w = c.w + <Py_ssize_t>grp * c.cog * c.K
+    cdef const float* bias = c.bias + grp * c.cog if c.bias != NULL else NULL
+    cdef const float* residual = c.residual + out_off if c.residual != NULL else NULL
     if c.pointwise:
-        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, c.cog, ncols)
+        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, c.cog, ncols, bias,
+                       residual + col0 if residual != NULL else NULL, c.ep)
     else:
         gemm_rowmajor(False, False, c.cog, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
-    epilogue_tile(c.out + out_off, c.cog, col0, ncols,
-                  c.bias + grp * c.cog if c.bias != NULL else NULL,
-                  c.residual + out_off if c.residual != NULL else NULL, c.ep, g)
+        epilogue_tile(c.out + out_off, c.cog, col0, ncols, bias, residual, c.ep, g)
 
 
 def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
