@@ -50,7 +50,7 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
         t3 = phases + tap_offset(g, 1, 0); t4 = phases + tap_offset(g, 1, 1); t5 = phases + tap_offset(g, 1, 2)
         t6 = phases + tap_offset(g, 2, 0); t7 = phases + tap_offset(g, 2, 1); t8 = phases + tap_offset(g, 2, 2)
         for p in range(wide):
-            acc[p] = (w[0] * t0[p] + w[1] * t1[p] + w[2] * t2[p]
+            acc[p] = (bias + w[0] * t0[p] + w[1] * t1[p] + w[2] * t2[p]
                       + w[3] * t3[p] + w[4] * t4[p] + w[5] * t5[p]
                       + w[6] * t6[p] + w[7] * t7[p] + w[8] * t8[p])
     else:
@@ -61,7 +61,7 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
         while p0 < wide:
             n = wide - p0 if wide - p0 < ACC_CHUNK else ACC_CHUNK
             for p in range(p0, p0 + n):
-                acc[p] = 0.0
+                acc[p] = bias
             for t in range(0, ntaps - 3, 4):
                 t0 = phases + tap_offset(g, t // g.kw, t % g.kw)
                 t1 = phases + tap_offset(g, (t + 1) // g.kw, (t + 1) % g.kw)
@@ -74,13 +74,14 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
                 for p in range(p0, p0 + n):
                     acc[p] += w[t] * src[p]
             p0 += ACC_CHUNK
+    # the bias is in acc already (one pass less)
     if residual == NULL:  # one epilogue pass over the wide plane: short rows make per-row calls costly
-        epilogue_row(acc, wide, bias, NULL, ep)
+        epilogue_row(acc, wide, 0.0, NULL, ep)
     for oh in range(Ho):
         for ow in range(Wo):
             out[<Py_ssize_t>oh * Wo + ow] = acc[<Py_ssize_t>oh * g.Wq + ow]
         if residual != NULL:
-            epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, bias, residual + <Py_ssize_t>oh * Wo, ep)
+            epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, 0.0, residual + <Py_ssize_t>oh * Wo, ep)
 
 
 cdef struct DepthwiseCall:
