@@ -21,6 +21,10 @@ from pyconv._core.simd cimport multiversion_void
 
 cdef enum:
     ACC_CHUNK = 2048  # floats (8 KiB) of the wide plane accumulated at a time
+    # the 3x3 pass runs over the wide plane rounded up to this many floats, so small
+    # planes (7x7: 63 floats) end on a whole vector instead of a scalar remainder;
+    # the scratch has this much slack after the phase planes' tail and after acc
+    VEC_PAD = 16
 
 
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
@@ -49,7 +53,7 @@ cdef multiversion_void depthwise_plane(const float* phases, const float* w, floa
         t0 = phases + tap_offset(g, 0, 0); t1 = phases + tap_offset(g, 0, 1); t2 = phases + tap_offset(g, 0, 2)
         t3 = phases + tap_offset(g, 1, 0); t4 = phases + tap_offset(g, 1, 1); t5 = phases + tap_offset(g, 1, 2)
         t6 = phases + tap_offset(g, 2, 0); t7 = phases + tap_offset(g, 2, 1); t8 = phases + tap_offset(g, 2, 2)
-        for p in range(wide):
+        for p in range((wide + VEC_PAD - 1) // VEC_PAD * VEC_PAD):
             acc[p] = (bias + w[0] * t0[p] + w[1] * t1[p] + w[2] * t2[p]
                       + w[3] * t3[p] + w[4] * t4[p] + w[5] * t5[p]
                       + w[6] * t6[p] + w[7] * t7[p] + w[8] * t8[p])
@@ -106,15 +110,15 @@ cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* phases)
     for m in range(c.mult):
         co = ch * c.mult + m
         o_off = (<Py_ssize_t>n * c.C * c.mult + co) * plane_out
-        depthwise_plane(phases, c.w + <Py_ssize_t>co * g.kh * g.kw, phases + g.channel + g.Wq, c.out + o_off,
-                        c.Ho, c.Wo, c.bias[co] if c.bias != NULL else 0.0,
+        depthwise_plane(phases, c.w + <Py_ssize_t>co * g.kh * g.kw, phases + g.channel + g.Wq + VEC_PAD,
+                        c.out + o_off, c.Ho, c.Wo, c.bias[co] if c.bias != NULL else 0.0,
                         c.residual + o_off if c.residual != NULL else NULL, c.ep, g)
 
 
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     """Floats of scratch one thread needs: a channel's phase planes (+ tail) and a wide output plane."""
     cdef PhaseGeom g = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
-    return g.channel + g.Wq + <Py_ssize_t>Ho * g.Wq
+    return g.channel + g.Wq + VEC_PAD + <Py_ssize_t>Ho * g.Wq + VEC_PAD
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight, bias,
@@ -150,7 +154,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     call.residual = res_p
     call.ep = ep
     call.C = C; call.mult = mult; call.Ho = Ho; call.Wo = Wo
-    cdef Py_ssize_t acc_off = g.channel + g.Wq
+    cdef Py_ssize_t acc_off = g.channel + g.Wq + VEC_PAD
     cdef int t, task
     for t in range(nthreads):  # this geometry's zero padding, written once per thread's planes
         memset(&scratch[t, 0], 0, acc_off * sizeof(float))
