@@ -62,8 +62,8 @@ _GEMM_TILE_BUDGET_IM2COL = 1 << 18
 _IM2COL_MAX_TILE_COLS = 256
 # 1x1 convs with at most _POINTWISE_MAX_K input or _POINTWISE_MAX_ROWS output
 # channels per group run the register-blocked pointwise loop instead of sgemm.
-# Alone sgemm is faster, but in a network these layers' large outputs or
-# inputs are cold: the loop writes each output once (sgemm with beta = 0 zeroes
+# Alone, on one thread, the two are about even at such shapes; in a network
+# these layers' large outputs or inputs are cold, and the loop writes each output once (sgemm with beta = 0 zeroes
 # C in a pass of its own) and streams B in short blocks.  MobileNetV2's and
 # SqueezeNet's such layers ran 10-35 % faster in-network; wide layers on small
 # planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
