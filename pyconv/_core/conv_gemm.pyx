@@ -228,24 +228,16 @@ def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
     if not g.direct and phases.shape[0] < phase_floats(g.C, stride, g.ph.Hq, g.ph.Wq):
         raise ValueError("phase buffer too small")
     cdef Epilogue ep = epilogue_from_spec(epilogue)
-    cdef const float[::1] bias_v
-    cdef const float[:, :, :, ::1] res_v
-    cdef const float* bias_p = NULL
-    cdef const float* res_p = NULL
-    if bias is not None:
-        bias_v = bias
-        bias_p = &bias_v[0]
-    if residual is not None:
-        res_v = residual
-        res_p = &res_v[0, 0, 0, 0]
+    cdef const float[::1] bias_v = bias
+    cdef const float[:, :, :, ::1] res_v = residual
     cdef GemmCall call
     call.g = &g
     call.x = &x[0, 0, 0, 0]
     call.w = &wmat[0, 0]
     call.out = &out[0, 0, 0, 0]
     call.phases = &phases[0]
-    call.bias = bias_p
-    call.residual = res_p
+    call.bias = &bias_v[0] if bias is not None else NULL
+    call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
     call.ep = ep
     call.K = K; call.cig = cig; call.cog = cog; call.tile_cols = tile_cols; call.ntiles = ntiles
     call.pointwise = pointwise

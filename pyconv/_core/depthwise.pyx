@@ -135,23 +135,15 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(Ho, Wo, g.kh, g.kw, stride, dilation):
         raise ValueError("scratch too small for the phase planes")
     cdef Epilogue ep = epilogue_from_spec(epilogue)
-    cdef const float[::1] bias_v
-    cdef const float[:, :, :, ::1] res_v
-    cdef const float* bias_p = NULL
-    cdef const float* res_p = NULL
-    if bias is not None:
-        bias_v = bias
-        bias_p = &bias_v[0]
-    if residual is not None:
-        res_v = residual
-        res_p = &res_v[0, 0, 0, 0]
+    cdef const float[::1] bias_v = bias
+    cdef const float[:, :, :, ::1] res_v = residual
     cdef DepthwiseCall call
     call.g = &g
     call.x = &x[0, 0, 0, 0]
     call.w = &weight[0, 0, 0, 0]
     call.out = &out[0, 0, 0, 0]
-    call.bias = bias_p
-    call.residual = res_p
+    call.bias = &bias_v[0] if bias is not None else NULL
+    call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
     call.ep = ep
     call.C = C; call.mult = mult; call.Ho = Ho; call.Wo = Wo
     cdef Py_ssize_t acc_off = g.channel + g.Wq + VEC_PAD
