@@ -33,15 +33,6 @@ def adder_loops(x, w, bias, stride, pads, groups):
     return y
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def nthreads(request, monkeypatch):
-    monkeypatch.setattr(pyconv._threads, "MIN_WORK_PER_THREAD", 1)  # thread even tiny cases
-    old = pyconv.get_num_threads()
-    pyconv.set_num_threads(request.param)
-    yield request.param
-    pyconv.set_num_threads(old)
-
-
 CASES = [  # x shape, out channels, kernel, stride, padding, groups
     ((1, 3, 5, 5), 4, (3, 3), 1, 1, 1),
     ((3, 6, 9, 7), 10, (3, 3), 2, (1, 0, 2, 1), 2),     # asymmetric padding, groups, H != W

@@ -52,15 +52,6 @@ def conv1x1_loops(x, weight, bias, stride, activation):
     return y
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def nthreads(request, monkeypatch):
-    monkeypatch.setattr(pyconv._threads, "MIN_WORK_PER_THREAD", 1)  # thread even tiny cases
-    old = pyconv.get_num_threads()
-    pyconv.set_num_threads(request.param)
-    yield request.param
-    pyconv.set_num_threads(old)
-
-
 SHAPES = [  # n, c, h, w
     (1, 9, 5, 5),
     (3, 20, 7, 4),     # C not a multiple of k*k: channels 18, 19 stay unshifted
