@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import pyconv
-import pyconv._threads
 from pyconv import ops, registry
 
 
