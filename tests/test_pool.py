@@ -161,6 +161,31 @@ def test_max_pool2d_propagates_nan():
     assert np.isnan(ops.max_pool2d(small, 3, 2, 1)).sum() == 1 + 2
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads):
+    # Small planes are pooled in chunks of planes, each checked for NaN first (plain
+    # maxima when it holds none): a NaN in one chunk must reach exactly its windows,
+    # whatever the other chunks took.
+    x = rand(2, 60, 13, 13)
+    x[1, 40, 6, 6] = np.nan       # a chunk of image 1 in the middle of the channels
+    x[0, 0, 0, 12] = np.nan       # the first chunk of image 0, a corner cell
+    previous = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(threads)
+        for args in [(3, 2), (3, 2, 1), (2, 1)]:
+            y = ops.max_pool2d(x, *args)
+            np.testing.assert_array_equal(y, ref.max_pool2d(x, *args).astype(np.float32))
+            assert np.isnan(y[0, 0]).any() and np.isnan(y[1, 40]).any() and np.isnan(y).sum() <= 8
+        np.testing.assert_array_equal(ops.adaptive_max_pool2d(x, 6), ref.adaptive_max_pool2d(x, 6).astype(np.float32))
+        spp = ops.spatial_pyramid_pool(x, (1, 2, 4), "max")
+        np.testing.assert_array_equal(spp, ref.spatial_pyramid_pool(x, (1, 2, 4), "max").astype(np.float32))
+        assert np.isnan(spp).any(axis=1).all() and not np.isnan(spp).all(axis=1).any()
+        glob = ops.global_max_pool2d(x)
+        assert np.isnan(glob).sum() == 2 and np.isnan(glob[1, 40, 0, 0]) and np.isnan(glob[0, 0, 0, 0])
+    finally:
+        pyconv.set_num_threads(previous)
+
+
 def test_max_pool2d_stride_defaults_to_kernel_and_accepts_float64():
     x = rand(1, 2, 6, 6).astype(np.float64)
     np.testing.assert_array_equal(ops.max_pool2d(x, 2), ref.max_pool2d(x, 2, 2).astype(np.float32))

@@ -9,6 +9,7 @@
 # Padding is never materialised: window bounds are clipped to the input.
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
+from libc.stdlib cimport calloc, free, malloc
 
 import numpy as np
 
@@ -33,6 +34,19 @@ cdef struct Window2d:
     Py_ssize_t phase_len             # ceil(W / sw): length of one stride phase of a row
 
 
+# What a kernel reduces: sums, or maxima.  Max kernels first check their input for
+# NaN (one cheap pass); NaN-free input takes plain maxps loops, the rest the
+# NaN-propagating ones, whose unordered compares cost ~25 % of a 3x3 pool.
+cdef enum:
+    OP_SUM = 0
+    OP_MAX = 1          # input known to be NaN-free
+    OP_MAX_NAN = 2      # NaN propagates (PyTorch)
+
+
+cdef inline float max_plain(float a, float b) noexcept nogil:
+    return a if a > b else b   # maxps
+
+
 cdef inline float max_nan(float a, float b) noexcept nogil:
     # max(a, b), NaN if either is NaN (PyTorch propagates NaN).  ``a > b ? a : b`` is
     # exactly maxss/maxps (b when unordered, so a NaN b wins); the second select only
@@ -48,6 +62,29 @@ cdef inline float max3_nan(float a, float b, float c) noexcept nogil:
     cdef float m = a if a > b else b
     m = m if m > c else c
     return m if (a == a) & (b == b) & (c == c) else NAN
+
+
+cdef multiversion_void find_nan(const float* x, Py_ssize_t n, int* found) noexcept nogil:
+    """found[0] = whether x[0 .. n) holds a NaN (one branch-free vectorized loop;
+    multi-versioned, as a baseline SSE2 copy would cost a third of a small max pool)."""
+    cdef Py_ssize_t i
+    cdef int nan = 0
+    for i in range(n):
+        nan = nan | (x[i] != x[i])
+    found[0] = nan
+
+
+cdef inline int max_op_for(int op, const float* x, Py_ssize_t n) noexcept nogil:
+    """``op`` for a task reading x[0 .. n): OP_MAX_NAN becomes OP_MAX when they hold no NaN.
+
+    Worth it where the data sits in L1/L2 (small planes pooled in chunks); large planes
+    are bound by memory traffic, where the NaN compares are free and a scan is not."""
+    cdef int found = 0
+    if op == OP_MAX_NAN:
+        find_nan(x, n, &found)
+        if not found:
+            return OP_MAX
+    return op
 
 
 cdef struct ScalarMax:
@@ -66,35 +103,41 @@ cdef inline float scalar_max_result(ScalarMax* m) noexcept nogil:
     return m.value if not m.nan else NAN
 
 
-cdef inline void combine_rows(float* dst, const float* a, const float* b, Py_ssize_t n, bint is_max) noexcept nogil:
-    """dst[i] = max_nan(a[i], b[i]) or a[i] + b[i] (dst must not overlap a or b)."""
+cdef inline void combine_rows(float* dst, const float* a, const float* b, Py_ssize_t n, int op) noexcept nogil:
+    """dst[i] = max(a[i], b[i]) or a[i] + b[i] (dst must not overlap a or b)."""
     cdef Py_ssize_t i
-    if is_max:
-        for i in range(n):
-            dst[i] = max_nan(a[i], b[i])
-    else:
+    if op == OP_SUM:
         for i in range(n):
             dst[i] = a[i] + b[i]
+    elif op == OP_MAX:
+        for i in range(n):
+            dst[i] = max_plain(a[i], b[i])
+    else:
+        for i in range(n):
+            dst[i] = max_nan(a[i], b[i])
 
 
-cdef inline void accumulate_row(float* acc, const float* b, Py_ssize_t n, bint is_max) noexcept nogil:
-    """acc[i] = max_nan(acc[i], b[i]) or acc[i] + b[i].
+cdef inline void accumulate_row(float* acc, const float* b, Py_ssize_t n, int op) noexcept nogil:
+    """acc[i] = max(acc[i], b[i]) or acc[i] + b[i].
 
     (In place through one pointer: with a separate destination argument equal to a
     source, GCC's overlap check fails at run time and the scalar loop runs.)
     Callers round n up to whole vectors where they can: a scalar tail's
     data-dependent compares mispredict and cost more than the vector body."""
     cdef Py_ssize_t i
-    if is_max:
-        for i in range(n):
-            acc[i] = max_nan(acc[i], b[i])
-    else:
+    if op == OP_SUM:
         for i in range(n):
             acc[i] = acc[i] + b[i]
+    elif op == OP_MAX:
+        for i in range(n):
+            acc[i] = max_plain(acc[i], b[i])
+    else:
+        for i in range(n):
+            acc[i] = max_nan(acc[i], b[i])
 
 
 cdef inline void gather_taps(float* acc, const float* src, Py_ssize_t n, Py_ssize_t stride, bint first,
-                             bint is_max) noexcept nogil:
+                             int op) noexcept nogil:
     """acc[i] = src[i * stride] (first tap) or acc[i] (op)= src[i * stride]; stride 1 or 2."""
     cdef Py_ssize_t i
     if stride == 1:
@@ -102,44 +145,53 @@ cdef inline void gather_taps(float* acc, const float* src, Py_ssize_t n, Py_ssiz
             for i in range(n):
                 acc[i] = src[i]
         else:
-            accumulate_row(acc, src, n, is_max)
+            accumulate_row(acc, src, n, op)
     elif first:
         for i in range(n):
             acc[i] = src[2 * i]
-    elif is_max:
-        for i in range(n):
-            acc[i] = max_nan(acc[i], src[2 * i])
-    else:
+    elif op == OP_SUM:
         for i in range(n):
             acc[i] = acc[i] + src[2 * i]
+    elif op == OP_MAX:
+        for i in range(n):
+            acc[i] = max_plain(acc[i], src[2 * i])
+    else:
+        for i in range(n):
+            acc[i] = max_nan(acc[i], src[2 * i])
 
 
 cdef inline void combine_three(float* dst, const float* a, Py_ssize_t step, Py_ssize_t n,
-                               bint is_max) noexcept nogil:
-    """dst[i] = max_nan or sum of a[i], a[i + step], a[i + 2 * step]."""
+                               int op) noexcept nogil:
+    """dst[i] = max or sum of a[i], a[i + step], a[i + 2 * step]."""
     cdef Py_ssize_t i
-    if is_max:
-        for i in range(n):
-            dst[i] = max3_nan(a[i], a[i + step], a[i + 2 * step])
-    else:
+    if op == OP_SUM:
         for i in range(n):
             dst[i] = a[i] + a[i + step] + a[i + 2 * step]
+    elif op == OP_MAX:
+        for i in range(n):
+            dst[i] = max_plain(max_plain(a[i], a[i + step]), a[i + 2 * step])
+    else:
+        for i in range(n):
+            dst[i] = max3_nan(a[i], a[i + step], a[i + 2 * step])
 
 
 cdef inline void accumulate_two(float* acc, const float* a, Py_ssize_t step, Py_ssize_t n,
-                                bint is_max) noexcept nogil:
+                                int op) noexcept nogil:
     """acc[i] (op)= a[i] (op) a[i + step]."""
     cdef Py_ssize_t i
-    if is_max:
-        for i in range(n):
-            acc[i] = max3_nan(acc[i], a[i], a[i + step])
-    else:
+    if op == OP_SUM:
         for i in range(n):
             acc[i] = acc[i] + (a[i] + a[i + step])
+    elif op == OP_MAX:
+        for i in range(n):
+            acc[i] = max_plain(acc[i], max_plain(a[i], a[i + step]))
+    else:
+        for i in range(n):
+            acc[i] = max3_nan(acc[i], a[i], a[i + step])
 
 
 cdef multiversion_void reduce_rows(float* dst, const float* src, Py_ssize_t nrows, Py_ssize_t row_step,
-                                   Py_ssize_t width, bint is_max) noexcept nogil:
+                                   Py_ssize_t width, int op) noexcept nogil:
     """dst[w] = max or sum over r < nrows of src[r * row_step + w] (nrows >= 1).
 
     Up to three rows per pass over dst: one load/store pass per row would be bound by
@@ -151,15 +203,15 @@ cdef multiversion_void reduce_rows(float* dst, const float* src, Py_ssize_t nrow
             dst[w] = src[w]
         return
     if nrows == 2:
-        combine_rows(dst, src, src + row_step, width, is_max)
+        combine_rows(dst, src, src + row_step, width, op)
         return
-    combine_three(dst, src, row_step, width, is_max)
+    combine_three(dst, src, row_step, width, op)
     r = 3
     while r + 1 < nrows:
-        accumulate_two(dst, src + r * row_step, row_step, width, is_max)
+        accumulate_two(dst, src + r * row_step, row_step, width, op)
         r += 2
     if r < nrows:
-        accumulate_row(dst, src + r * row_step, width, is_max)
+        accumulate_row(dst, src + r * row_step, width, op)
 
 
 cdef inline void split_phases(float* phases, const float* row, Py_ssize_t width, Py_ssize_t stride,
@@ -172,12 +224,12 @@ cdef inline void split_phases(float* phases, const float* row, Py_ssize_t width,
             phases[r * phase_len + j] = row[j * stride + r]
 
 
-cdef inline float reduce_taps(const float* t, Py_ssize_t taps, Py_ssize_t step, bint is_max) noexcept nogil:
+cdef inline float reduce_taps(const float* t, Py_ssize_t taps, Py_ssize_t step, int op) noexcept nogil:
     """max or sum of t[k * step] for k < taps (all inside the row)."""
     cdef Py_ssize_t k
     cdef ScalarMax m
     cdef float total
-    if is_max:
+    if op:
         m = ScalarMax(t[0], t[0] != t[0])
         for k in range(1, taps):
             scalar_max_add(&m, t[k * step])
@@ -189,7 +241,7 @@ cdef inline float reduce_taps(const float* t, Py_ssize_t taps, Py_ssize_t step, 
 
 
 cdef inline float reduce_clipped_taps(const float* t, Py_ssize_t start, Py_ssize_t taps, Py_ssize_t step,
-                                      Py_ssize_t size, bint is_max) noexcept nogil:
+                                      Py_ssize_t size, int op) noexcept nogil:
     """max or sum of t[start + k * step] over the k < taps that fall in [0, size) (-inf / 0 if none)."""
     cdef Py_ssize_t k, i
     cdef ScalarMax m = ScalarMax(-INFINITY, False)
@@ -197,11 +249,11 @@ cdef inline float reduce_clipped_taps(const float* t, Py_ssize_t start, Py_ssize
     for k in range(taps):
         i = start + k * step
         if 0 <= i < size:
-            if is_max:
+            if op:
                 scalar_max_add(&m, t[i])
             else:
                 total = total + t[i]
-    return scalar_max_result(&m) if is_max else total
+    return scalar_max_result(&m) if op else total
 
 
 cdef inline Py_ssize_t floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -209,7 +261,7 @@ cdef inline Py_ssize_t floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 
 cdef multiversion_void window_pool_plane(const float* x, float* out, const Window2d* g, float* row_buf,
-                                         const float* scale, bint is_max) noexcept nogil:
+                                         const float* scale, int op) noexcept nogil:
     """One plane of a strided, dilated, padded max pool or window sum (times ``scale``, Ho x Wo).
 
     ``row_buf`` holds the reduced row (W), its stride phases (sw * phase_len, used for
@@ -235,28 +287,28 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
         o = out + oh * g.out_row
         if ky1 <= ky0:                             # dilated taps all in the padding
             for ow in range(g.Wo):
-                o[ow] = -INFINITY if is_max else 0.0
+                o[ow] = -INFINITY if op else 0.0
             continue
-        reduce_rows(row_buf, x + (h0 + ky0 * g.dh) * g.x_row, ky1 - ky0, g.dh * g.x_row, g.W, is_max)
+        reduce_rows(row_buf, x + (h0 + ky0 * g.dh) * g.x_row, ky1 - ky0, g.dh * g.x_row, g.W, op)
         for ow in range(g.ow_lo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, op)
         for ow in range(g.ow_hi, g.Wo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, is_max)
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, op)
         if n < VECTOR_SLACK:
             # narrow rows: scalar taps straight from the reduced row (whole-vector runs
             # would mostly compute padding)
             for ow in range(g.ow_lo, g.ow_hi):
-                o[ow] = reduce_taps(row_buf + ow * g.sw - g.pl, g.kw, g.dw, is_max)
+                o[ow] = reduce_taps(row_buf + ow * g.sw - g.pl, g.kw, g.dw, op)
         else:
             if g.sw > 2:
                 split_phases(row_buf + g.W, row_buf, g.W, g.sw, g.phase_len)
             for kx in range(g.kw):
                 tap = kx * g.dw - g.pl
                 if g.sw <= 2:   # unit or stride-2 loads straight from the reduced row
-                    gather_taps(acc, row_buf + g.ow_lo * g.sw + tap, n_vec, g.sw, kx == 0, is_max)
+                    gather_taps(acc, row_buf + g.ow_lo * g.sw + tap, n_vec, g.sw, kx == 0, op)
                 else:           # input column ow * sw + tap = (ow + tap // sw) * sw + tap % sw
                     run = phases + (tap - floor_div(tap, g.sw) * g.sw) * g.phase_len + g.ow_lo + floor_div(tap, g.sw)
-                    gather_taps(acc, run, n_vec, 1, kx == 0, is_max)
+                    gather_taps(acc, run, n_vec, 1, kx == 0, op)
             for ow in range(n):
                 o[g.ow_lo + ow] = acc[ow]
         if scale != NULL:
@@ -264,19 +316,22 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = o[ow] * scale[oh * g.Wo + ow]
 
 
-cdef inline void reduce_pairs(float* dst, const float* src, Py_ssize_t n, bint is_max) noexcept nogil:
+cdef inline void reduce_pairs(float* dst, const float* src, Py_ssize_t n, int op) noexcept nogil:
     """dst[i] = max_nan or sum of src[2i], src[2i + 1]."""
     cdef Py_ssize_t i
-    if is_max:
-        for i in range(n):
-            dst[i] = max_nan(src[2 * i], src[2 * i + 1])
-    else:
+    if op == OP_SUM:
         for i in range(n):
             dst[i] = src[2 * i] + src[2 * i + 1]
+    elif op == OP_MAX:
+        for i in range(n):
+            dst[i] = max_plain(src[2 * i], src[2 * i + 1])
+    else:
+        for i in range(n):
+            dst[i] = max_nan(src[2 * i], src[2 * i + 1])
 
 
 cdef multiversion_void pool_2x2_plane(const float* x, float* out, const Window2d* g, float* pairs,
-                                      const float* scale, bint is_max) noexcept nogil:
+                                      const float* scale, int op) noexcept nogil:
     """One plane of a 2x2 stride-2 pool with every window inside (W even, x and out
     contiguous planes): column pairs of the whole plane in one long loop, then pairs of
     those rows, then the scale; no per-row tap bookkeeping (which dominates window_pool_plane
@@ -286,13 +341,13 @@ cdef multiversion_void pool_2x2_plane(const float* x, float* out, const Window2d
     cdef const float* bottom
     cdef const float* sc
     cdef float* o
-    reduce_pairs(pairs, x, g.H * g.Wo, is_max)
+    reduce_pairs(pairs, x, g.H * g.Wo, op)
     for oh in range(g.Ho):
         top = pairs + 2 * oh * g.Wo
         bottom = top + g.Wo
         o = out + oh * g.Wo
         if scale == NULL:
-            combine_rows(o, top, bottom, g.Wo, is_max)
+            combine_rows(o, top, bottom, g.Wo, op)
         else:   # average: scaled while the sum is in a register
             sc = scale + oh * g.Wo
             for ow in range(g.Wo):
@@ -300,7 +355,7 @@ cdef multiversion_void pool_2x2_plane(const float* x, float* out, const Window2d
 
 
 cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ssize_t h0,
-                                        Py_ssize_t w0, bint is_max) noexcept nogil:
+                                        Py_ssize_t w0, int op) noexcept nogil:
     """max or sum of the window starting at (h0, w0), read straight from the plane, taps
     outside the input skipped (-inf / 0 when none is inside)."""
     cdef Py_ssize_t ky, kx, h, w
@@ -313,11 +368,11 @@ cdef inline float reduce_clipped_window(const float* x, const Window2d* g, Py_ss
         for kx in range(g.kw):
             w = w0 + kx * g.dw
             if 0 <= w < g.W:
-                if is_max:
+                if op:
                     scalar_max_add(&m, x[h * g.x_row + w])
                 else:
                     total = total + x[h * g.x_row + w]
-    return scalar_max_result(&m) if is_max else total
+    return scalar_max_result(&m) if op else total
 
 
 cdef inline float scaled(float v, const float* scale_row, Py_ssize_t i) noexcept nogil:
@@ -326,7 +381,7 @@ cdef inline float scaled(float v, const float* scale_row, Py_ssize_t i) noexcept
 
 cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes, float* out,
                                                Py_ssize_t out_plane, const Window2d* g, const int* corner,
-                                               float* buf, const float* scale, bint is_max) noexcept nogil:
+                                               float* buf, const float* scale, int op) noexcept nogil:
     """``planes`` consecutive small planes (x contiguous over them) of the same pool as
     window_pool_plane; output plane p (Ho x Wo contiguous) at ``out + p * out_plane``.
 
@@ -351,8 +406,8 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
     cdef float* o
     cdef bint inside = g.H - (g.kh - 1) * g.dh > 0 and n_h > 0
     if inside:
-        reduce_rows(hsum, x, g.kw, g.dw, n_h, is_max)                  # reads the input: exact length
-        reduce_rows(vsum, hsum, g.kh, g.dh * g.W, n_vvec, is_max)      # scratch only: whole vectors
+        reduce_rows(hsum, x, g.kw, g.dw, n_h, op)                  # reads the input: exact length
+        reduce_rows(vsum, hsum, g.kh, g.dh * g.W, n_vvec, op)      # scratch only: whole vectors
         for p in range(planes):
             src = vsum + p * HW
             o = out + p * out_plane
@@ -376,22 +431,20 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
             o = out + p * out_plane + oh * g.Wo
             for ow in range(g.Wo):
                 if ow < lo or ow >= hi:
-                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, is_max), sc, ow)
+                    o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, op), sc, ow)
 
 
-cdef window_corners(const Window2d* g):
-    """Plane offset of each output's window top-left cell (int32, Ho * Wo); 0 for windows
+cdef void window_corners(const Window2d* g, int* corners) noexcept nogil:
+    """Plane offset of each output's window top-left cell (Ho * Wo); 0 for windows
     clipped by the padding (computed separately)."""
-    corners = np.empty(g.Ho * g.Wo, dtype=np.intc)
-    cdef int[::1] c = corners
     cdef Py_ssize_t oh, ow, h0, w0
+    cdef bint inside
     for oh in range(g.Ho):
         h0 = oh * g.sh - g.pt
         for ow in range(g.Wo):
             w0 = ow * g.sw - g.pl
             inside = h0 >= 0 and h0 + (g.kh - 1) * g.dh < g.H and w0 >= 0 and w0 + (g.kw - 1) * g.dw < g.W
-            c[oh * g.Wo + ow] = h0 * g.W + w0 if inside else 0
-    return corners
+            corners[oh * g.Wo + ow] = h0 * g.W + w0 if inside else 0
 
 
 cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
@@ -399,11 +452,33 @@ cdef check_unit_columns(const float[:, :, :, :] x, float[:, :, :, :] out):
         raise ValueError("pooling kernels need rows with contiguous columns")
 
 
+cdef enum PlaneScheme:
+    SCHEME_ROWS     # window_pool_plane: row by row
+    SCHEME_PAIRS    # pool_2x2_plane: 2x2 stride 2, every window inside
+    SCHEME_FLAT     # window_pool_flat_planes: chunks of small planes as one flat row
+
+
+cdef void window_pool_task(const float* x, float* out, const Window2d* g, PlaneScheme scheme,
+                           Py_ssize_t planes, Py_ssize_t out_plane, const int* corners, float* buf,
+                           const float* scale, int op) noexcept nogil:
+    """``planes`` consecutive planes of one image (one plane unless SCHEME_FLAT)."""
+    if scheme == SCHEME_FLAT:
+        window_pool_flat_planes(x, planes, out, out_plane, g, corners, buf, scale,
+                                max_op_for(op, x, planes * g.H * g.W))
+    elif scheme == SCHEME_PAIRS:
+        pool_2x2_plane(x, out, g, buf, scale, op)
+    else:
+        window_pool_plane(x, out, g, buf, scale, op)
+
+
 def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, tuple stride,
                 Py_ssize_t pad_top, Py_ssize_t pad_left, tuple dilation, scale, bint is_max, int nthreads):
-    """Max pool (``is_max``) or window sum times ``scale`` (float32 Ho x Wo) of every plane into ``out``.
+    """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of every plane into ``out``.
 
-    ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous)."""
+    ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous).
+    Scratch and tables live on the C heap: at 13x13 a NumPy allocation per call cost
+    as much as pooling a tenth of the planes."""
+    cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Window2d g
     cdef const float[:, ::1] scale_view
     cdef const float* scale_ptr = NULL
@@ -421,42 +496,61 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
         scale_view = scale
         scale_ptr = &scale_view[0, 0]
     g.phase_len = (g.W + g.sw - 1) // g.sw
+    if N == 0 or C == 0:
+        return
     # Small planes whose interior rows are narrower than a vector: flat scheme over
     # chunks of up to FLAT_CHUNK_MAX floats of consecutive planes of one image.
     cdef Py_ssize_t HW = g.H * g.W
-    cdef bint flat = (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
-                      and (C == 1 or x.strides[1] == HW * sizeof(float)) and g.out_row == g.Wo)
-    cdef Py_ssize_t chunk = max(1, FLAT_CHUNK_MAX // HW) if flat else 1
+    cdef PlaneScheme scheme = SCHEME_ROWS
+    if (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
+            and (C == 1 or x.strides[1] == HW * sizeof(float)) and g.out_row == g.Wo):
+        scheme = SCHEME_FLAT
+    elif (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1 and g.dw == 1 and g.pt == 0
+          and g.pl == 0 and g.W == 2 * g.Wo and 2 * g.Ho <= g.H and g.x_row == g.W and g.out_row == g.Wo):
+        scheme = SCHEME_PAIRS
+    cdef Py_ssize_t chunk = min(max(1, FLAT_CHUNK_MAX // HW), C) if scheme == SCHEME_FLAT else 1
     cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
     cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
-    cdef bint pairs = (not flat and g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1
-                       and g.dw == 1 and g.pt == 0 and g.pl == 0 and g.W == 2 * g.Wo and 2 * g.Ho <= g.H
-                       and g.x_row == g.W and g.out_row == g.Wo)
-    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if flat else g.H * g.Wo if pairs else
+    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if scheme == SCHEME_FLAT else
+                               g.H * g.Wo if scheme == SCHEME_PAIRS else
                                g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
-    row_bufs = np.zeros((max(nthreads, 1), buf_len), dtype=np.float32)
-    cdef float[:, ::1] bufs = row_bufs
-    cdef const int[::1] corner
-    if flat:
-        corner = window_corners(&g)
-        for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
-            n = p // chunks
-            c = (p % chunks) * chunk
-            window_pool_flat_planes(&x[n, c, 0, 0], min(chunk, C - c), &out[n, c, 0, 0], out_plane, &g,
-                                    &corner[0], &bufs[threadid(), 0], scale_ptr, is_max)
-        return
-    for p in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
-        n = p // C
-        c = p % C
-        if pairs:
-            pool_2x2_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+    nthreads = max(1, min(nthreads, N * chunks))
+    # zeroed: vector loops read (and discard) scratch lanes past the data, which must
+    # not hold denormals (slow) or signalling garbage
+    cdef float* bufs = <float*>calloc(nthreads * buf_len, sizeof(float))
+    cdef int* corners = <int*>malloc(max(1, g.Ho * g.Wo) * sizeof(int)) if scheme == SCHEME_FLAT else NULL
+    if bufs == NULL or (scheme == SCHEME_FLAT and corners == NULL):
+        free(bufs)
+        free(corners)
+        raise MemoryError()
+    if scheme == SCHEME_FLAT:
+        window_corners(&g, corners)
+    cdef const float* x0 = &x[0, 0, 0, 0]
+    cdef float* out0 = &out[0, 0, 0, 0]
+    cdef Py_ssize_t x_image = x.strides[0] // sizeof(float), x_plane = x.strides[1] // sizeof(float)
+    cdef Py_ssize_t out_image = out.strides[0] // sizeof(float)
+    try:
+        if nthreads == 1:   # no OpenMP region: it costs as much as a small pool
+            for p in range(N * chunks):
+                n = p // chunks
+                c = (p % chunks) * chunk
+                window_pool_task(x0 + n * x_image + c * x_plane, out0 + n * out_image + c * out_plane, &g,
+                                 scheme, min(chunk, C - c), out_plane, corners, bufs, scale_ptr, op)
         else:
-            window_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &g, &bufs[threadid(), 0], scale_ptr, is_max)
+            for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
+                n = p // chunks
+                c = (p % chunks) * chunk
+                window_pool_task(x0 + n * x_image + c * x_plane, out0 + n * out_image + c * out_plane, &g,
+                                 scheme, min(chunk, C - c), out_plane, corners, bufs + threadid() * buf_len,
+                                 scale_ptr, op)
+    finally:
+        free(bufs)
+        free(corners)
 
 
 cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* out, Py_ssize_t out_row,
                                       const Py_ssize_t* hbins, Py_ssize_t Ho, const Py_ssize_t* wbins,
-                                      Py_ssize_t Wo, float* row_buf, bint is_max, bint average) noexcept nogil:
+                                      Py_ssize_t Wo, float* row_buf, int op, bint average) noexcept nogil:
     """One plane of a pool over explicit bins: output (i, j) reduces input rows
     [hbins[2i], hbins[2i+1]) x columns [wbins[2j], wbins[2j+1]).  Empty bins give 0."""
     cdef Py_ssize_t oh, ow, w, hs, he, ws, we, wmin = wbins[0], wmax = wbins[1]
@@ -473,13 +567,13 @@ cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* o
             for ow in range(Wo):
                 o[ow] = 0.0
             continue
-        reduce_rows(row_buf, x + hs * x_row + wmin, he - hs, x_row, wmax - wmin, is_max)
+        reduce_rows(row_buf, x + hs * x_row + wmin, he - hs, x_row, wmax - wmin, op)
         for ow in range(Wo):
             ws, we = wbins[2 * ow] - wmin, wbins[2 * ow + 1] - wmin
             if we <= ws:
                 o[ow] = 0.0
                 continue
-            if is_max:
+            if op:
                 m = ScalarMax(-INFINITY, False)
                 for w in range(ws, we):
                     scalar_max_add(&m, row_buf[w])
@@ -499,18 +593,75 @@ def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[
     ``hbins`` (B, Ho, 2) and ``wbins`` (B, Wo, 2) hold [start, end) per output row and column;
     B is 1 (the same bins for every r: adaptive, global, SPP) or R (per box: RoI pooling).
     ``out`` may be a strided view (SPP levels); only its rows must be contiguous."""
+    cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Py_ssize_t R = out.shape[0], C = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t x_row = x.strides[2] // sizeof(float), out_row = out.strides[2] // sizeof(float)
     cdef Py_ssize_t per_box = hbins.shape[0] > 1, p, r, c, b
     check_unit_columns(x, out)
-    row_bufs = np.empty((max(nthreads, 1), x.shape[3]), dtype=np.float32)
-    cdef float[:, ::1] bufs = row_bufs
-    for p in prange(R * C, nogil=True, num_threads=nthreads, schedule="static"):
-        r = p // C
-        c = p % C
-        b = r * per_box
-        bin_pool_plane(&x[image_of[r], c, 0, 0], x_row, &out[r, c, 0, 0], out_row, &hbins[b, 0, 0], Ho,
-                       &wbins[b, 0, 0], Wo, &bufs[threadid(), 0], is_max, average)
+    if R == 0 or C == 0:
+        return
+    nthreads = max(1, min(nthreads, R * C))
+    cdef Py_ssize_t buf_len = x.shape[3]
+    cdef float* bufs = <float*>malloc(nthreads * buf_len * sizeof(float))
+    if bufs == NULL:
+        raise MemoryError()
+    try:
+        if nthreads == 1:
+            for p in range(R * C):
+                r = p // C
+                c = p % C
+                b = r * per_box
+                bin_pool_plane(&x[image_of[r], c, 0, 0], x_row, &out[r, c, 0, 0], out_row, &hbins[b, 0, 0], Ho,
+                               &wbins[b, 0, 0], Wo, bufs, op, average)
+        else:
+            for p in prange(R * C, nogil=True, num_threads=nthreads, schedule="static"):
+                r = p // C
+                c = p % C
+                b = r * per_box
+                bin_pool_plane(&x[image_of[r], c, 0, 0], x_row, &out[r, c, 0, 0], out_row, &hbins[b, 0, 0], Ho,
+                               &wbins[b, 0, 0], Wo, bufs + threadid() * buf_len, op, average)
+    finally:
+        free(bufs)
+
+
+cdef struct PyramidTables:
+    const Py_ssize_t* levels     # L x LEVEL_FIELDS, see pyramid_pool
+    const Py_ssize_t* hbins      # (sum n) x 2
+    const Py_ssize_t* wbins
+    const int* corners
+    const float* scales
+
+
+cdef enum:
+    LEVEL_FIELDS = 9
+
+
+cdef void pyramid_task(const float* x, float* out, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t c0,
+                       Py_ssize_t chunk, Py_ssize_t L, const PyramidTables* t, float* buf, int op,
+                       bint average) noexcept nogil:
+    """Every level of planes c0 .. c0 + chunk - 1 of one image (x: its C x H x W input,
+    out: its row of the output)."""
+    cdef Py_ssize_t planes = min(chunk, C - c0), l, n, src, m, first, plane_h, plane_w, c
+    cdef const Py_ssize_t* row
+    cdef const float* plane
+    cdef Window2d g
+    op = max_op_for(op, x + c0 * H * W, planes * H * W)   # later levels read earlier ones: NaN-free too
+    for l in range(L):
+        row = t.levels + l * LEVEL_FIELDS
+        n, src, first = row[0], row[1], row[3]
+        if src < 0:
+            plane, plane_h, plane_w = x + c0 * H * W, H, W
+        else:
+            m = t.levels[src * LEVEL_FIELDS]
+            plane, plane_h, plane_w = out + t.levels[src * LEVEL_FIELDS + 2] + c0 * m * m, m, m
+        if row[4] > 0:
+            g = Window2d(plane_h, plane_w, n, n, row[4], row[5], row[6], row[7], 0, 0, 1, 1, 0, n, plane_w, n, 0)
+            window_pool_flat_planes(plane, planes, out + row[2] + c0 * n * n, n * n, &g, t.corners + row[8], buf,
+                                    t.scales + row[8] if average else NULL, op)
+            continue
+        for c in range(planes):
+            bin_pool_plane(plane + c * plane_h * plane_w, plane_w, out + row[2] + (c0 + c) * n * n, n,
+                           t.hbins + 2 * first, n, t.wbins + 2 * first, n, buf, op, average)
 
 
 def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_t[:, ::1] levels,
@@ -526,43 +677,40 @@ def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_
     of the input whose bins are equal windows (kh > 0: kernel kh x kw, stride sh x sw,
     all inside) runs the flat window kernel instead, with the window corners
     ``corners[table:]`` and (average) the scales ``scales[table:]``, n * n each."""
+    cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], L = levels.shape[0]
-    cdef Py_ssize_t HW = H * W, chunk = max(1, FLAT_CHUNK_MAX // HW), chunks = (C + chunk - 1) // chunk
-    cdef Py_ssize_t p, i, c0, c, planes, l, n, src, m, first, width, plane_h, plane_w
-    cdef const float* plane
-    cdef Window2d g
+    cdef Py_ssize_t HW = H * W, chunk = min(max(1, FLAT_CHUNK_MAX // HW), C), chunks, p, l, width
+    if levels.shape[1] != LEVEL_FIELDS:
+        raise ValueError(f"levels must have {LEVEL_FIELDS} columns, got {levels.shape[1]}")
+    if N == 0 or C == 0 or L == 0:
+        return
+    chunks = (C + chunk - 1) // chunk
+    cdef PyramidTables t
+    t.levels, t.hbins, t.wbins = &levels[0, 0], &hbins[0, 0], &wbins[0, 0]
+    t.corners = &corners[0] if corners.shape[0] > 0 else NULL
+    t.scales = &scales[0] if scales.shape[0] > 0 else NULL
     width = max(W, 2 * chunk * HW + 3 * VECTOR_SLACK)
     for l in range(L):
         width = max(width, 2 * chunk * levels[l, 0] * levels[l, 0] + 3 * VECTOR_SLACK)
-    row_bufs = np.zeros((max(nthreads, 1), width), dtype=np.float32)
-    cdef float[:, ::1] bufs = row_bufs
-    for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
-        i = p // chunks
-        c0 = (p % chunks) * chunk
-        planes = min(chunk, C - c0)
-        for l in range(L):
-            n = levels[l, 0]
-            src = levels[l, 1]
-            first = levels[l, 3]
-            if src < 0:
-                plane, plane_h, plane_w = &x[i, c0, 0, 0], H, W
-            else:
-                m = levels[src, 0]
-                plane, plane_h, plane_w = &out[i, levels[src, 2] + c0 * m * m], m, m
-            if levels[l, 4] > 0:
-                g = Window2d(plane_h, plane_w, n, n, levels[l, 4], levels[l, 5], levels[l, 6], levels[l, 7],
-                             0, 0, 1, 1, 0, n, plane_w, n, 0)
-                window_pool_flat_planes(plane, planes, &out[i, levels[l, 2] + c0 * n * n], n * n, &g,
-                                        &corners[levels[l, 8]], &bufs[threadid(), 0],
-                                        &scales[levels[l, 8]] if average else NULL, is_max)
-                continue
-            for c in range(planes):
-                bin_pool_plane(plane + c * plane_h * plane_w, plane_w, &out[i, levels[l, 2] + (c0 + c) * n * n], n,
-                               &hbins[first, 0], n, &wbins[first, 0], n, &bufs[threadid(), 0], is_max, average)
+    nthreads = max(1, min(nthreads, N * chunks))
+    cdef float* bufs = <float*>calloc(nthreads * width, sizeof(float))   # zeroed: see window_pool
+    if bufs == NULL:
+        raise MemoryError()
+    try:
+        if nthreads == 1:
+            for p in range(N * chunks):
+                pyramid_task(&x[p // chunks, 0, 0, 0], &out[p // chunks, 0], C, H, W, (p % chunks) * chunk, chunk,
+                             L, &t, bufs, op, average)
+        else:
+            for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
+                pyramid_task(&x[p // chunks, 0, 0, 0], &out[p // chunks, 0], C, H, W, (p % chunks) * chunk, chunk,
+                             L, &t, bufs + threadid() * width, op, average)
+    finally:
+        free(bufs)
 
 
 cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize_t size, float* out,
-                                     bint is_max, float scale, Py_ssize_t width) noexcept nogil:
+                                     int op, float scale, Py_ssize_t width) noexcept nogil:
     """out[p] = max (or scale * sum) of the ``size`` contiguous floats of each plane p.
 
     A plane is reduced as rows of ``width`` (<= VECTOR_SLACK) lanes, vectorized like the
@@ -576,22 +724,22 @@ cdef multiversion_void reduce_planes(const float* x, Py_ssize_t planes, Py_ssize
     cdef float total
     for p in range(planes):
         plane = x + p * size
-        if is_max:
+        if op:
             m = ScalarMax(-INFINITY, False)
         total = 0.0
         if full > 0:
-            reduce_rows(lanes, plane, full, width, width, is_max)
+            reduce_rows(lanes, plane, full, width, width, op)
             for i in range(width):
-                if is_max:
+                if op:
                     scalar_max_add(&m, lanes[i])
                 else:
                     total = total + lanes[i]
         for i in range(full * width, size):
-            if is_max:
+            if op:
                 scalar_max_add(&m, plane[i])
             else:
                 total = total + plane[i]
-        out[p] = scalar_max_result(&m) if is_max else total * scale
+        out[p] = scalar_max_result(&m) if op else total * scale
 
 
 def global_pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, bint is_max, float scale, int nthreads,
@@ -600,25 +748,42 @@ def global_pool(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, bint is_ma
 
     Sums are one matrix-vector product (BLAS, per thread's block of planes): ~1.3x faster
     than reduce_planes on 512 planes of 7x7."""
+    cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = x.shape[2] * x.shape[3], chunk, t, lo, hi
     if planes == 0 or size == 0:
         return
     cdef const float* src = &x[0, 0, 0, 0]
     cdef float* dst = &out[0, 0, 0, 0]
-    cdef const float[::1] ones = None if is_max else np.ones(size, dtype=np.float32)
-    cdef const float* ones_ptr = NULL if is_max else &ones[0]
+    cdef float* ones = NULL
+    if not op:
+        ones = <float*>malloc(size * sizeof(float))
+        if ones == NULL:
+            raise MemoryError()
+        for t in range(size):
+            ones[t] = 1.0
     nthreads = max(1, min(nthreads, planes))
     chunk = (planes + nthreads - 1) // nthreads
-    for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
-        lo = t * chunk
-        hi = min(lo + chunk, planes)
-        if hi <= lo:
-            continue
-        if is_max:
-            reduce_planes(src + lo * size, hi - lo, size, dst + lo, is_max, scale, lanes)
-        else:   # sums: (planes x size) @ ones, BLAS's matrix-vector product
-            gemm_rowmajor(False, False, hi - lo, 1, size, scale, src + lo * size, size, ones_ptr, 1, 0.0,
-                          dst + lo, 1)
+    try:
+        if nthreads == 1:
+            global_pool_block(src, dst, 0, planes, size, ones, scale, op, lanes)
+        else:
+            for t in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
+                global_pool_block(src, dst, t * chunk, min(t * chunk + chunk, planes), size, ones, scale, op,
+                                  lanes)
+    finally:
+        free(ones)
+
+
+cdef void global_pool_block(const float* src, float* dst, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t size,
+                            const float* ones, float scale, int op, Py_ssize_t lanes) noexcept nogil:
+    """Planes lo .. hi - 1 of global_pool."""
+    if hi <= lo:
+        return
+    if op:
+        op = max_op_for(op, src + lo * size, (hi - lo) * size)
+        reduce_planes(src + lo * size, hi - lo, size, dst + lo, op, scale, lanes)
+    else:   # sums: (planes x size) @ ones, BLAS's matrix-vector product
+        gemm_rowmajor(False, False, hi - lo, 1, size, scale, src + lo * size, size, ones, 1, 0.0, dst + lo, 1)
 
 
 cdef multiversion_void power_row(const float* x, float* y, Py_ssize_t n, float p, bint signed_power) noexcept nogil:

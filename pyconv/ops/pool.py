@@ -78,7 +78,7 @@ def _stride_pair(stride, kernel: Tuple[int, int]) -> Tuple[int, int]:
 class _WindowGeometry:
     """Kernel, stride, dilation, padding (top, left, bottom, right) and output size of a windowed pool."""
 
-    __slots__ = ("kernel", "stride", "dilation", "pads", "out_hw")
+    __slots__ = ("kernel", "stride", "dilation", "pads", "out_hw", "taps")
 
     def __init__(self, op: str, in_hw: Sequence[int], kernel_size: IntPair, stride: Optional[IntPair],
                  padding, dilation: IntPair, ceil_mode: bool):
@@ -104,6 +104,7 @@ class _WindowGeometry:
                 f"is larger than the padded input {H + pt + pb}x{W + pl + pr} (input {H}x{W}, padding {self.pads})"
             )
         self.out_hw = (Ho, Wo)
+        self.taps = self.kernel[0] * self.kernel[1]
 
 
 @functools.lru_cache(maxsize=512)
@@ -117,8 +118,11 @@ def _hashable(value):
 
 def _geometry(op: str, in_hw, kernel_size, stride, padding, dilation, ceil_mode) -> _WindowGeometry:
     """The window geometry for one call; cached, since working it out costs more than a small pool."""
-    return _cached_geometry(op, tuple(in_hw), _hashable(kernel_size), _hashable(stride), _hashable(padding),
-                            _hashable(dilation), bool(ceil_mode))
+    try:   # ints and tuples hash as they are (the common case: no conversions)
+        return _cached_geometry(op, in_hw, kernel_size, stride, padding, dilation, ceil_mode)
+    except TypeError:   # lists or arrays
+        return _cached_geometry(op, tuple(in_hw), _hashable(kernel_size), _hashable(stride),
+                                _hashable(padding), _hashable(dilation), bool(ceil_mode))
 
 
 def _window_counts(size: int, out: int, kernel: int, stride: int, pad_before: int, pad_after: int,
@@ -167,10 +171,8 @@ def _check_p(op: str, p) -> float:
 
 def _run_window_pool(x: np.ndarray, y: np.ndarray, geo: _WindowGeometry, scale: Optional[np.ndarray],
                      is_max: bool) -> np.ndarray:
-    N, C = x.shape[:2]
-    work = N * C * geo.out_hw[0] * geo.out_hw[1] * geo.kernel[0] * geo.kernel[1]
     _kernels.window_pool(x, y, geo.kernel, geo.stride, geo.pads[0], geo.pads[1], geo.dilation, scale, is_max,
-                         threads_for(work))
+                         threads_for(y.size * geo.taps))
     return y
 
 
