@@ -1,124 +1,288 @@
 # Depthwise convolution (groups == input channels, channel multiplier >= 1),
 # any kernel size, stride, padding (asymmetric) and dilation.
 #
-# Each (image, input channel) is copied once into its phase planes
-# (pyconv/_core/phase_planes.pxd).  On the wide Ho x Wq output grid every tap
-# is then one contiguous run, so a whole output plane is one long unit-stride
-# loop per tap with no border tests, for any stride: the compiler vectorizes
-# it and the loop is long enough that remainders do not matter.  A 3x3 kernel
-# keeps all nine taps in registers (one pass, one store per output); other
-# sizes accumulate tap by tap into the wide plane, which stays in L1/L2.  Rows
-# are then copied out without the wide grid's extra columns, and the fused
-# epilogue runs on each while it is hot.
+# One pass per (image, input channel), output row by output row, in one
+# multi-versioned call:
+#  - the input rows an output row needs are put into a small ring of padded
+#    rows in L1 (each input row once; rows in the vertical padding point at a
+#    zero row instead).  A padded row is stored as its sw column phases, phase
+#    q holding padded columns j*sw + q, so every tap (ki, kj) of the output row
+#    reads one contiguous run: for stride 2 the row is deinterleaved into its
+#    even and odd columns once, not gathered per tap.  The ring's zero padding
+#    is written once per call: the columns a row fills are the same for every
+#    row of one geometry.
+#  - each output row is computed straight into the output with the bias and a
+#    clip activation (relu, relu6, none) fused into the tap loop; a 3x3 filter
+#    keeps its nine taps in registers.  Other activations and a residual run as
+#    the shared epilogue on the row while it is in L1.
+#  - runs are rounded up to whole vectors (VEC floats): a row's surplus lands in
+#    the next row of the same plane, which is written after it; only a plane's
+#    last row goes through a scratch row and is copied out.  Short rows (7 or
+#    14 wide) thus need no scalar remainder loops.
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from libc.string cimport memset
 
-from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id
-from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
+from pyconv._core.phase_planes cimport phase_used
 from pyconv._core.simd cimport multiversion_void
 
 
+cdef extern from *:
+    # restrict-qualified pointers: the row loops' outputs never alias their inputs,
+    # so the compiler vectorizes them without run-time overlap checks
+    ctypedef float* float_out "float * __restrict__"
+    ctypedef const float* float_in "const float * __restrict__"
+    # return type of the helpers of depthwise_channel: inlined into each of its
+    # ISA clones (a helper left out of line is compiled for the baseline ISA only,
+    # and SSE code called from AVX-512 code pays the transition penalty)
+    ctypedef void inlined_void "__attribute__((always_inline)) void"
+
+
 cdef enum:
-    ACC_CHUNK = 2048  # floats (8 KiB) of the wide plane accumulated at a time
-    # the 3x3 pass runs over the wide plane rounded up to this many floats, so small
-    # planes (7x7: 63 floats) end on a whole vector instead of a scalar remainder;
-    # the scratch has this much slack after the phase planes' tail and after acc
-    VEC_PAD = 16
+    VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
+    ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
 
 
-cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
-    phase_split(src, dst, g, True)
+cdef struct RowGeom:
+    int H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, mult
+    int ring          # padded rows one output row spans: (kh - 1) * dh + 1
+    int ring_mask     # ring slots - 1: a power of two >= ring + sh (the rows of an output row and
+                      # of the next, filled one output row ahead), so a row's slot is pr & ring_mask
+                      # (integer divisions per row cost as much as a 7-wide row's taps)
+    int lo0, hi0, lo1, hi1  # columns [lo, hi) of row phases 0 and 1 that hold input (phase_span)
+    int filled        # columns of a row phase that hold input or padding: Wo + ((kw-1)*dw) // sw
+    int run           # Wo rounded up to VEC
+    Py_ssize_t phase  # floats per row phase (>= run + largest tap shift)
+    Py_ssize_t slot   # floats per padded row: sw phases
 
 
-cdef multiversion_void depthwise_plane(const float* phases, const float* w, float* acc, float* out,
-                                       int Ho, int Wo, float bias, const float* residual, Epilogue ep,
-                                       const PhaseGeom* g) noexcept nogil:
-    """One Ho x Wo output plane from one channel's phase planes and a kh x kw filter.
+cdef inline inlined_void phase_span(const RowGeom* g, int q, int* lo, int* hi) noexcept nogil:
+    """Columns [lo, hi) of row phase q that hold input pixels (the rest stays zero)."""
+    lo[0] = (g.pl - q + g.sw - 1) // g.sw if g.pl > q else 0
+    hi[0] = (g.W - 1 + g.pl - q) // g.sw + 1 if g.W - 1 + g.pl - q >= 0 else 0
+    if hi[0] > g.filled:
+        hi[0] = g.filled
+    if lo[0] > hi[0]:
+        lo[0] = hi[0]
 
-    acc: scratch for the wide Ho x Wq plane."""
-    cdef Py_ssize_t p, p0, n, wide = <Py_ssize_t>Ho * g.Wq
-    cdef int oh, ow, t, ntaps
+
+cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, pads, dilation, int mult):
+    """Ring geometry of an H x W input for an Ho x Wo output (call with the GIL)."""
+    cdef RowGeom g
+    g.H = H; g.W = W; g.Ho = Ho; g.Wo = Wo; g.kh = kh; g.kw = kw; g.mult = mult
+    g.sh, g.sw = stride
+    g.pt, g.pl = pads[0], pads[1]
+    g.dh, g.dw = dilation
+    g.ring = (kh - 1) * g.dh + 1
+    g.filled = Wo + ((kw - 1) * g.dw) // g.sw
+    g.run = (Wo + VEC - 1) // VEC * VEC
+    g.phase = (g.run + ((kw - 1) * g.dw) // g.sw + VEC - 1) // VEC * VEC
+    g.slot = g.sw * g.phase
+    g.ring_mask = 1
+    while g.ring_mask < g.ring + g.sh:
+        g.ring_mask *= 2
+    g.ring_mask -= 1
+    phase_span(&g, 0, &g.lo0, &g.hi0)
+    phase_span(&g, 1, &g.lo1, &g.hi1)
+    return g
+
+
+cdef inline Py_ssize_t ring_floats(const RowGeom* g) noexcept nogil:
+    """Scratch floats of one thread: the zero row, the ring, one output row."""
+    return (g.ring_mask + 2) * g.slot + g.run
+
+
+cdef inline Py_ssize_t tap_shift(const RowGeom* g, int kj) noexcept nogil:
+    """Where tap column kj's run starts within a padded row (its phase, then its shift)."""
+    return ((kj * g.dw) % g.sw) * g.phase + (kj * g.dw) // g.sw
+
+
+cdef inline const float* ring_row(const RowGeom* g, const float* ring, int oh, int ki) noexcept nogil:
+    """Kernel row ki's padded input row for output row oh: its ring slot, or the zero row."""
+    cdef int pr = oh * g.sh + ki * g.dh, ih = pr - g.pt
+    if ih < 0 or ih >= g.H:
+        return ring
+    return ring + (1 + (pr & g.ring_mask)) * g.slot
+
+
+cdef inline inlined_void copy_phase(float_out dst, float_in s, int sw, int lo, int hi) noexcept nogil:
+    """dst[j] = s[j * sw] for j in [lo, hi)."""
+    cdef Py_ssize_t j  # (an int index hides the access pattern from the vectorizer)
+    if sw == 1:  # a unit-stride loop of its own: vectorized as plain loads
+        for j in range(lo, hi):
+            # + 0 keeps GCC from making this short copy a memcpy call (a call per
+            # row cost 10 % at 56 wide); it only turns an input -0.0 into +0.0
+            dst[j] = s[j] + 0.0
+    else:
+        for j in range(lo, hi):
+            dst[j] = s[j * sw]
+
+
+cdef inline inlined_void deinterleave(float_out even, float_out odd, float_in s, int lo, int hi) noexcept nogil:
+    """even[j] = s[2j], odd[j] = s[2j + 1] for j in [lo, hi): one loop, which compilers
+    vectorize (a lone stride-2 gather they do not)."""
+    cdef Py_ssize_t j
+    for j in range(lo, hi):
+        even[j] = s[2 * j]
+        odd[j] = s[2 * j + 1]
+
+
+cdef inline inlined_void fill_row(const RowGeom* g, const float* src, float* dst) noexcept nogil:
+    """Split input row src into the column phases of padded row dst (input pixels only)."""
+    cdef int q, lo, hi, a, z
+    cdef int lo0 = g.lo0, hi0 = g.hi0, lo1 = g.lo1, hi1 = g.hi1
+    cdef const float* s = src - g.pl  # s[c] = padded column c; read only where it is an input pixel
+    cdef float* d1 = dst + g.phase
+    if g.sw == 2 and phase_used(0, 2, g.kw, g.dw) and phase_used(1, 2, g.kw, g.dw):
+        # both phases in one loop over the columns where both hold input, then
+        # each phase's edge columns (at most one at either end)
+        a = lo0 if lo0 > lo1 else lo1
+        z = hi0 if hi0 < hi1 else hi1
+        if z < a:
+            z = a
+        deinterleave(dst, d1, s, a, z)
+        copy_phase(dst, s, 2, lo0, a if a < hi0 else hi0)
+        copy_phase(dst, s, 2, z if z > lo0 else lo0, hi0)
+        copy_phase(d1, s + 1, 2, lo1, a if a < hi1 else hi1)
+        copy_phase(d1, s + 1, 2, z if z > lo1 else lo1, hi1)
+        return
+    if g.sw == 1:
+        copy_phase(dst, s, 1, lo0, hi0)
+        return
+    for q in range(g.sw):
+        if phase_used(q, g.sw, g.kw, g.dw):
+            phase_span(g, q, &lo, &hi)
+            copy_phase(dst + q * g.phase, s + q, g.sw, lo, hi)
+
+
+cdef inline inlined_void row_3x3(float_out o, float_in a, float_in b, float_in c, Py_ssize_t s0, Py_ssize_t s1,
+                         Py_ssize_t s2, const float* w, float bias, float lo, float hi, int n) noexcept nogil:
+    """o[p] = clip(bias + 3x3 taps, lo, hi) for p < n: kernel rows a, b, c, tap column shifts s0..s2."""
+    cdef float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
+    cdef float v
+    cdef int p
+    for p in range(n):
+        # three independent sums, one per kernel row: a chain of nine FMAs is 36
+        # cycles of latency per vector, which rows of a few vectors cannot hide
+        v = ((bias + w0 * a[p + s0] + w1 * a[p + s1] + w2 * a[p + s2])
+             + (w3 * b[p + s0] + w4 * b[p + s1] + w5 * b[p + s2])
+             + (w6 * c[p + s0] + w7 * c[p + s1] + w8 * c[p + s2]))
+        if v < lo:
+            v = lo
+        if v > hi:
+            v = hi
+        o[p] = v
+
+
+cdef inline inlined_void row_general(const RowGeom* g, float_out o, const float* ring, int oh, const float* w,
+                             float bias, float lo, float hi, int n) noexcept nogil:
+    """row_3x3 for any kernel: chunks of the row that stay in L1, four taps per pass over a chunk."""
+    cdef int p, p0, p1, t, ntaps = g.kh * g.kw
     cdef const float* t0
     cdef const float* t1
     cdef const float* t2
     cdef const float* t3
-    cdef const float* t4
-    cdef const float* t5
-    cdef const float* t6
-    cdef const float* t7
-    cdef const float* t8
-    cdef const float* src
+    cdef float v
+    p0 = 0
+    while p0 < n:
+        p1 = n if n - p0 < ACC_CHUNK else p0 + ACC_CHUNK
+        for p in range(p0, p1):
+            o[p] = bias
+        for t in range(0, ntaps - 3, 4):
+            t0 = ring_row(g, ring, oh, t // g.kw) + tap_shift(g, t % g.kw)
+            t1 = ring_row(g, ring, oh, (t + 1) // g.kw) + tap_shift(g, (t + 1) % g.kw)
+            t2 = ring_row(g, ring, oh, (t + 2) // g.kw) + tap_shift(g, (t + 2) % g.kw)
+            t3 = ring_row(g, ring, oh, (t + 3) // g.kw) + tap_shift(g, (t + 3) % g.kw)
+            for p in range(p0, p1):
+                o[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
+        for t in range(ntaps - ntaps % 4, ntaps):
+            t0 = ring_row(g, ring, oh, t // g.kw) + tap_shift(g, t % g.kw)
+            for p in range(p0, p1):
+                o[p] += w[t] * t0[p]
+        for p in range(p0, p1):
+            v = o[p]
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            o[p] = v
+        p0 = p1
+
+
+cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, const float* w, const float* bias,
+                                         float* out, const float* residual, Epilogue ep,
+                                         float* ring) noexcept nogil:
+    """The g.mult output planes of one input channel (plane src) into out (and residual).
+
+    w: their mult x kh x kw filters; bias: their mult biases or NULL; ring:
+    this thread's scratch, zeroed for this geometry (ring_floats)."""
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, o_off
+    cdef int oh, pr, next_row = 0, top, end, m, j
+    cdef bint direct, fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
+    cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
+    cdef float b
+    cdef float* row_out = ring + (g.ring_mask + 2) * g.slot  # a plane's last row, before its copy out
+    cdef float* dst
+    cdef Py_ssize_t s0 = tap_shift(g, 0), s1 = 0, s2 = 0
     if g.kh == 3 and g.kw == 3:
-        t0 = phases + tap_offset(g, 0, 0); t1 = phases + tap_offset(g, 0, 1); t2 = phases + tap_offset(g, 0, 2)
-        t3 = phases + tap_offset(g, 1, 0); t4 = phases + tap_offset(g, 1, 1); t5 = phases + tap_offset(g, 1, 2)
-        t6 = phases + tap_offset(g, 2, 0); t7 = phases + tap_offset(g, 2, 1); t8 = phases + tap_offset(g, 2, 2)
-        for p in range((wide + VEC_PAD - 1) // VEC_PAD * VEC_PAD):
-            acc[p] = (bias + w[0] * t0[p] + w[1] * t1[p] + w[2] * t2[p]
-                      + w[3] * t3[p] + w[4] * t4[p] + w[5] * t5[p]
-                      + w[6] * t6[p] + w[7] * t7[p] + w[8] * t8[p])
-    else:
-        # chunks of the wide plane small enough that acc stays in L1 across all
-        # taps; taps four at a time, so each acc load/store carries four FMAs
-        ntaps = g.kh * g.kw
-        p0 = 0
-        while p0 < wide:
-            n = wide - p0 if wide - p0 < ACC_CHUNK else ACC_CHUNK
-            for p in range(p0, p0 + n):
-                acc[p] = bias
-            for t in range(0, ntaps - 3, 4):
-                t0 = phases + tap_offset(g, t // g.kw, t % g.kw)
-                t1 = phases + tap_offset(g, (t + 1) // g.kw, (t + 1) % g.kw)
-                t2 = phases + tap_offset(g, (t + 2) // g.kw, (t + 2) % g.kw)
-                t3 = phases + tap_offset(g, (t + 3) // g.kw, (t + 3) % g.kw)
-                for p in range(p0, p0 + n):
-                    acc[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
-            for t in range(ntaps - ntaps % 4, ntaps):
-                src = phases + tap_offset(g, t // g.kw, t % g.kw)
-                for p in range(p0, p0 + n):
-                    acc[p] += w[t] * src[p]
-            p0 += ACC_CHUNK
-    # the bias is in acc already (one pass less)
-    if residual == NULL:  # one epilogue pass over the wide plane: short rows make per-row calls costly
-        epilogue_row(acc, wide, 0.0, NULL, ep)
-    for oh in range(Ho):
-        for ow in range(Wo):
-            out[<Py_ssize_t>oh * Wo + ow] = acc[<Py_ssize_t>oh * g.Wq + ow]
-        if residual != NULL:
-            epilogue_row(out + <Py_ssize_t>oh * Wo, Wo, 0.0, residual + <Py_ssize_t>oh * Wo, ep)
+        s1 = tap_shift(g, 1); s2 = tap_shift(g, 2)
+    for oh in range(g.Ho):
+        # the input rows of this output row and of the next: a row is filled one
+        # output row before it is first read, so the loads do not wait for its
+        # stores to drain (a load across two pending stores is not forwarded)
+        top = oh * g.sh if oh == 0 else (oh + 1) * g.sh
+        end = (oh + 1 if oh + 1 < g.Ho else oh) * g.sh + g.ring
+        for pr in range(next_row if next_row > top else top, end):
+            if 0 <= pr - g.pt < g.H:
+                fill_row(g, src + <Py_ssize_t>(pr - g.pt) * g.W, ring + (1 + (pr & g.ring_mask)) * g.slot)
+        next_row = end
+        # a run of whole vectors goes straight to the output when it ends inside the
+        # plane: its surplus is overwritten by the rows after it; else via row_out
+        direct = <Py_ssize_t>oh * g.Wo + g.run <= plane
+        for m in range(g.mult):
+            o_off = m * plane + <Py_ssize_t>oh * g.Wo
+            dst = out + o_off if direct else row_out
+            b = bias[m] if bias != NULL else 0.0
+            if g.kh == 3 and g.kw == 3:
+                row_3x3(dst, ring_row(g, ring, oh, 0), ring_row(g, ring, oh, 1), ring_row(g, ring, oh, 2),
+                        s0, s1, s2, w + 9 * m, b, lo, hi, g.run)
+            else:
+                row_general(g, dst, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
+            if not direct:
+                for j in range(g.Wo):
+                    out[o_off + j] = row_out[j]
+            if not fused:
+                epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
 
 
 cdef struct DepthwiseCall:
-    const PhaseGeom* g
+    const RowGeom* g
     const float* x
     const float* w
     float* out
     const float* bias
     const float* residual
     Epilogue ep
-    int C, mult, Ho, Wo
+    int C
 
 
-cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* phases) noexcept nogil:
-    """Input channel task % C of image task // C: its phase planes, then its mult output planes.
-
-    phases: this thread's scratch (phase planes, then the wide accumulator)."""
-    cdef const PhaseGeom* g = c.g
-    cdef int n = task // c.C, ch = task % c.C, m, co
-    cdef Py_ssize_t plane_out = <Py_ssize_t>c.Ho * c.Wo, o_off
-    phase_split_channel(c.x + <Py_ssize_t>task * g.H * g.W, phases, g)
-    for m in range(c.mult):
-        co = ch * c.mult + m
-        o_off = (<Py_ssize_t>n * c.C * c.mult + co) * plane_out
-        depthwise_plane(phases, c.w + <Py_ssize_t>co * g.kh * g.kw, phases + g.channel + g.Wq + VEC_PAD,
-                        c.out + o_off, c.Ho, c.Wo, c.bias[co] if c.bias != NULL else 0.0,
-                        c.residual + o_off if c.residual != NULL else NULL, c.ep, g)
+cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* ring) noexcept nogil:
+    """Input channel task % C of image task // C and its mult output planes."""
+    cdef const RowGeom* g = c.g
+    cdef int co = (task % c.C) * g.mult
+    cdef Py_ssize_t o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
+    depthwise_channel(g, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * g.kh * g.kw,
+                      c.bias + co if c.bias != NULL else NULL, c.out + o_off,
+                      c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
 
 
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
-    """Floats of scratch one thread needs: a channel's phase planes (+ tail) and a wide output plane."""
-    cdef PhaseGeom g = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
-    return g.channel + g.Wq + VEC_PAD + <Py_ssize_t>Ho * g.Wq + VEC_PAD
+    """Floats of scratch one thread needs: a zero row, the ring of padded rows, an output row."""
+    cdef RowGeom g = row_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation, 1)
+    return ring_floats(&g)
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight, bias,
@@ -127,14 +291,13 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     """out = epilogue(depthwise conv2d(x, weight)); weight [C*mult, 1, kh, kw].
 
     pads = (top, left, bottom, right); scratch float32[nthreads, scratch_floats(...)],
-    its phase-plane part is zeroed here (the padding), the tail is read for dropped columns only."""
+    zeroed here (the ring's padding)."""
     cdef int N = x.shape[0], C = x.shape[1], Ho = out.shape[2], Wo = out.shape[3]
-    cdef int mult = out.shape[1] // C
-    cdef PhaseGeom g = phase_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
-                                      stride, pads, dilation)
-    if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(Ho, Wo, g.kh, g.kw, stride, dilation):
-        raise ValueError("scratch too small for the phase planes")
-    cdef Epilogue ep = epilogue_from_spec(epilogue)
+    cdef RowGeom g = row_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
+                                  stride, pads, dilation, out.shape[1] // C)
+    cdef Py_ssize_t need = ring_floats(&g)
+    if scratch.shape[0] < nthreads or scratch.shape[1] < need:
+        raise ValueError("scratch too small for the row ring")
     cdef const float[::1] bias_v = bias
     cdef const float[:, :, :, ::1] res_v = residual
     cdef DepthwiseCall call
@@ -144,12 +307,11 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     call.out = &out[0, 0, 0, 0]
     call.bias = &bias_v[0] if bias is not None else NULL
     call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
-    call.ep = ep
-    call.C = C; call.mult = mult; call.Ho = Ho; call.Wo = Wo
-    cdef Py_ssize_t acc_off = g.channel + g.Wq + VEC_PAD
+    call.ep = epilogue_from_spec(epilogue)
+    call.C = C
     cdef int t, task
-    for t in range(nthreads):  # this geometry's zero padding, written once per thread's planes
-        memset(&scratch[t, 0], 0, acc_off * sizeof(float))
+    for t in range(nthreads):
+        memset(&scratch[t, 0], 0, need * sizeof(float))
     if nthreads == 1:  # plain loop, no OpenMP region to enter (small layers)
         for task in range(N * C):
             depthwise_task(&call, task, &scratch[0, 0])
