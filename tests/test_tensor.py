@@ -262,11 +262,12 @@ def test_linear(x_shape, with_bias):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_linear_split_across_threads(threads):
+@pytest.mark.parametrize("rows", [1, 3])   # one row: matrix-vector product
+def test_linear_split_across_threads(threads, rows):
     """Enough work for threads_for to use both threads; 1001 features split unevenly."""
     import pyconv
 
-    x, w, b = _rand((3, 257), 9), _rand((1001, 257), 10), _rand(1001, 11)
+    x, w, b = _rand((rows, 257), 9), _rand((1001, 257), 10), _rand(1001, 11)
     before = pyconv.get_num_threads()
     pyconv.set_num_threads(threads)
     try:
