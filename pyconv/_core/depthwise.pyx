@@ -1,31 +1,40 @@
 # Depthwise convolution (groups == input channels, channel multiplier >= 1),
 # any kernel size, stride, padding (asymmetric) and dilation.
 #
-# One pass per (image, input channel), output row by output row, in one
-# multi-versioned call:
+# One multi-versioned call per (image, input channel) computes its mult output
+# planes; its helpers are force-inlined so that every loop gets the caller's
+# ISA (an out-of-line helper is compiled for SSE2 only and, called from AVX-512
+# code, also pays the SSE/AVX transition).  Two paths:
+#
+# Row ring (depthwise_channel; rows at least PLANE_MAX_WO wide, any kernel):
 #  - the input rows an output row needs are put into a small ring of padded
-#    rows in L1 (each input row once; rows in the vertical padding point at a
-#    zero row instead).  A padded row is stored as its sw column phases, phase
-#    q holding padded columns j*sw + q, so every tap (ki, kj) of the output row
-#    reads one contiguous run: for stride 2 the row is deinterleaved into its
-#    even and odd columns once, not gathered per tap.  The ring's zero padding
-#    is written once per call: the columns a row fills are the same for every
-#    row of one geometry.
+#    rows in L1, each input row once and one output row before it is first
+#    read; rows in the vertical padding point at a zero row.  A padded row is
+#    stored as its sw column phases, phase q holding padded columns j*sw + q,
+#    so every tap (ki, kj) reads one contiguous run: for stride 2 a row is
+#    deinterleaved into its even and odd columns once (one vectorized loop),
+#    not gathered per tap.  The ring's zero padding is written once per call:
+#    the columns a row fills are the same for every row of one geometry.
 #  - each output row is computed straight into the output with the bias and a
 #    clip activation (relu, relu6, none) fused into the tap loop; a 3x3 filter
 #    keeps its nine taps in registers.  Other activations and a residual run as
 #    the shared epilogue on the row while it is in L1.
 #  - runs are rounded up to whole vectors (VEC floats): a row's surplus lands in
-#    the next row of the same plane, which is written after it; only a plane's
-#    last row goes through a scratch row and is copied out.  Short rows (7 or
-#    14 wide) thus need no scalar remainder loops.
+#    the next rows of the same plane, which are written after it; a run that
+#    would leave the plane goes through a scratch row and is copied out.
+#
+# Phase planes (depthwise_channel_plane; narrower 3x3 outputs, 7-28 wide):
+# per-row work does not pay on such short rows, so the channel is split into
+# its phase planes (phase_planes.pxd) by the same row splitter, each output
+# plane is one run over the wide Ho x Wq grid with the clip fused, and its rows
+# are copied out.
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
 from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id
-from pyconv._core.phase_planes cimport phase_used
+from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
 from pyconv._core.simd cimport multiversion_void
 
 
@@ -43,6 +52,7 @@ cdef extern from *:
 cdef enum:
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
+    PLANE_MAX_WO = 32  # narrower 3x3 outputs run on whole phase planes (measured: docs/kernels.md)
 
 
 cdef struct RowGeom:
@@ -164,11 +174,9 @@ cdef inline inlined_void row_3x3(float_out o, float_in a, float_in b, float_in c
     cdef float v
     cdef int p
     for p in range(n):
-        # three independent sums, one per kernel row: a chain of nine FMAs is 36
-        # cycles of latency per vector, which rows of a few vectors cannot hide
-        v = ((bias + w0 * a[p + s0] + w1 * a[p + s1] + w2 * a[p + s2])
-             + (w3 * b[p + s0] + w4 * b[p + s1] + w5 * b[p + s2])
-             + (w6 * c[p + s0] + w7 * c[p + s1] + w8 * c[p + s2]))
+        v = (bias + w0 * a[p + s0] + w1 * a[p + s1] + w2 * a[p + s2]
+             + w3 * b[p + s0] + w4 * b[p + s1] + w5 * b[p + s2]
+             + w6 * c[p + s0] + w7 * c[p + s1] + w8 * c[p + s2])
         if v < lo:
             v = lo
         if v > hi:
@@ -258,8 +266,50 @@ cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, con
                 epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
 
 
+cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom* pg, const float* src,
+                                               const float* w, const float* bias, float* out,
+                                               const float* residual, Epilogue ep, float* planes) noexcept nogil:
+    """depthwise_channel for 3x3 filters on narrow planes (Wo < PLANE_MAX_WO), whose rows are
+    too short for a row at a time: the channel's phase planes (phase_planes.pxd), then
+    one run over the whole wide Ho x Wq output grid per output plane (with the clip),
+    then its rows copied out (and the epilogue run on them).
+
+    planes: this thread's scratch, zeroed for this geometry (plane_floats)."""
+    cdef RowGeom split = g[0]  # fill_row's geometry with phase planes for row phases
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * pg.Wq, o_off, a_off
+    cdef int r, qh, pr, m, oh, j
+    cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
+    cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
+    cdef float* acc = planes + pg.channel + pg.Wq + VEC
+    split.phase = pg.plane
+    for qh in range(g.sh):
+        if phase_used(qh, g.sh, g.kh, g.dh):
+            for r in range(pg.Hq):
+                pr = r * g.sh + qh
+                if 0 <= pr - g.pt < g.H:
+                    fill_row(&split, src + <Py_ssize_t>(pr - g.pt) * g.W, planes + qh * g.sw * pg.plane + r * pg.Wq)
+    for m in range(g.mult):
+        row_3x3(acc, planes + tap_offset(pg, 0, 0), planes + tap_offset(pg, 1, 0), planes + tap_offset(pg, 2, 0),
+                0, tap_offset(pg, 0, 1), tap_offset(pg, 0, 2), w + 9 * m, bias[m] if bias != NULL else 0.0,
+                lo, hi, (wide + VEC - 1) // VEC * VEC)
+        for oh in range(g.Ho):
+            o_off = m * plane + <Py_ssize_t>oh * g.Wo
+            a_off = <Py_ssize_t>oh * pg.Wq
+            for j in range(g.Wo):  # (a memcpy call: faster than a loop with remainders for 7-14 floats)
+                out[o_off + j] = acc[a_off + j]
+            if not fused:
+                epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
+
+
+cdef inline Py_ssize_t plane_floats(const PhaseGeom* pg, int Ho) noexcept nogil:
+    """Scratch floats of depthwise_channel_plane: phase planes, tail, wide output grid."""
+    return pg.channel + pg.Wq + VEC + (<Py_ssize_t>Ho * pg.Wq + VEC - 1) // VEC * VEC
+
+
 cdef struct DepthwiseCall:
     const RowGeom* g
+    const PhaseGeom* pg  # NULL: the row ring
     const float* x
     const float* w
     float* out
@@ -274,15 +324,27 @@ cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* ring) n
     cdef const RowGeom* g = c.g
     cdef int co = (task % c.C) * g.mult
     cdef Py_ssize_t o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
-    depthwise_channel(g, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * g.kh * g.kw,
-                      c.bias + co if c.bias != NULL else NULL, c.out + o_off,
-                      c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
+    if c.pg != NULL:
+        depthwise_channel_plane(g, c.pg, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * 9,
+                                c.bias + co if c.bias != NULL else NULL, c.out + o_off,
+                                c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
+    else:
+        depthwise_channel(g, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * g.kh * g.kw,
+                          c.bias + co if c.bias != NULL else NULL, c.out + o_off,
+                          c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
+
+
+cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
+    """Whether depthwise_channel_plane runs (else the row ring)."""
+    return g.kh == 3 and g.kw == 3 and g.Wo < PLANE_MAX_WO
 
 
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
-    """Floats of scratch one thread needs: a zero row, the ring of padded rows, an output row."""
+    """Floats of scratch one thread needs (for either path: its size does not depend on
+    the input size or padding)."""
     cdef RowGeom g = row_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation, 1)
-    return ring_floats(&g)
+    cdef PhaseGeom pg = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
+    return plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight, bias,
@@ -295,13 +357,16 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef int N = x.shape[0], C = x.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef RowGeom g = row_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
                                   stride, pads, dilation, out.shape[1] // C)
-    cdef Py_ssize_t need = ring_floats(&g)
+    cdef PhaseGeom pg = phase_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
+                                       stride, pads, dilation)
+    cdef Py_ssize_t need = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
     if scratch.shape[0] < nthreads or scratch.shape[1] < need:
         raise ValueError("scratch too small for the row ring")
     cdef const float[::1] bias_v = bias
     cdef const float[:, :, :, ::1] res_v = residual
     cdef DepthwiseCall call
     call.g = &g
+    call.pg = &pg if use_planes(&g) else NULL
     call.x = &x[0, 0, 0, 0]
     call.w = &weight[0, 0, 0, 0]
     call.out = &out[0, 0, 0, 0]
