@@ -62,6 +62,11 @@ cdef struct RowGeom:
                       # of the next, filled one output row ahead), so a row's slot is pr & ring_mask
                       # (integer divisions per row cost as much as a 7-wide row's taps)
     int lo0, hi0, lo1, hi1  # columns [lo, hi) of row phases 0 and 1 that hold input (phase_span)
+    # per-call constants of the 3x3 loops (divisions per channel cost more than a 7x7 plane's taps):
+    Py_ssize_t ring_col[3]   # tap_shift(kj)
+    Py_ssize_t plane_row[3]  # phase_planes.tap_offset(ki, 0) and (0, kj), when depthwise_channel_plane runs
+    Py_ssize_t plane_col[3]
+    float zero  # 0.0 the compiler cannot see: a loop storing it is not turned into a memset call
     int filled        # columns of a row phase that hold input or padding: Wo + ((kw-1)*dw) // sw
     int run           # Wo rounded up to VEC
     Py_ssize_t phase  # floats per row phase (>= run + largest tap shift)
@@ -76,6 +81,11 @@ cdef inline inlined_void phase_span(const RowGeom* g, int q, int* lo, int* hi) n
         hi[0] = g.filled
     if lo[0] > hi[0]:
         lo[0] = hi[0]
+
+
+cdef inline Py_ssize_t tap_shift(const RowGeom* g, int kj) noexcept nogil:
+    """Where tap column kj's run starts within a padded row (its phase, then its shift)."""
+    return ((kj * g.dw) % g.sw) * g.phase + (kj * g.dw) // g.sw
 
 
 cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, pads, dilation, int mult):
@@ -96,17 +106,19 @@ cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, 
     g.ring_mask -= 1
     phase_span(&g, 0, &g.lo0, &g.hi0)
     phase_span(&g, 1, &g.lo1, &g.hi1)
+    cdef PhaseGeom pg = phase_geometry(H, W, Ho, Wo, kh, kw, stride, pads, dilation)
+    cdef int k
+    for k in range(3):
+        g.ring_col[k] = tap_shift(&g, k)
+        g.plane_row[k] = tap_offset(&pg, k, 0) if k < kh else 0
+        g.plane_col[k] = tap_offset(&pg, 0, k) if k < kw else 0
+    g.zero = 0.0
     return g
 
 
 cdef inline Py_ssize_t ring_floats(const RowGeom* g) noexcept nogil:
     """Scratch floats of one thread: the zero row, the ring, one output row."""
     return (g.ring_mask + 2) * g.slot + g.run
-
-
-cdef inline Py_ssize_t tap_shift(const RowGeom* g, int kj) noexcept nogil:
-    """Where tap column kj's run starts within a padded row (its phase, then its shift)."""
-    return ((kj * g.dw) % g.sw) * g.phase + (kj * g.dw) // g.sw
 
 
 cdef inline const float* ring_row(const RowGeom* g, const float* ring, int oh, int ki) noexcept nogil:
@@ -234,9 +246,6 @@ cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, con
     cdef float b
     cdef float* row_out = ring + (g.ring_mask + 2) * g.slot  # a plane's last row, before its copy out
     cdef float* dst
-    cdef Py_ssize_t s0 = tap_shift(g, 0), s1 = 0, s2 = 0
-    if g.kh == 3 and g.kw == 3:
-        s1 = tap_shift(g, 1); s2 = tap_shift(g, 2)
     for oh in range(g.Ho):
         # the input rows of this output row and of the next: a row is filled one
         # output row before it is first read, so the loads do not wait for its
@@ -256,7 +265,7 @@ cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, con
             b = bias[m] if bias != NULL else 0.0
             if g.kh == 3 and g.kw == 3:
                 row_3x3(dst, ring_row(g, ring, oh, 0), ring_row(g, ring, oh, 1), ring_row(g, ring, oh, 2),
-                        s0, s1, s2, w + 9 * m, b, lo, hi, g.run)
+                        g.ring_col[0], g.ring_col[1], g.ring_col[2], w + 9 * m, b, lo, hi, g.run)
             else:
                 row_general(g, dst, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
             if not direct:
@@ -264,6 +273,18 @@ cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, con
                     out[o_off + j] = row_out[j]
             if not fused:
                 epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
+
+
+cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept nogil:
+    """Copy n floats, a multiple of VEC up to 2 * VEC: fixed-size blocks, which compile to
+    a vector load and store each (a variable-size copy becomes a memcpy call, whose cost
+    per row of 7-28 floats is most of a small plane's)."""
+    cdef int j
+    for j in range(VEC):
+        dst[j] = src[j]
+    if n > VEC:
+        for j in range(VEC):
+            dst[VEC + j] = src[VEC + j]
 
 
 cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom* pg, const float* src,
@@ -274,30 +295,60 @@ cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom
     one run over the whole wide Ho x Wq output grid per output plane (with the clip),
     then its rows copied out (and the epilogue run on them).
 
+    Rows are copied in and out as whole vectors where the surplus stays inside the
+    source and destination planes: it lands in later rows, which overwrite it, and
+    the padding columns it clobbers in the phase planes are zeroed again after.
+
     planes: this thread's scratch, zeroed for this geometry (plane_floats)."""
     cdef RowGeom split = g[0]  # fill_row's geometry with phase planes for row phases
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * pg.Wq, o_off, a_off
-    cdef int r, qh, pr, m, oh, j
+    cdef Py_ssize_t in_end = <Py_ssize_t>g.H * g.W  # input floats of the channel
+    cdef int r, r_end, qh, ih, m, oh, j, n_in = (g.hi0 - g.lo0 + VEC - 1) // VEC * VEC
     cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    cdef bint fast_in = g.sw == 1 and n_in <= 2 * VEC
     cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
     cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
     cdef float* acc = planes + pg.channel + pg.Wq + VEC
+    cdef float* row
     split.phase = pg.plane
     for qh in range(g.sh):
         if phase_used(qh, g.sh, g.kh, g.dh):
+            r_end = (g.H - 1 + g.pt - qh) // g.sh + 1  # after this phase's last input row
             for r in range(pg.Hq):
-                pr = r * g.sh + qh
-                if 0 <= pr - g.pt < g.H:
-                    fill_row(&split, src + <Py_ssize_t>(pr - g.pt) * g.W, planes + qh * g.sw * pg.plane + r * pg.Wq)
+                ih = r * g.sh + qh - g.pt
+                row = planes + qh * g.sw * pg.plane + r * pg.Wq
+                if not 0 <= ih < g.H:
+                    continue
+                # whole vectors while the surplus stays in this channel's input and
+                # in rows that are copied later (their padding is zeroed below)
+                if (fast_in and <Py_ssize_t>ih * g.W + g.lo0 - g.pl + n_in <= in_end
+                        and (r_end - r) * pg.Wq >= g.lo0 + n_in):
+                    copy_run(row + g.lo0, src + <Py_ssize_t>ih * g.W + g.lo0 - g.pl, n_in)
+                else:
+                    fill_row(&split, src + <Py_ssize_t>ih * g.W, row)
+    if fast_in:  # the padding the whole-vector copies ran over
+        for qh in range(g.sh):
+            if phase_used(qh, g.sh, g.kh, g.dh):
+                for r in range(pg.Hq):
+                    ih = r * g.sh + qh - g.pt
+                    if 0 <= ih < g.H:
+                        row = planes + qh * pg.plane + r * pg.Wq
+                        for j in range(g.lo0):
+                            row[j] = g.zero
+                        for j in range(g.hi0, pg.Wq):
+                            row[j] = g.zero
     for m in range(g.mult):
-        row_3x3(acc, planes + tap_offset(pg, 0, 0), planes + tap_offset(pg, 1, 0), planes + tap_offset(pg, 2, 0),
-                0, tap_offset(pg, 0, 1), tap_offset(pg, 0, 2), w + 9 * m, bias[m] if bias != NULL else 0.0,
+        row_3x3(acc, planes + g.plane_row[0], planes + g.plane_row[1], planes + g.plane_row[2],
+                g.plane_col[0], g.plane_col[1], g.plane_col[2], w + 9 * m, bias[m] if bias != NULL else 0.0,
                 lo, hi, (wide + VEC - 1) // VEC * VEC)
         for oh in range(g.Ho):
             o_off = m * plane + <Py_ssize_t>oh * g.Wo
             a_off = <Py_ssize_t>oh * pg.Wq
-            for j in range(g.Wo):  # (a memcpy call: faster than a loop with remainders for 7-14 floats)
-                out[o_off + j] = acc[a_off + j]
+            if <Py_ssize_t>oh * g.Wo + g.run <= plane:
+                copy_run(out + o_off, acc + a_off, g.run)
+            else:
+                for j in range(g.Wo):
+                    out[o_off + j] = acc[a_off + j]
             if not fused:
                 epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
 
