@@ -64,6 +64,11 @@ class OpSpec:
     reference:   plain float64 NumPy implementation with ``fn``'s signature (tests).
     num_outputs: ``attrs -> int`` for ops with several outputs (split).
     inplace:     the output may share memory with the first input.
+    view:        ``(input shape, output shapes, attrs) -> element offsets or None``: for ops
+                 whose every output is a contiguous run of the first input's memory
+                 (reshape, flatten, identity, a split of whole leading blocks), where each
+                 output starts within the input; None when this call is not such a view.
+                 The executor then aliases the outputs and never runs the op.
     """
 
     name: str
@@ -78,6 +83,7 @@ class OpSpec:
     reference: Optional[Callable[..., Any]] = None
     num_outputs: Optional[Callable[[Mapping[str, Any]], int]] = None
     inplace: bool = False
+    view: Optional[Callable[..., Optional[List[int]]]] = None
     doc: str = ""
 
     @property

@@ -4,8 +4,8 @@ import pytest
 
 from pyconv import ops, registry
 
-MY_OPS = ["add", "sub", "mul", "div", "concat", "split", "slice", "channel_shuffle", "flatten", "reshape",
-          "transpose", "linear", "pad", "resize", "identity", "constant"]
+MY_OPS = ["add", "sub", "mul", "div", "concat", "split", "slice", "channel_shuffle", "concat_shuffle", "flatten",
+          "reshape", "transpose", "linear", "pad", "resize", "identity", "constant"]
 
 
 def _rand(shape, seed=0, low=0.0):
@@ -201,6 +201,38 @@ def test_channel_shuffle_bad_arguments():
         ops.channel_shuffle(x, 0)
     with pytest.raises(ValueError, match="in place"):
         ops.channel_shuffle(x, 2, out=x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels, groups, spatial", [((3, 5), 2, (4, 3)), ((58, 58), 2, (28, 28)),
+                                                         ((2, 1, 3), 3, (1, 1)), ((4,), 4, (2, 5)), ((6, 6), 3, ())])
+def test_concat_shuffle_equals_concat_then_shuffle(channels, groups, spatial, threads):
+    import pyconv
+
+    xs = [_rand((3, c) + spatial, 20 + i) for i, c in enumerate(channels)]
+    before = pyconv.get_num_threads()
+    pyconv.set_num_threads(threads)
+    try:
+        y = ops.concat_shuffle(*xs, groups=groups)
+    finally:
+        pyconv.set_num_threads(before)
+    np.testing.assert_array_equal(y, ops.channel_shuffle(np.concatenate(xs, axis=1), groups))
+    spec = registry.get("concat_shuffle")
+    np.testing.assert_array_equal(y, spec.reference(*xs, groups=groups))
+    assert spec.infer_shape([x.shape for x in xs], {}, {"groups": groups}) == [y.shape]
+
+
+def test_concat_shuffle_bad_arguments():
+    a, b = _rand((1, 3, 2, 2)), _rand((1, 2, 2, 2))
+    with pytest.raises(ValueError, match="divid"):
+        ops.concat_shuffle(a, b, groups=2)          # 5 channels
+    with pytest.raises(ValueError, match="matching"):
+        ops.concat_shuffle(a, _rand((1, 3, 2, 3)), groups=2)
+    with pytest.raises(ValueError, match="in place"):
+        out = np.empty((1, 6, 2, 2), np.float32)
+        ops.concat_shuffle(out[:, :3], a, groups=2, out=out)
+    with pytest.raises(ValueError, match="at least one"):
+        ops.concat_shuffle(groups=2)
 
 
 def test_flatten_pytorch_and_onnx_forms():

@@ -120,6 +120,9 @@ class Model:
     def profile(self, inputs: Any, runs: int = 5) -> List[Dict[str, Any]]:
         """Median time per node over ``runs`` runs: ``[{"node", "op", "seconds"}]`` in run order.
 
+        Nodes that never run show 0: views (reshape, flatten, identity, contiguous splits:
+        their outputs alias the input's memory) and constants (computed once per plan).
+
         ``inputs`` is an array (single-input models) or a dict like :meth:`run` takes."""
         feed = inputs if isinstance(inputs, Mapping) else {self.input_names[0]: inputs}
         arrays = self._check_inputs(feed)
@@ -134,9 +137,9 @@ class Model:
                 samples.append(timings)
         finally:
             pool.append(state)
-        medians = np.median(np.array(samples), axis=0) if samples[0] else []
-        ops = {n.name: n.op for n in self.optimized.nodes}
-        return [{"node": name, "op": ops[name], "seconds": float(t)} for name, t in zip(state.names, medians)]
+        medians = dict(zip(state.names, np.median(np.array(samples), axis=0) if samples[0] else []))
+        return [{"node": n.name, "op": n.op, "seconds": float(medians.get(n.name, 0.0))}
+                for n in self.optimized.nodes]
 
     # ------------------------------------------------------------------ reports
     def memory_plan(self, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Any]:

@@ -8,6 +8,8 @@
   the residual in its epilogue, while the output row is still in cache.
 * ``fuse_activations``: conv -> relu / relu6 / clip / leaky_relu moves the activation
   into the conv's epilogue (any op with an ``activation`` attribute).
+* ``fuse_concat_shuffles``: concat (channels) -> channel_shuffle becomes one
+  concat_shuffle, which copies each plane once (ShuffleNetV2's unit tail).
 
 A rewrite applies only when the intermediate tensor has a single consumer and
 is not a graph output, so no tensor a user can observe changes.
@@ -200,6 +202,19 @@ def fuse_activations(rw: _Rewriter) -> None:
         rw.absorb(node, act)
 
 
+def fuse_concat_shuffles(rw: _Rewriter, shapes: Dict[str, Shape]) -> None:
+    for concat in rw.live_nodes("concat"):
+        shuffle = rw.sole_consumer(concat)
+        rank = len(shapes.get(concat.outputs[0], ()))
+        if shuffle is None or shuffle.op != "channel_shuffle" or rank < 2:
+            continue
+        if registry.get("concat").resolve_attrs(concat.attrs)["axis"] not in (1, 1 - rank):
+            continue
+        groups = shuffle.attrs["groups"]
+        rw.absorb(concat, shuffle)
+        concat.op, concat.attrs = "concat_shuffle", {"groups": groups}
+
+
 def optimize(graph: Graph, order: Optional[List[Node]] = None, shapes: Optional[Dict[str, Shape]] = None,
              weights: Optional[Dict[str, Any]] = None) -> Graph:
     """A new graph with every rewrite above applied (``graph`` is left untouched).
@@ -218,4 +233,6 @@ def optimize(graph: Graph, order: Optional[List[Node]] = None, shapes: Optional[
         shapes = infer_shapes(graph, input_shapes_for(graph, probe_symbols(graph)), order)
     fuse_residual_adds(rw, shapes)
     fuse_activations(rw)
+    if "concat_shuffle" in registry.all_ops():
+        fuse_concat_shuffles(rw, shapes)
     return rw.result()

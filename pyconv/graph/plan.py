@@ -8,7 +8,12 @@ op's rule picks each layer's algorithm unless the user overrides it).
 from the step that writes it to the last step that reads it; a tensor whose
 life is over returns its buffer to a free list and a later tensor reuses it
 (best fit, growing the largest free buffer when none fits).  An op declared
-``inplace`` writes over its first input when that input dies at this step.
+``inplace`` writes over its first input when that input dies at this step and
+nothing else lives in its buffer.  The outputs of view ops (reshape, flatten,
+identity, a split into contiguous runs) are aliases of their input's memory:
+those nodes never run, and a buffer is freed when the last tensor in it dies.
+(Every step costs ~20-40 us of Python and interpreter state fetched back into
+cache after a conv has streamed megabytes through it; a flatten is all overhead.)
 Graph inputs are copied into their own buffers and outputs get dedicated
 buffers (copied out), so a run touches only memory the plan owns.
 
@@ -64,8 +69,9 @@ class BufferPlan:
     shapes: Dict[str, Shape]
     buffer_sizes: List[int]  # elements of each float32 buffer
     tensor_buffer: Dict[str, int]  # tensor -> buffer index
+    tensor_offset: Dict[str, int]  # tensor -> first element within its buffer (views of a split)
     constant_steps: List[int]  # nodes run once per state (no inputs: stored constants)
-    run_steps: List[int]  # nodes run on every call, in order
+    run_steps: List[int]  # nodes run on every call, in order (view nodes are not run)
     weight_bytes: int
 
     @property
@@ -87,7 +93,13 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
 
     sizes: List[int] = []
     where: Dict[str, int] = {}
+    offset: Dict[str, int] = {}
+    holders: Dict[int, int] = {}  # buffer -> live tensors in it
     free: List[int] = []
+
+    def place(tensor: str, b: int, start: int = 0) -> None:
+        where[tensor], offset[tensor] = b, start
+        holders[b] = holders.get(b, 0) + 1
 
     def allocate(tensor: str) -> None:
         need = max(1, math.prod(shapes[tensor]))
@@ -102,35 +114,46 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
             b = len(sizes) - 1
         if b in free:
             free.remove(b)
-        where[tensor] = b
+        place(tensor, b)
 
     def new_buffer(tensor: str) -> None:
         sizes.append(max(1, math.prod(shapes[tensor])))
-        where[tensor] = len(sizes) - 1
+        place(tensor, len(sizes) - 1)
 
     for t in sorted(pinned):  # outputs and constants are never overwritten
         if t in shapes and t not in where and t not in input_shapes:
             new_buffer(t)
     for t in input_shapes:
         new_buffer(t)
+    executed = []
     for position, i in enumerate(running):
         node, spec = graph.nodes[i], registry.get(graph.nodes[i].op)
         first = node.inputs[0]
-        for k, t in enumerate(node.outputs):
-            if t in where:
-                continue
-            if (k == 0 and spec.inplace and last_use.get(first) == position and first not in pinned
-                    and node.inputs.count(first) == 1 and math.prod(shapes[first]) == math.prod(shapes[t])):
-                where[t] = where[first]
-            else:
-                allocate(t)
-        # tensors read for the last time here, and outputs nobody reads, give their buffers back
-        dying = [t for t in dict.fromkeys(node.inputs + node.outputs)
-                 if last_use.get(t, position) == position and t not in pinned]
-        still_used = {where[t] for t in node.outputs if t not in dying}
-        for t in dying:
-            if where[t] not in still_used and where[t] not in free:
-                free.append(where[t])
+        starts = None
+        if spec.view is not None and not any(t in where for t in node.outputs):
+            starts = spec.view(shapes[first], [shapes[t] for t in node.outputs], spec.resolve_attrs(node.attrs))
+        if starts is not None:   # aliases of the input: nothing runs
+            for t, start in zip(node.outputs, starts):
+                place(t, where[first], offset[first] + start)
+        else:
+            executed.append(i)
+            for k, t in enumerate(node.outputs):
+                if t in where:
+                    continue
+                if (k == 0 and spec.inplace and last_use.get(first) == position and first not in pinned
+                        and holders[where[first]] == 1 and offset[first] == 0
+                        and node.inputs.count(first) == 1 and math.prod(shapes[first]) == math.prod(shapes[t])):
+                    place(t, where[first])
+                else:
+                    allocate(t)
+        # tensors read for the last time here, and outputs nobody reads, give up their buffers;
+        # a buffer is free once no live tensor is left in it
+        for t in dict.fromkeys(node.inputs + node.outputs):
+            if last_use.get(t, position) == position and t not in pinned:
+                b = where[t]
+                holders[b] -= 1
+                if holders[b] == 0:
+                    free.append(b)
     total = 4 * sum(sizes)
     if total > memory_limit:  # checked before any buffer exists
         biggest = max(shapes, key=lambda t: nbytes(shapes[t]))
@@ -138,7 +161,7 @@ def plan_buffers(graph: Graph, input_shapes: Mapping[str, Shape], memory_limit: 
                          f"(largest: {biggest!r} {shapes[biggest]}), more than the {memory_limit / 2**20:.0f} MiB "
                          "available; use smaller inputs")
     weight_bytes = sum(a.nbytes for a in graph.weights.values())
-    return BufferPlan(shapes, sizes, where, constant, running, weight_bytes)
+    return BufferPlan(shapes, sizes, where, offset, constant, executed, weight_bytes)
 
 
 def memory_report(plan: BufferPlan, nodes_in_file: int, nodes_planned: int) -> Dict[str, Any]:
@@ -158,8 +181,10 @@ class ExecutionState:
 
     def __init__(self, graph: Graph, plan: BufferPlan, calls: Sequence[Callable[..., Any]]) -> None:
         buffers = [np.empty(n, dtype=np.float32) for n in plan.buffer_sizes]
-        views = {t: buffers[b][: math.prod(plan.shapes[t])].reshape(plan.shapes[t])
-                 for t, b in plan.tensor_buffer.items()}
+        views = {}
+        for t, b in plan.tensor_buffer.items():
+            start = plan.tensor_offset[t]
+            views[t] = buffers[b][start:start + math.prod(plan.shapes[t])].reshape(plan.shapes[t])
 
         def step(i: int) -> Step:
             node = graph.nodes[i]

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from pyconv._core import channel_shuffle as _shuffle
+from pyconv._core import channel_shuffle as _shuffle_kernels
 from pyconv._core import elementwise as _elementwise
 from pyconv._core import linear as _linear
 from pyconv._core import resize as _resize
@@ -24,8 +24,8 @@ from pyconv.ops._spec_helpers import bind_with_out, numel, per_element_counts, s
 from pyconv.registry import REQUIRED, Counts, OpSpec, register
 
 __all__ = [
-    "add", "sub", "mul", "div", "concat", "split", "slice", "channel_shuffle", "flatten", "reshape",
-    "transpose", "linear", "pad", "resize", "upsample", "identity", "constant",
+    "add", "sub", "mul", "div", "concat", "split", "slice", "channel_shuffle", "concat_shuffle", "flatten",
+    "reshape", "transpose", "linear", "pad", "resize", "upsample", "identity", "constant",
 ]
 
 
@@ -211,19 +211,36 @@ def slice(x, starts: Sequence[int], ends: Sequence[int], axes: Optional[Sequence
 
 # ---------------------------------------------------------------- shape ops
 
+def _check_groups(groups, channels: int) -> int:
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or channels % groups:
+        raise ValueError(f"groups must be a positive int dividing C={channels}, got {groups!r}")
+    return int(groups)
+
+
+def _shuffle(parts: List[np.ndarray], shape: Tuple[int, ...], groups: int, out: Optional[np.ndarray]) -> np.ndarray:
+    if out is not None and builtins.any(np.may_share_memory(out, p) for p in parts):
+        raise ValueError("channel_shuffle cannot run in place (out shares memory with an input)")
+    y = check_out(out, shape)
+    _shuffle_kernels.shuffle_channels(parts, y, groups, threads_for(y.size))
+    return y
+
+
 def channel_shuffle(x, groups: int, out: Optional[np.ndarray] = None) -> np.ndarray:
     """ShuffleNet channel shuffle: channels viewed as (groups, C/groups) are transposed."""
-    x = as_float32(x)
+    x = np.ascontiguousarray(as_float32(x))
     if x.ndim < 2:
         raise ValueError(f"channel_shuffle needs x of shape (N, C, ...), got {x.shape}")
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or x.shape[1] % groups:
-        raise ValueError(f"groups must be a positive int dividing C={x.shape[1]}, got {groups!r}")
-    if out is not None and np.may_share_memory(out, x):
-        raise ValueError("channel_shuffle cannot run in place (out shares memory with x)")
-    y = check_out(out, x.shape)
-    _shuffle.channel_shuffle_forward(x.reshape(-1), y.reshape(-1), x.shape[0], x.shape[1], int(groups),
-                                     numel(x.shape[2:]), threads_for(x.size))
-    return y
+    return _shuffle([x], x.shape, _check_groups(groups, x.shape[1]), out)
+
+
+def concat_shuffle(*xs, groups: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``channel_shuffle(concat(xs, axis=1), groups)`` in one pass (ShuffleNetV2's unit tail;
+    the executor fuses the pair): the concatenation is never written out."""
+    if not xs:
+        raise ValueError("concat_shuffle needs at least one input")
+    parts = [np.ascontiguousarray(as_float32(x, f"input {i}")) for i, x in enumerate(xs)]
+    shape = _concat_shuffle_shape([p.shape for p in parts], {}, {"groups": groups})[0]
+    return _shuffle(parts, shape, _check_groups(groups, shape[1]), out)
 
 
 def _flatten_shape(shape: Tuple[int, ...], start_dim: int, end_dim: int, axis) -> Tuple[int, ...]:
@@ -682,6 +699,14 @@ def _channel_shuffle_shape(input_shapes, weight_shapes, attrs):
     return [shape]
 
 
+def _concat_shuffle_shape(input_shapes, weight_shapes, attrs):
+    shapes = [tuple(s) for s in input_shapes]
+    if builtins.any(len(s) < 2 for s in shapes) or len({s[:1] + s[2:] for s in shapes}) != 1:
+        raise ValueError(f"concat_shuffle inputs must be (N, C_k, ...) arrays matching except in C, got {shapes}")
+    total = shapes[0][:1] + (sum(s[1] for s in shapes),) + shapes[0][2:]
+    return _channel_shuffle_shape([total], weight_shapes, attrs)
+
+
 def _flatten_rule(input_shapes, weight_shapes, attrs):
     return [_flatten_shape(tuple(input_shapes[0]), attrs["start_dim"], attrs["end_dim"], attrs["axis"])]
 
@@ -732,12 +757,27 @@ def _constant_rule(input_shapes, weight_shapes, attrs):
     return [tuple(weight_shapes["value"])]
 
 
+def _whole_view(input_shape, output_shapes, attrs) -> List[int]:
+    """Reshape-like ops: the output is the input's memory from its start."""
+    return [0]
+
+
+def _split_view(input_shape, output_shapes, attrs) -> Optional[List[int]]:
+    """A split is a set of contiguous runs when every axis before the split axis has
+    length 1 (a channel split at batch 1)."""
+    ax = _axis(attrs["axis"], len(input_shape))
+    if numel(input_shape[:ax]) != 1:
+        return None
+    starts = np.cumsum([0] + [numel(shape) for shape in output_shapes[:-1]])
+    return [int(start) for start in starts]
+
+
 def _spec(fn, infer_shape, *, inputs=1, weights=(), attrs=None, count=None, reference=None, inplace=False,
-          num_outputs=None, prepare=None):
+          num_outputs=None, prepare=None, view=None):
     register(OpSpec(
         name=fn.__name__, fn=fn, infer_shape=infer_shape, inputs=inputs, weights=weights, attrs=attrs or {},
         count=count or per_element_counts(adds=0), prepare=prepare or bind_with_out(fn), reference=reference,
-        num_outputs=num_outputs, inplace=inplace, doc=(fn.__doc__ or "").splitlines()[0],
+        num_outputs=num_outputs, inplace=inplace, view=view, doc=(fn.__doc__ or "").splitlines()[0],
     ))
 
 
@@ -748,14 +788,17 @@ for _fn, _ufunc in ((add, np.add), (sub, np.subtract), (mul, np.multiply), (div,
 _spec(concat, _concat_shape, inputs=(1, None), attrs={"axis": 1},
       reference=lambda *xs, axis=1: np.concatenate([np.asarray(x, np.float64) for x in xs], axis=axis))
 _spec(split, _split_shape, attrs={"sizes_or_count": REQUIRED, "axis": 1}, reference=_split_ref,
-      num_outputs=_split_count)
+      num_outputs=_split_count, view=_split_view)
 _spec(slice, _slice_shape, attrs={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None},
       reference=_slice_ref)
 _spec(channel_shuffle, _channel_shuffle_shape, attrs={"groups": REQUIRED}, reference=_channel_shuffle_ref)
-_spec(flatten, _flatten_rule, attrs={"start_dim": 1, "end_dim": -1, "axis": None}, inplace=True,
+_spec(concat_shuffle, _concat_shuffle_shape, inputs=(1, None), attrs={"groups": REQUIRED},
+      reference=lambda *xs, groups: _channel_shuffle_ref(np.concatenate([np.asarray(x, np.float64) for x in xs],
+                                                                        axis=1), groups))
+_spec(flatten, _flatten_rule, attrs={"start_dim": 1, "end_dim": -1, "axis": None}, inplace=True, view=_whole_view,
       reference=lambda x, start_dim=1, end_dim=-1, axis=None: np.asarray(x, np.float64).reshape(
           _flatten_shape(np.shape(x), start_dim, end_dim, axis)))
-_spec(reshape, _reshape_rule, attrs={"shape": REQUIRED, "allowzero": 0}, inplace=True,
+_spec(reshape, _reshape_rule, attrs={"shape": REQUIRED, "allowzero": 0}, inplace=True, view=_whole_view,
       reference=lambda x, shape, allowzero=0: np.asarray(x, np.float64).reshape(
           _reshape_target(np.shape(x), shape, allowzero)))
 _spec(transpose, _transpose_rule, attrs={"perm": None},
@@ -767,5 +810,5 @@ _spec(resize, _resize_rule,
              "nearest_mode": "round_prefer_floor"},
       count=lambda i, w, a, o: per_element_counts(adds=0, macs=3 if a["mode"] != "nearest" else 0)(i, w, a, o),
       reference=_resize_ref)
-_spec(identity, same_shape, inplace=True, reference=lambda x: np.asarray(x, np.float64))
+_spec(identity, same_shape, inplace=True, view=_whole_view, reference=lambda x: np.asarray(x, np.float64))
 _spec(constant, _constant_rule, inputs=0, weights=("value",), reference=lambda value: np.asarray(value, np.float64))
