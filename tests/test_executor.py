@@ -328,10 +328,39 @@ def test_shufflenet_unit_tail_fuses_and_splits_alias_their_input(batch):
     assert_plan_never_shares_live_tensors(model.optimized, plan)
 
 
+@needs("conv2d", "concat", "max_pool2d", "relu")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_concat_inputs_are_written_into_the_concatenation(batch):
+    """Fire modules: at batch 1 both expand convs write their channel slices of the concat
+    output and the concat never runs; a concat with an input read elsewhere, and any concat
+    at batch 2 (slices not contiguous), runs.  Results equal the float64 graph."""
+    rng = np.random.default_rng(12)
+    b = GraphBuilder()
+    x = b.input("x", ["N", 4, 9, 9])
+    squeeze = b.conv2d(x, weight=rng.standard_normal((3, 4, 1, 1)), activation="relu", name="squeeze")
+    e1 = b.conv2d(squeeze, weight=rng.standard_normal((5, 3, 1, 1)), activation="relu", name="e1")
+    e3 = b.conv2d(squeeze, weight=rng.standard_normal((6, 3, 3, 3)), padding=1, activation="relu", name="e3")
+    fire = b.concat(e1, e3, name="fire")
+    pooled = b.max_pool2d(fire, kernel_size=3, stride=2, ceil_mode=True, name="pool")
+    side = b.conv2d(pooled, weight=rng.standard_normal((2, 11, 1, 1)), name="side")
+    both = b.concat(pooled, side, name="both")    # pooled is also read by side: this concat runs
+    b.output(b.relu(both), alias="y")
+    graph = b.build()
+    model = pyconv.Model(graph)
+    xin = rng.standard_normal((batch, 4, 9, 9)).astype(np.float32)
+    assert_close(model(xin), reference_run(graph, {"x": xin})["y"])
+    model.memory_plan({"x": (batch, 4, 9, 9)})
+    (plan, _), = model._plans.values()
+    ran = {model.optimized.nodes[i].name for i in plan.run_steps}
+    assert ("fire" in ran) == (batch > 1) and "both" in ran
+    assert_plan_never_shares_live_tensors(model.optimized, plan)
+
+
 def assert_plan_never_shares_live_tensors(graph, plan):
     """Replays the plan: when a step writes a tensor, no other live tensor may overlap the
     memory written, except the first input of an in-place op read for the last time there;
-    a view node (never run) must place each output inside its input's memory."""
+    a view node (never run) must place each output inside its input's memory, a concat
+    that does not run must hold its inputs."""
     order = [i for i, node in enumerate(graph.nodes) if node.inputs]
     executed = set(plan.run_steps)
     last = {}
@@ -352,6 +381,9 @@ def assert_plan_never_shares_live_tensors(graph, plan):
         for k, t in enumerate(node.outputs):
             buf, lo, hi = span(t)
             assert plan.buffer_sizes[buf] >= hi, f"{t} does not fit its buffer"
+            if i not in executed and node.op == "concat":   # the inputs were written into it
+                assert all(span(t)[0] == buf and lo <= span(t)[1] and span(t)[2] <= hi for t in node.inputs)
+                continue
             if i not in executed:   # an alias of the input's memory
                 src_buf, src_lo, src_hi = span(node.inputs[0])
                 assert registry.get(node.op).view is not None and buf == src_buf and src_lo <= lo and hi <= src_hi
