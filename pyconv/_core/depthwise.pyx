@@ -52,6 +52,7 @@ cdef extern from *:
 cdef enum:
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
+    TASK_BLOCK = 8    # input channels per task of the threads' split
     PLANE_MAX_WO = 32  # narrower 3x3 outputs run on whole phase planes (measured: docs/kernels.md)
 
 
@@ -231,9 +232,9 @@ cdef inline inlined_void row_general(const RowGeom* g, float_out o, const float*
         p0 = p1
 
 
-cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, const float* w, const float* bias,
-                                         float* out, const float* residual, Epilogue ep,
-                                         float* ring) noexcept nogil:
+cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, const float* w, const float* bias,
+                                           float* out, const float* residual, Epilogue ep,
+                                           float* ring) noexcept nogil:
     """The g.mult output planes of one input channel (plane src) into out (and residual).
 
     w: their mult x kh x kw filters; bias: their mult biases or NULL; ring:
@@ -275,6 +276,18 @@ cdef multiversion_void depthwise_channel(const RowGeom* g, const float* src, con
                 epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
 
 
+cdef struct DepthwiseCall:
+    const RowGeom* g
+    const PhaseGeom* pg  # NULL: the row ring
+    const float* x
+    const float* w
+    float* out
+    const float* bias
+    const float* residual
+    Epilogue ep
+    int C
+
+
 cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept nogil:
     """Copy n floats, a multiple of VEC up to 2 * VEC: fixed-size blocks, which compile to
     a vector load and store each (a variable-size copy becomes a memcpy call, whose cost
@@ -287,9 +300,9 @@ cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept n
             dst[VEC + j] = src[VEC + j]
 
 
-cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom* pg, const float* src,
-                                               const float* w, const float* bias, float* out,
-                                               const float* residual, Epilogue ep, float* planes) noexcept nogil:
+cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom* split, const PhaseGeom* pg,
+                                                const float* src, const float* w, const float* bias, float* out,
+                                                const float* residual, Epilogue ep, float* planes) noexcept nogil:
     """depthwise_channel for 3x3 filters on narrow planes (Wo < PLANE_MAX_WO), whose rows are
     too short for a row at a time: the channel's phase planes (phase_planes.pxd), then
     one run over the whole wide Ho x Wq output grid per output plane (with the clip),
@@ -300,7 +313,6 @@ cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom
     the padding columns it clobbers in the phase planes are zeroed again after.
 
     planes: this thread's scratch, zeroed for this geometry (plane_floats)."""
-    cdef RowGeom split = g[0]  # fill_row's geometry with phase planes for row phases
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * pg.Wq, o_off, a_off
     cdef Py_ssize_t in_end = <Py_ssize_t>g.H * g.W  # input floats of the channel
     cdef int r, r_end, qh, ih, m, oh, j, n_in = (g.hi0 - g.lo0 + VEC - 1) // VEC * VEC
@@ -310,7 +322,6 @@ cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom
     cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
     cdef float* acc = planes + pg.channel + pg.Wq + VEC
     cdef float* row
-    split.phase = pg.plane
     for qh in range(g.sh):
         if phase_used(qh, g.sh, g.kh, g.dh):
             r_end = (g.H - 1 + g.pt - qh) // g.sh + 1  # after this phase's last input row
@@ -325,7 +336,7 @@ cdef multiversion_void depthwise_channel_plane(const RowGeom* g, const PhaseGeom
                         and (r_end - r) * pg.Wq >= g.lo0 + n_in):
                     copy_run(row + g.lo0, src + <Py_ssize_t>ih * g.W + g.lo0 - g.pl, n_in)
                 else:
-                    fill_row(&split, src + <Py_ssize_t>ih * g.W, row)
+                    fill_row(split, src + <Py_ssize_t>ih * g.W, row)
     if fast_in:  # the padding the whole-vector copies ran over
         for qh in range(g.sh):
             if phase_used(qh, g.sh, g.kh, g.dh):
@@ -358,31 +369,42 @@ cdef inline Py_ssize_t plane_floats(const PhaseGeom* pg, int Ho) noexcept nogil:
     return pg.channel + pg.Wq + VEC + (<Py_ssize_t>Ho * pg.Wq + VEC - 1) // VEC * VEC
 
 
-cdef struct DepthwiseCall:
-    const RowGeom* g
-    const PhaseGeom* pg  # NULL: the row ring
-    const float* x
-    const float* w
-    float* out
-    const float* bias
-    const float* residual
-    Epilogue ep
-    int C
-
-
-cdef inline void depthwise_task(const DepthwiseCall* c, int task, float* ring) noexcept nogil:
-    """Input channel task % C of image task // C and its mult output planes."""
+cdef multiversion_void depthwise_tasks_ring(const DepthwiseCall* c, int t0, int t1, float* ring) noexcept nogil:
+    """Input channels t0..t1-1 (task t: channel t % C of image t // C), each with its mult
+    output planes, by the row ring.  ring: this thread's scratch, zeroed for this geometry."""
     cdef const RowGeom* g = c.g
-    cdef int co = (task % c.C) * g.mult
-    cdef Py_ssize_t o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
-    if c.pg != NULL:
-        depthwise_channel_plane(g, c.pg, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * 9,
-                                c.bias + co if c.bias != NULL else NULL, c.out + o_off,
-                                c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
-    else:
+    cdef int task, co
+    cdef Py_ssize_t o_off
+    for task in range(t0, t1):
+        co = (task % c.C) * g.mult
+        o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
         depthwise_channel(g, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * g.kh * g.kw,
                           c.bias + co if c.bias != NULL else NULL, c.out + o_off,
                           c.residual + o_off if c.residual != NULL else NULL, c.ep, ring)
+
+
+cdef multiversion_void depthwise_tasks_plane(const DepthwiseCall* c, int t0, int t1, float* planes) noexcept nogil:
+    """depthwise_tasks_ring by phase planes (3x3, narrow outputs)."""
+    cdef const RowGeom* g = c.g
+    cdef RowGeom split = g[0]  # fill_row's geometry for phase planes: row phases a plane apart
+    cdef int task, co
+    cdef Py_ssize_t o_off
+    split.phase = c.pg.plane
+    for task in range(t0, t1):
+        co = (task % c.C) * g.mult
+        o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
+        depthwise_channel_plane(g, &split, c.pg, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * 9,
+                                c.bias + co if c.bias != NULL else NULL, c.out + o_off,
+                                c.residual + o_off if c.residual != NULL else NULL, c.ep, planes)
+
+
+cdef inline void depthwise_tasks(const DepthwiseCall* c, int t0, int t1, float* scratch) noexcept nogil:
+    """Input channels t0..t1-1 by the path c chose; one call per block of channels, as
+    small planes take less time than a call's set-up."""
+    if c.pg != NULL:
+        depthwise_tasks_plane(c, t0, t1, scratch)
+    else:
+        depthwise_tasks_ring(c, t0, t1, scratch)
 
 
 cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
@@ -425,12 +447,12 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
     call.ep = epilogue_from_spec(epilogue)
     call.C = C
-    cdef int t, task
+    cdef int t, block, ntasks = N * C, nblocks = (ntasks + TASK_BLOCK - 1) // TASK_BLOCK
     for t in range(nthreads):
         memset(&scratch[t, 0], 0, need * sizeof(float))
-    if nthreads == 1:  # plain loop, no OpenMP region to enter (small layers)
-        for task in range(N * C):
-            depthwise_task(&call, task, &scratch[0, 0])
+    if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
+        depthwise_tasks(&call, 0, ntasks, &scratch[0, 0])
     else:
-        for task in prange(N * C, nogil=True, num_threads=nthreads, schedule="static"):
-            depthwise_task(&call, task, &scratch[pyconv_omp_thread_id(), 0])
+        for block in prange(nblocks, nogil=True, num_threads=nthreads, schedule="static"):
+            depthwise_tasks(&call, block * TASK_BLOCK, min(ntasks, (block + 1) * TASK_BLOCK),
+                            &scratch[pyconv_omp_thread_id(), 0])
