@@ -50,9 +50,11 @@ cdef extern from *:
 
 
 cdef enum:
+    LANES = 16        # channels per vector in the channel-lane path
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
     TASK_BLOCK = 8    # input channels per task of the threads' split
+    LANES_MAX_WO = 28  # widest output the lane path runs on (measured: docs/kernels.md)
     PLANE_MAX_WO = 32  # narrower 3x3 outputs run on whole phase planes (measured: docs/kernels.md)
 
 
@@ -276,8 +278,36 @@ cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, c
                 epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
 
 
+cdef struct LaneGeom:
+    int Hp, Wp                # padded input plane needed by the outputs
+    Py_ssize_t tap[9]         # floats from a pixel's window origin to tap (ki, kj)
+    Py_ssize_t compact        # floats of the compact transposed input [H*W][LANES]
+    Py_ssize_t padded         # floats of the padded transposed input [Hp][Wp][LANES]
+    Py_ssize_t outputs        # floats of the transposed output [Ho*Wo][LANES]
+
+
+cdef LaneGeom lane_geometry(int H, int W, int Ho, int Wo, stride, dilation):
+    """Lane-path geometry (3x3 filters); H, W may be 0 for the largest input these outputs allow."""
+    cdef LaneGeom lg
+    cdef int sh, sw, dh, dw, ki, kj
+    sh, sw = stride
+    dh, dw = dilation
+    lg.Hp = (Ho - 1) * sh + 2 * dh + 1
+    lg.Wp = (Wo - 1) * sw + 2 * dw + 1
+    for ki in range(3):
+        for kj in range(3):
+            lg.tap[3 * ki + kj] = (<Py_ssize_t>ki * dh * lg.Wp + kj * dw) * LANES
+    if H == 0:  # an input has at most stride - 1 rows (columns) beyond the padded plane
+        H, W = lg.Hp + sh - 1, lg.Wp + sw - 1
+    lg.compact = <Py_ssize_t>H * W * LANES
+    lg.padded = <Py_ssize_t>lg.Hp * lg.Wp * LANES
+    lg.outputs = <Py_ssize_t>Ho * Wo * LANES
+    return lg
+
+
 cdef struct DepthwiseCall:
     const RowGeom* g
+    const LaneGeom* lg   # not NULL: the channel-lane path
     const PhaseGeom* pg  # NULL: the row ring
     const float* x
     const float* w
@@ -398,10 +428,137 @@ cdef multiversion_void depthwise_tasks_plane(const DepthwiseCall* c, int t0, int
                                 c.residual + o_off if c.residual != NULL else NULL, c.ep, planes)
 
 
+# ----------------------------------------------------------------------------- channel lanes
+# 3x3 filters, multiplier 1, C a multiple of LANES: LANES channels of one image at a
+# time, transposed to pixel-major [pixel][LANES] so that a vector holds one pixel of
+# LANES channels.  Then every output pixel is nine vector FMAs with the filters in
+# registers, with no rows, borders or remainders at all: the padding is a zero
+# frame of the transposed plane.  The transposes are plain loops the compiler turns
+# into vector permutes.
+
+cdef inline Py_ssize_t lane_floats(const LaneGeom* lg) noexcept nogil:
+    """Scratch floats of the lane path: compact and padded inputs, outputs, filters and bias."""
+    return lg.compact + lg.padded + lg.outputs + 10 * LANES
+
+
+cdef inline inlined_void to_lanes(float_out dst, float_in src, Py_ssize_t plane, Py_ssize_t n) noexcept nogil:
+    """dst[p][c] = src[c * plane + p]: n pixels of LANES planes, pixel-major."""
+    cdef Py_ssize_t p
+    cdef int c
+    for p in range(n):
+        for c in range(LANES):
+            dst[p * LANES + c] = src[c * plane + p]
+
+
+cdef inline inlined_void from_lanes(float* out, float_in src, Py_ssize_t plane) noexcept nogil:
+    """out[c * plane + p] = src[p][c]: back to LANES planes.  One statement per plane
+    (restrict pointers each): a loop over c in the body is not vectorized."""
+    cdef float_out o0 = out
+    cdef float_out o1 = out + plane
+    cdef float_out o2 = out + 2 * plane
+    cdef float_out o3 = out + 3 * plane
+    cdef float_out o4 = out + 4 * plane
+    cdef float_out o5 = out + 5 * plane
+    cdef float_out o6 = out + 6 * plane
+    cdef float_out o7 = out + 7 * plane
+    cdef float_out o8 = out + 8 * plane
+    cdef float_out o9 = out + 9 * plane
+    cdef float_out o10 = out + 10 * plane
+    cdef float_out o11 = out + 11 * plane
+    cdef float_out o12 = out + 12 * plane
+    cdef float_out o13 = out + 13 * plane
+    cdef float_out o14 = out + 14 * plane
+    cdef float_out o15 = out + 15 * plane
+    cdef Py_ssize_t p
+    for p in range(plane):
+        o0[p] = src[p * LANES]
+        o1[p] = src[p * LANES + 1]
+        o2[p] = src[p * LANES + 2]
+        o3[p] = src[p * LANES + 3]
+        o4[p] = src[p * LANES + 4]
+        o5[p] = src[p * LANES + 5]
+        o6[p] = src[p * LANES + 6]
+        o7[p] = src[p * LANES + 7]
+        o8[p] = src[p * LANES + 8]
+        o9[p] = src[p * LANES + 9]
+        o10[p] = src[p * LANES + 10]
+        o11[p] = src[p * LANES + 11]
+        o12[p] = src[p * LANES + 12]
+        o13[p] = src[p * LANES + 13]
+        o14[p] = src[p * LANES + 14]
+        o15[p] = src[p * LANES + 15]
+
+
+cdef inline inlined_void lanes_3x3(float_out o, float_in t, const LaneGeom* lg, int Ho, int Wo, int sh, int sw,
+                                   float_in w, float_in b, float lo, float hi) noexcept nogil:
+    """o[oh][ow][c] = clip(b[c] + sum of taps w[k][c] * t[window + tap k][c], lo, hi)."""
+    cdef int oh, ow, c
+    cdef const float* win
+    cdef float* op
+    cdef float v
+    cdef Py_ssize_t t0 = lg.tap[0], t1 = lg.tap[1], t2 = lg.tap[2], t3 = lg.tap[3], t4 = lg.tap[4]
+    cdef Py_ssize_t t5 = lg.tap[5], t6 = lg.tap[6], t7 = lg.tap[7], t8 = lg.tap[8]
+    for oh in range(Ho):
+        for ow in range(Wo):
+            win = t + ((<Py_ssize_t>oh * sh) * lg.Wp + <Py_ssize_t>ow * sw) * LANES
+            op = o + (<Py_ssize_t>oh * Wo + ow) * LANES
+            for c in range(LANES):
+                v = (b[c] + w[c] * win[t0 + c] + w[LANES + c] * win[t1 + c] + w[2 * LANES + c] * win[t2 + c]
+                     + w[3 * LANES + c] * win[t3 + c] + w[4 * LANES + c] * win[t4 + c]
+                     + w[5 * LANES + c] * win[t5 + c] + w[6 * LANES + c] * win[t6 + c]
+                     + w[7 * LANES + c] * win[t7 + c] + w[8 * LANES + c] * win[t8 + c])
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                op[c] = v
+
+
+cdef multiversion_void depthwise_tasks_lanes(const DepthwiseCall* c, const LaneGeom* lg, int b0, int b1,
+                                             float* scratch) noexcept nogil:
+    """Blocks b0..b1-1 of LANES input channels (block b: image b // (C / LANES)).
+
+    scratch: this thread's, zeroed for this geometry (lane_floats): the padded
+    plane's frame stays zero, only input pixels are written."""
+    cdef const RowGeom* g = c.g
+    cdef Py_ssize_t plane_in = <Py_ssize_t>g.H * g.W, plane_out = <Py_ssize_t>g.Ho * g.Wo, off
+    cdef float* compact = scratch
+    cdef float* padded = compact + lg.compact
+    cdef float* outs = padded + lg.padded
+    cdef float* wl = outs + lg.outputs  # [9][LANES] filters, then [LANES] biases
+    cdef float* bl = wl + 9 * LANES
+    cdef int blk, ch0, ih, cols, j, k, ci
+    cdef bint fused = c.residual == NULL and (c.ep.kind == ACT_CLIP or c.ep.kind == ACT_NONE)
+    cdef float lo = c.ep.lo if fused and c.ep.kind == ACT_CLIP else -INFINITY
+    cdef float hi = c.ep.hi if fused and c.ep.kind == ACT_CLIP else INFINITY
+    cols = g.W if g.W < lg.Wp - g.pl else lg.Wp - g.pl
+    for blk in range(b0, b1):
+        ch0 = blk * LANES  # first channel of the block, counted over the batch
+        for ci in range(LANES):
+            for k in range(9):
+                wl[k * LANES + ci] = c.w[((ch0 + ci) % c.C) * 9 + k]
+            bl[ci] = c.bias[(ch0 + ci) % c.C] if c.bias != NULL else 0.0
+        to_lanes(compact, c.x + ch0 * plane_in, plane_in, plane_in)
+        for ih in range(g.H):
+            if ih + g.pt < lg.Hp:
+                off = (<Py_ssize_t>(ih + g.pt) * lg.Wp + g.pl) * LANES
+                for j in range(cols * LANES):
+                    padded[off + j] = compact[<Py_ssize_t>ih * g.W * LANES + j]
+        lanes_3x3(outs, padded, lg, g.Ho, g.Wo, g.sh, g.sw, wl, bl, lo, hi)
+        off = <Py_ssize_t>ch0 * plane_out
+        from_lanes(c.out + off, outs, plane_out)
+        if not fused:
+            for ci in range(LANES):
+                epilogue_row(c.out + off + ci * plane_out, plane_out, 0.0,
+                             c.residual + off + ci * plane_out if c.residual != NULL else NULL, c.ep)
+
+
 cdef inline void depthwise_tasks(const DepthwiseCall* c, int t0, int t1, float* scratch) noexcept nogil:
-    """Input channels t0..t1-1 by the path c chose; one call per block of channels, as
-    small planes take less time than a call's set-up."""
-    if c.pg != NULL:
+    """Input channels t0..t1-1 by the path c chose (for the lane path: channel blocks);
+    one call per block of channels, as small planes take less time than a call's set-up."""
+    if c.lg != NULL:
+        depthwise_tasks_lanes(c, c.lg, t0, t1, scratch)
+    elif c.pg != NULL:
         depthwise_tasks_plane(c, t0, t1, scratch)
     else:
         depthwise_tasks_ring(c, t0, t1, scratch)
@@ -412,12 +569,22 @@ cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
     return g.kh == 3 and g.kw == 3 and g.Wo < PLANE_MAX_WO
 
 
+cdef inline bint lanes_apply(int kh, int kw, int Wo) noexcept nogil:
+    """Whether the lane path may run (it also needs multiplier 1 and C % LANES == 0)."""
+    return kh == 3 and kw == 3 and Wo <= LANES_MAX_WO
+
+
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
-    """Floats of scratch one thread needs (for either path: its size does not depend on
-    the input size or padding)."""
+    """Floats of scratch one thread needs (for any path: the size does not depend on the
+    input size, padding or channels)."""
     cdef RowGeom g = row_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation, 1)
     cdef PhaseGeom pg = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
-    return plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
+    cdef Py_ssize_t n = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
+    cdef LaneGeom lg
+    if lanes_apply(kh, kw, Wo):
+        lg = lane_geometry(0, 0, Ho, Wo, stride, dilation)
+        n = max(n, lane_floats(&lg))
+    return n
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight, bias,
@@ -433,6 +600,13 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef PhaseGeom pg = phase_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
                                        stride, pads, dilation)
     cdef Py_ssize_t need = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
+    cdef Py_ssize_t zeroed = need  # floats of scratch holding padding to zero
+    cdef LaneGeom lg
+    cdef bint lanes = lanes_apply(g.kh, g.kw, Wo) and g.mult == 1 and C % LANES == 0
+    if lanes:
+        lg = lane_geometry(g.H, g.W, Ho, Wo, stride, dilation)
+        need = lane_floats(&lg)
+        zeroed = lg.compact + lg.padded
     if scratch.shape[0] < nthreads or scratch.shape[1] < need:
         raise ValueError("scratch too small for the row ring")
     cdef const float[::1] bias_v = bias
@@ -440,6 +614,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef DepthwiseCall call
     call.g = &g
     call.pg = &pg if use_planes(&g) else NULL
+    call.lg = &lg if lanes else NULL
     call.x = &x[0, 0, 0, 0]
     call.w = &weight[0, 0, 0, 0]
     call.out = &out[0, 0, 0, 0]
@@ -447,12 +622,13 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
     call.ep = epilogue_from_spec(epilogue)
     call.C = C
-    cdef int t, block, ntasks = N * C, nblocks = (ntasks + TASK_BLOCK - 1) // TASK_BLOCK
+    cdef int t, block, ntasks = N * C // LANES if lanes else N * C
+    cdef int per_block = 1 if lanes else TASK_BLOCK, nblocks = (ntasks + per_block - 1) // per_block
     for t in range(nthreads):
-        memset(&scratch[t, 0], 0, need * sizeof(float))
+        memset(&scratch[t, 0], 0, zeroed * sizeof(float))
     if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
         depthwise_tasks(&call, 0, ntasks, &scratch[0, 0])
     else:
         for block in prange(nblocks, nogil=True, num_threads=nthreads, schedule="static"):
-            depthwise_tasks(&call, block * TASK_BLOCK, min(ntasks, (block + 1) * TASK_BLOCK),
+            depthwise_tasks(&call, block * per_block, min(ntasks, (block + 1) * per_block),
                             &scratch[pyconv_omp_thread_id(), 0])
