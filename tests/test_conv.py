@@ -213,6 +213,7 @@ def test_1x1_on_1x1_spatial_and_stride():
     (32, 20, 2, (13, 11), 2, (1, 0, 2, 1)),   # groups, strided, padded: B read from phase planes
     (24, 13, 1, (47, 45), 1, (0, 0, 0, 0)),   # several tiles
     (70, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # large K, few output channels: pointwise
+    (12, 30, 1, (23, 19), 1, (0, 0, 0, 0)),   # K < rows (column blocks inside), ragged rows and pixels
     (33, 40, 1, (9, 9), 1, (0, 0, 0, 0)),     # both above the pointwise limits: sgemm
 ])
 def test_1x1_pointwise_loop(cig, cog, groups, hw, stride, pads, threads):

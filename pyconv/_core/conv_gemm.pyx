@@ -103,36 +103,40 @@ cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_
     remainder loop."""
     cdef float acc[PW_ROWS][PW_COLS]
     cdef float wk[PW_ROWS]
-    cdef int r, r0, k, j
+    cdef int r, r0, k, j, block
+    cdef int row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
+    # Block order: with K >= rows (projections: 144 -> 24) the K x PW_COLS panel of b is
+    # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
+    # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
+    # the column blocks go inside, writing each block of rows sequentially (that order
+    # is 1-6 % faster there).
+    cdef bint rows_inside = K >= rows
     cdef Py_ssize_t p0
     cdef const float* brow
     cdef float* crow
-    r0 = 0
-    while r0 < rows:
-        if r0 > rows - PW_ROWS:
-            r0 = rows - PW_ROWS
-        p0 = 0
-        while p0 < ncols:
-            if p0 > ncols - PW_COLS:
-                p0 = ncols - PW_COLS
+    for block in range(row_blocks * col_blocks):
+        if rows_inside:
+            r0, p0 = block % row_blocks * PW_ROWS, block // row_blocks * PW_COLS
+        else:
+            r0, p0 = block // col_blocks * PW_ROWS, block % col_blocks * PW_COLS
+        r0 = min(r0, rows - PW_ROWS)
+        p0 = min(p0, ncols - PW_COLS)
+        for r in range(PW_ROWS):
+            for j in range(PW_COLS):
+                acc[r][j] = 0.0
+        for k in range(K):
+            brow = b + k * ldb + p0
+            for r in range(PW_ROWS):
+                wk[r] = w[(r0 + r) * K + k]
             for r in range(PW_ROWS):
                 for j in range(PW_COLS):
-                    acc[r][j] = 0.0
-            for k in range(K):
-                brow = b + k * ldb + p0
-                for r in range(PW_ROWS):
-                    wk[r] = w[(r0 + r) * K + k]
-                for r in range(PW_ROWS):
-                    for j in range(PW_COLS):
-                        acc[r][j] += wk[r] * brow[j]
-            for r in range(PW_ROWS):
-                crow = c + (r0 + r) * ldc + p0
-                for j in range(PW_COLS):
-                    crow[j] = acc[r][j]
-                epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
-                             residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)
-            p0 += PW_COLS
-        r0 += PW_ROWS
+                    acc[r][j] += wk[r] * brow[j]
+        for r in range(PW_ROWS):
+            crow = c + (r0 + r) * ldc + p0
+            for j in range(PW_COLS):
+                crow[j] = acc[r][j]
+            epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
+                         residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)
 
 
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
