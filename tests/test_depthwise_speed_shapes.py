@@ -3,7 +3,8 @@
 The row ring (outputs >= 32 wide, any kernel) rounds each row's run up to 16
 floats and lets the surplus land in the next rows, deinterleaves stride-2 rows
 and fills them one output row ahead; the phase-plane path (3x3, narrower
-outputs) runs over the wide grid.  These cases sit on those edges: widths
+outputs) runs over the wide grid; the lane path (3x3, multiplier 1, C a
+multiple of 16, small planes) transposes 16 channels into vector lanes.  These cases sit on those edges: widths
 around the vector and the path threshold, width or height 1, padding larger
 than the kernel, odd/even widths with stride 2, residual, multiplier, batch.
 Tolerance as in tests/test_conv.py: 1e-5 of the pre-activation output's
@@ -35,6 +36,15 @@ CASES = [
     (2, 5, 1, 3, 2, (1, 1, 1, 1), 1, 1, 1),      # planes, width 1, stride 2
     (2, 3, 16, 3, 1, (0, 0, 0, 0), 1, 1, 1),     # planes, no padding
     (2, 6, 17, 3, 2, (2, 3, 0, 1), 2, 2, 1),     # planes, asymmetric padding, dilation, multiplier
+    (16, 7, 7, 3, 1, (1, 1, 1, 1), 1, 1, 1),     # lanes (16 channels per vector), MobileNet's 7x7
+    (32, 14, 14, 3, 2, (1, 1, 1, 1), 1, 1, 2),   # lanes, stride 2, two blocks, batch 2
+    (16, 9, 11, 3, 2, (0, 2, 1, 0), 1, 1, 1),    # lanes, odd sizes, asymmetric padding
+    (16, 1, 1, 3, 1, (1, 1, 1, 1), 1, 1, 3),     # lanes, 1 x 1 image, batch 3
+    (16, 6, 5, 3, (1, 2), (3, 3, 3, 3), (2, 1), 1, 1),  # lanes, padding > kernel, dilation
+    (48, 4, 30, 3, 3, (1, 1, 1, 1), 1, 1, 1),    # lanes, stride 3, input of 120 pixels
+    (16, 16, 16, 3, 1, (1, 1, 1, 1), 1, 1, 1),   # lanes at its output limit (256 pixels)
+    (16, 33, 33, 3, 2, (1, 1, 1, 1), 1, 1, 1),   # input over the lane limit: planes
+    (16, 7, 7, 3, 1, (1, 1, 1, 1), 1, 2, 1),     # multiplier 2: not lanes
 ]
 
 

@@ -54,7 +54,11 @@ cdef enum:
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
     TASK_BLOCK = 8    # input channels per task of the threads' split
-    LANES_MAX_WO = 28  # widest output the lane path runs on (measured: docs/kernels.md)
+    # the lane path runs on outputs of at most LANES_MAX_OUT pixels from inputs of at most
+    # LANES_MAX_IN (transposing a plane costs about as much as its nine taps per output:
+    # it pays for stride 2 and small planes; measured, docs/kernels.md)
+    LANES_MAX_OUT = 256
+    LANES_MAX_IN = 1024
     PLANE_MAX_WO = 32  # narrower 3x3 outputs run on whole phase planes (measured: docs/kernels.md)
 
 
@@ -569,9 +573,10 @@ cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
     return g.kh == 3 and g.kw == 3 and g.Wo < PLANE_MAX_WO
 
 
-cdef inline bint lanes_apply(int kh, int kw, int Wo) noexcept nogil:
-    """Whether the lane path may run (it also needs multiplier 1 and C % LANES == 0)."""
-    return kh == 3 and kw == 3 and Wo <= LANES_MAX_WO
+cdef inline bint lanes_apply(int kh, int kw, int Ho, int Wo) noexcept nogil:
+    """Whether the lane path may run for these outputs (it also needs multiplier 1,
+    C % LANES == 0 and an input of at most LANES_MAX_IN pixels)."""
+    return kh == 3 and kw == 3 and Ho * Wo <= LANES_MAX_OUT
 
 
 def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
@@ -581,7 +586,7 @@ def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     cdef PhaseGeom pg = phase_geometry(0, 0, Ho, Wo, kh, kw, stride, (0, 0, 0, 0), dilation)
     cdef Py_ssize_t n = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
     cdef LaneGeom lg
-    if lanes_apply(kh, kw, Wo):
+    if lanes_apply(kh, kw, Ho, Wo):
         lg = lane_geometry(0, 0, Ho, Wo, stride, dilation)
         n = max(n, lane_floats(&lg))
     return n
@@ -602,7 +607,8 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef Py_ssize_t need = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
     cdef Py_ssize_t zeroed = need  # floats of scratch holding padding to zero
     cdef LaneGeom lg
-    cdef bint lanes = lanes_apply(g.kh, g.kw, Wo) and g.mult == 1 and C % LANES == 0
+    cdef bint lanes = (lanes_apply(g.kh, g.kw, Ho, Wo) and g.mult == 1 and C % LANES == 0
+                       and g.H * g.W <= LANES_MAX_IN)
     if lanes:
         lg = lane_geometry(g.H, g.W, Ho, Wo, stride, dilation)
         need = lane_floats(&lg)
