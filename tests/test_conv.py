@@ -240,8 +240,9 @@ def test_pointwise_kernel_matches_sgemm():
     results = []
     for pointwise in (False, True):
         out = np.full((2, 10, 7, 9), np.nan, np.float32)
-        conv_gemm.conv2d_gemm(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 1, 1, (0, 0.0, 0.0, 0.0), None, out,
-                              48, np.zeros(1, np.float32), np.zeros((1, 1), np.float32), 1, pointwise)
+        conv = conv_gemm.GemmConv(x.shape, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 1, 1, (0, 0.0, 0.0, 0.0),
+                                  out.shape, 48, 1, pointwise)
+        conv(x, None, out, np.zeros(1, np.float32), np.zeros((1, 1), np.float32))
         results.append(out)
     ref = C.conv2d_reference(x, w[:, :, None, None])
     for out in results:

@@ -23,6 +23,10 @@ from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.simd cimport multiversion_void
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 
 cdef struct ConvGeom:
     PhaseGeom ph
@@ -205,59 +209,113 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         epilogue_tile(c.out + out_off, c.cog, col0, ncols, bias, residual, c.ep, g)
 
 
-def conv2d_gemm(const float[:, :, :, ::1] x, const float[:, ::1] wmat, bias,
-                stride, pads, dilation, int groups, int kh, int kw,
-                tuple epilogue, residual, float[:, :, :, ::1] out,
-                int tile_cols, float[::1] phases, float[:, ::1] scratch, int nthreads, bint pointwise=False):
-    """out = epilogue(conv2d(x, W)) with W given as wmat[Co, Ci/groups*kh*kw].
+cdef int check_array(object arr, str name, tuple shape) except -1:
+    """``arr`` must be a C-contiguous float32 ndarray of ``shape`` (cheap checks: no buffer protocol)."""
+    cdef cnp.ndarray a
+    if not isinstance(arr, cnp.ndarray):
+        raise TypeError(f"{name} must be a numpy array")
+    a = arr
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{name} must be C-contiguous float32")
+    cdef int d
+    cdef bint same = cnp.PyArray_NDIM(a) == len(shape)
+    for d in range(cnp.PyArray_NDIM(a) if same else 0):
+        same = same and cnp.PyArray_DIM(a, d) == <Py_ssize_t>shape[d]
+    if not same:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return 0
 
-    pads = (top, left, bottom, right); bias float32[Co] or None; residual
-    float32[N, Co, Ho, Wo] or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm
-    (needs Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols()); phases float32[phase_floats(...)], zeroed
-    when allocated (unused when gemm_layout says direct); scratch float32[nthreads, scratch_floats(...)]."""
+
+cdef int check_floats(object arr, str name, Py_ssize_t need) except -1:
+    """``arr`` must be a C-contiguous float32 ndarray of at least ``need`` elements."""
+    if not isinstance(arr, cnp.ndarray) or cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_SIZE(arr) < need:
+        raise ValueError(f"{name} must be a C-contiguous float32 array of at least {need} elements")
+    return 0
+
+
+cdef inline float* data_of(object arr):
+    return <float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef class GemmConv:
+    """out = epilogue(conv2d(x, W)) for one input shape, W given as wmat[Co, Ci/groups*kh*kw].
+
+    Built once per input shape (geometry, epilogue and weight pointers worked out
+    here), then called per run as ``conv(x, residual, out, phases, scratch)`` with
+    arrays checked by dtype, contiguity and shape only: in a network a conv's call
+    otherwise spent more time acquiring seven memoryviews than computing a small layer.
+    pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
+    out, or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm (needs
+    Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols());
+    phases float32[phase_floats(...)], zeroed when allocated (unused when gemm_layout
+    says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
-    g.C = x.shape[1]; g.Co = out.shape[1]; g.Ho = out.shape[2]; g.Wo = out.shape[3]
-    g.groups = groups
-    g.ph = phase_geometry(x.shape[2], x.shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
-    g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
-                and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)  # as gemm_layout says, without a Python call
-    cdef int N = x.shape[0]
-    cdef int cig = g.C // groups, cog = g.Co // groups
-    cdef int K = cig * kh * kw
-    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
-    cdef int ntiles = (P + tile_cols - 1) // tile_cols
-    cdef int ntasks = groups * ntiles
-    if scratch.shape[0] < nthreads or scratch.shape[1] < scratch_floats(K, cog, tile_cols, kh, kw):
-        raise ValueError("scratch too small for the GEMM tiles")
-    if not g.direct and phases.shape[0] < phase_floats(g.C, stride, g.ph.Hq, g.ph.Wq):
-        raise ValueError("phase buffer too small")
-    cdef Epilogue ep = epilogue_from_spec(epilogue)
-    cdef const float[::1] bias_v = bias
-    cdef const float[:, :, :, ::1] res_v = residual
-    cdef GemmCall call
-    call.g = &g
-    call.x = &x[0, 0, 0, 0]
-    call.w = &wmat[0, 0]
-    call.out = &out[0, 0, 0, 0]
-    call.phases = &phases[0]
-    call.bias = &bias_v[0] if bias is not None else NULL
-    call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
-    call.ep = ep
-    call.K = K; call.cig = cig; call.cog = cog; call.tile_cols = tile_cols; call.ntiles = ntiles
-    call.pointwise = pointwise
-    cdef int n, c, task
-    for n in range(N):
-        # one thread: plain loops, no OpenMP region to enter (most calls of small-layer networks)
-        if not g.direct:
+    cdef Epilogue ep
+    cdef object wmat, bias
+    cdef tuple x_shape, out_shape
+    cdef int K, cig, cog, tile_cols, ntiles, nthreads
+    cdef Py_ssize_t phase_need, scratch_need
+    cdef bint pointwise
+
+    def __init__(self, tuple x_shape, wmat, bias, stride, pads, dilation, int groups, int kh, int kw,
+                 tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint pointwise=False):
+        self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
+        if len(self.x_shape) != 4 or len(self.out_shape) != 4 or self.x_shape[0] != self.out_shape[0]:
+            raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
+        if groups < 1 or tile_cols < 1 or nthreads < 1:
+            raise ValueError("groups, tile_cols and nthreads must be >= 1")
+        self.g.C, self.g.Co, self.g.Ho, self.g.Wo = self.x_shape[1], self.out_shape[1], self.out_shape[2], self.out_shape[3]
+        self.g.groups = groups
+        self.g.ph = phase_geometry(self.x_shape[2], self.x_shape[3], self.g.Ho, self.g.Wo, kh, kw, stride, pads,
+                                   dilation)
+        self.g.direct = (kh == 1 and kw == 1 and self.g.ph.sh == 1 and self.g.ph.sw == 1 and self.g.ph.pt == 0
+                         and self.g.ph.pl == 0 and self.g.ph.Hq == self.g.ph.H and self.g.ph.Wq == self.g.ph.W)
+        self.cig, self.cog = self.g.C // groups, self.g.Co // groups
+        self.K = self.cig * kh * kw
+        check_array(wmat, "wmat", (self.g.Co, self.K))
+        if bias is not None:
+            check_array(bias, "bias", (self.g.Co,))
+        self.wmat, self.bias = wmat, bias
+        self.ep = epilogue_from_spec(epilogue)
+        self.tile_cols, self.nthreads, self.pointwise = tile_cols, nthreads, pointwise
+        self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
+        self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
+        self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw)
+
+    def __call__(self, x, residual, out, phases, scratch):
+        check_array(x, "x", self.x_shape)
+        check_array(out, "out", self.out_shape)
+        if residual is not None:
+            check_array(residual, "residual", self.out_shape)
+        check_floats(phases, "phases", self.phase_need)
+        check_floats(scratch, "scratch", self.scratch_need)
+        cdef GemmCall call
+        call.g = &self.g
+        call.x = data_of(x)
+        call.w = data_of(self.wmat)
+        call.out = data_of(out)
+        call.phases = data_of(phases)
+        call.bias = data_of(self.bias) if self.bias is not None else NULL
+        call.residual = data_of(residual) if residual is not None else NULL
+        call.ep = self.ep
+        call.K, call.cig, call.cog = self.K, self.cig, self.cog
+        call.tile_cols, call.ntiles, call.pointwise = self.tile_cols, self.ntiles, self.pointwise
+        cdef float* cols = data_of(scratch)
+        cdef Py_ssize_t per_thread = self.scratch_need // self.nthreads
+        cdef int N = self.x_shape[0], ntasks = self.g.groups * self.ntiles, nthreads = self.nthreads, n, c, task
+        for n in range(N):
+            # one thread: plain loops, no OpenMP region to enter (most calls of small-layer networks)
+            if not self.g.direct:
+                if nthreads == 1:
+                    for c in range(self.g.C):
+                        split_task(&call, n, c)
+                else:
+                    for c in prange(self.g.C, nogil=True, num_threads=nthreads, schedule="static"):
+                        split_task(&call, n, c)
             if nthreads == 1:
-                for c in range(g.C):
-                    split_task(&call, n, c)
+                for task in range(ntasks):
+                    gemm_task(&call, n, task, cols)
             else:
-                for c in prange(g.C, nogil=True, num_threads=nthreads, schedule="static"):
-                    split_task(&call, n, c)
-        if nthreads == 1:
-            for task in range(ntasks):
-                gemm_task(&call, n, task, &scratch[0, 0])
-        else:
-            for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
-                gemm_task(&call, n, task, &scratch[pyconv_omp_thread_id(), 0])
+                for task in prange(ntasks, nogil=True, num_threads=nthreads, schedule="static"):
+                    gemm_task(&call, n, task, cols + pyconv_omp_thread_id() * per_thread)

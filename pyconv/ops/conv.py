@@ -244,15 +244,15 @@ class _GemmKernel:
         tile = self.tile_cols(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
-        args = (self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw, self.epilogue)
-        scratch, conv = self._scratch, _gemm.conv2d_gemm
         cog = g.out_channels // g.groups
         pointwise = (kh == kw == 1 and (self.wmat.shape[1] <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS)
                      and cog >= _gemm.pointwise_min_rows() and tile >= _gemm.pointwise_min_cols())
+        conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
+                              self.epilogue, tuple(out_shape), tile, nthreads, pointwise)
+        get = self._scratch.get
 
         def run(x, residual, out):
-            conv(x, *args, residual, out, tile, scratch.get("phases", phase_shape), scratch.get("tiles", tile_shape),
-                 nthreads, pointwise)
+            conv(x, residual, out, get("phases", phase_shape), get("tiles", tile_shape))
         return run
 
 
