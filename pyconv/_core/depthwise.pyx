@@ -52,6 +52,7 @@ cdef extern from *:
 cdef enum:
     LANES = 16        # channels per vector in the channel-lane path
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
+    BAND = 8          # output rows per pass of the row ring: their input rows, then the rows
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
     TASK_BLOCK = 8    # input channels per task of the threads' split
     # the lane path runs on outputs of at most LANES_MAX_OUT pixels from inputs of at most
@@ -65,8 +66,8 @@ cdef enum:
 cdef struct RowGeom:
     int H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, mult
     int ring          # padded rows one output row spans: (kh - 1) * dh + 1
-    int ring_mask     # ring slots - 1: a power of two >= ring + sh (the rows of an output row and
-                      # of the next, filled one output row ahead), so a row's slot is pr & ring_mask
+    int ring_mask     # ring slots - 1: a power of two >= the padded rows of BAND output rows,
+                      # so padded row pr's slot is pr & ring_mask (no divisions per row)
                       # (integer divisions per row cost as much as a 7-wide row's taps)
     int lo0, hi0, lo1, hi1  # columns [lo, hi) of row phases 0 and 1 that hold input (phase_span)
     # per-call constants of the 3x3 loops (divisions per channel cost more than a 7x7 plane's taps):
@@ -108,7 +109,7 @@ cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, 
     g.phase = (g.run + ((kw - 1) * g.dw) // g.sw + VEC - 1) // VEC * VEC
     g.slot = g.sw * g.phase
     g.ring_mask = 1
-    while g.ring_mask < g.ring + g.sh:
+    while g.ring_mask < (BAND - 1) * g.sh + g.ring:
         g.ring_mask *= 2
     g.ring_mask -= 1
     phase_span(&g, 0, &g.lo0, &g.hi0)
@@ -125,15 +126,12 @@ cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, 
 
 cdef inline Py_ssize_t ring_floats(const RowGeom* g) noexcept nogil:
     """Scratch floats of one thread: the zero row, the ring, one output row."""
-    return (g.ring_mask + 2) * g.slot + g.run
+    return (g.ring_mask + 1) * g.slot + g.run
 
 
 cdef inline const float* ring_row(const RowGeom* g, const float* ring, int oh, int ki) noexcept nogil:
-    """Kernel row ki's padded input row for output row oh: its ring slot, or the zero row."""
-    cdef int pr = oh * g.sh + ki * g.dh, ih = pr - g.pt
-    if ih < 0 or ih >= g.H:
-        return ring
-    return ring + (1 + (pr & g.ring_mask)) * g.slot
+    """Kernel row ki's padded input row for output row oh: its ring slot."""
+    return ring + ((oh * g.sh + ki * g.dh) & g.ring_mask) * g.slot
 
 
 cdef inline inlined_void copy_phase(float_out dst, float_in s, int sw, int lo, int hi) noexcept nogil:
@@ -238,48 +236,77 @@ cdef inline inlined_void row_general(const RowGeom* g, float_out o, const float*
         p0 = p1
 
 
+cdef inline inlined_void rows_3x3(const RowGeom* g, float* out, const float* ring, int oh0, int n,
+                                  const float* w, float bias, float lo, float hi, float* row_out) noexcept nogil:
+    """Output rows oh0..oh0+n-1 of one plane (3x3 filter w) from the ring, in one loop
+    with the filter in registers.  A row's run goes straight to the output when it ends
+    inside the plane (its surplus is overwritten by the rows after it), else via row_out."""
+    cdef float wk[9]
+    cdef int oh, k, j
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, o_off
+    cdef const float* a
+    for k in range(9):  # (a local copy: stores to the output cannot change it, so it is hoisted)
+        wk[k] = w[k]
+    for oh in range(oh0, oh0 + n):
+        a = ring + ((oh * g.sh) & g.ring_mask) * g.slot
+        o_off = <Py_ssize_t>oh * g.Wo
+        if o_off + g.run <= plane:
+            row_3x3(out + o_off, a, ring + ((oh * g.sh + g.dh) & g.ring_mask) * g.slot,
+                    ring + ((oh * g.sh + 2 * g.dh) & g.ring_mask) * g.slot,
+                    g.ring_col[0], g.ring_col[1], g.ring_col[2], wk, bias, lo, hi, g.run)
+        else:
+            row_3x3(row_out, a, ring + ((oh * g.sh + g.dh) & g.ring_mask) * g.slot,
+                    ring + ((oh * g.sh + 2 * g.dh) & g.ring_mask) * g.slot,
+                    g.ring_col[0], g.ring_col[1], g.ring_col[2], wk, bias, lo, hi, g.run)
+            for j in range(g.Wo):
+                out[o_off + j] = row_out[j]
+
+
 cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, const float* w, const float* bias,
                                            float* out, const float* residual, Epilogue ep,
                                            float* ring) noexcept nogil:
-    """The g.mult output planes of one input channel (plane src) into out (and residual).
+    """The g.mult output planes of one input channel (plane src) into out (and residual),
+    BAND output rows at a time: their input rows into the ring, then the rows.
 
     w: their mult x kh x kw filters; bias: their mult biases or NULL; ring:
-    this thread's scratch, zeroed for this geometry (ring_floats)."""
+    this thread's scratch (ring_floats)."""
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, o_off
-    cdef int oh, pr, next_row = 0, top, end, m, j
-    cdef bint direct, fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    cdef int oh, oh0, n, pr, next_row = 0, end, m, j
+    cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
     cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
     cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
     cdef float b
-    cdef float* row_out = ring + (g.ring_mask + 2) * g.slot  # a plane's last row, before its copy out
-    cdef float* dst
-    for oh in range(g.Ho):
-        # the input rows of this output row and of the next: a row is filled one
-        # output row before it is first read, so the loads do not wait for its
-        # stores to drain (a load across two pending stores is not forwarded)
-        top = oh * g.sh if oh == 0 else (oh + 1) * g.sh
-        end = (oh + 1 if oh + 1 < g.Ho else oh) * g.sh + g.ring
-        for pr in range(next_row if next_row > top else top, end):
+    cdef float* row_out = ring + (g.ring_mask + 1) * g.slot  # a plane's last rows, before their copy out
+    cdef float* slot
+    oh0 = 0
+    while oh0 < g.Ho:
+        n = BAND if g.Ho - oh0 > BAND else g.Ho - oh0
+        end = (oh0 + n - 1) * g.sh + g.ring  # after the last padded row these outputs read
+        for pr in range(next_row if next_row > oh0 * g.sh else oh0 * g.sh, end):
+            slot = ring + (pr & g.ring_mask) * g.slot
             if 0 <= pr - g.pt < g.H:
-                fill_row(g, src + <Py_ssize_t>(pr - g.pt) * g.W, ring + (1 + (pr & g.ring_mask)) * g.slot)
+                fill_row(g, src + <Py_ssize_t>(pr - g.pt) * g.W, slot)
+            else:  # vertical padding (the slot may hold an earlier row)
+                memset(slot, 0, g.slot * sizeof(float))
         next_row = end
-        # a run of whole vectors goes straight to the output when it ends inside the
-        # plane: its surplus is overwritten by the rows after it; else via row_out
-        direct = <Py_ssize_t>oh * g.Wo + g.run <= plane
         for m in range(g.mult):
-            o_off = m * plane + <Py_ssize_t>oh * g.Wo
-            dst = out + o_off if direct else row_out
             b = bias[m] if bias != NULL else 0.0
             if g.kh == 3 and g.kw == 3:
-                row_3x3(dst, ring_row(g, ring, oh, 0), ring_row(g, ring, oh, 1), ring_row(g, ring, oh, 2),
-                        g.ring_col[0], g.ring_col[1], g.ring_col[2], w + 9 * m, b, lo, hi, g.run)
+                rows_3x3(g, out + m * plane, ring, oh0, n, w + 9 * m, b, lo, hi, row_out)
             else:
-                row_general(g, dst, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
-            if not direct:
-                for j in range(g.Wo):
-                    out[o_off + j] = row_out[j]
+                for oh in range(oh0, oh0 + n):
+                    o_off = m * plane + <Py_ssize_t>oh * g.Wo
+                    if <Py_ssize_t>oh * g.Wo + g.run <= plane:
+                        row_general(g, out + o_off, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
+                    else:
+                        row_general(g, row_out, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
+                        for j in range(g.Wo):
+                            out[o_off + j] = row_out[j]
             if not fused:
-                epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
+                for oh in range(oh0, oh0 + n):
+                    o_off = m * plane + <Py_ssize_t>oh * g.Wo
+                    epilogue_row(out + o_off, g.Wo, 0.0, residual + o_off if residual != NULL else NULL, ep)
+        oh0 += n
 
 
 cdef struct LaneGeom:
