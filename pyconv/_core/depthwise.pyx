@@ -47,11 +47,14 @@ cdef extern from *:
     # ISA clones (a helper left out of line is compiled for the baseline ISA only,
     # and SSE code called from AVX-512 code pays the transition penalty)
     ctypedef void inlined_void "__attribute__((always_inline)) void"
+    void prefetch "__builtin_prefetch"(const void* address) noexcept nogil
+    void prefetch_write "__builtin_prefetch"(const void* address, int rw) noexcept nogil
 
 
 cdef enum:
     LANES = 16        # channels per vector in the channel-lane path
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
+    PREFETCH_ROWS = 8  # input rows the ring prefetches ahead
     BAND = 8          # output rows per pass of the row ring: their input rows, then the rows
     ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
     TASK_BLOCK = 8    # input channels per task of the threads' split
@@ -250,6 +253,8 @@ cdef inline inlined_void rows_3x3(const RowGeom* g, float* out, const float* rin
     for oh in range(oh0, oh0 + n):
         a = ring + ((oh * g.sh) & g.ring_mask) * g.slot
         o_off = <Py_ssize_t>oh * g.Wo
+        for j in range(0, g.Wo, 16):
+            prefetch_write(out + o_off + PREFETCH_ROWS * g.Wo + j, 1)
         if o_off + g.run <= plane:
             row_3x3(out + o_off, a, ring + ((oh * g.sh + g.dh) & g.ring_mask) * g.slot,
                     ring + ((oh * g.sh + 2 * g.dh) & g.ring_mask) * g.slot,
@@ -286,6 +291,11 @@ cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, c
             slot = ring + (pr & g.ring_mask) * g.slot
             if 0 <= pr - g.pt < g.H:
                 fill_row(g, src + <Py_ssize_t>(pr - g.pt) * g.W, slot)
+                # the input row PREFETCH_ROWS ahead, into the next channel's plane at the end
+                # (a prefetch never faults): in a network the input is not in L2 and the
+                # hardware prefetcher alone left the loop waiting on it
+                for j in range(0, g.W, 16):
+                    prefetch(src + <Py_ssize_t>(pr - g.pt + PREFETCH_ROWS) * g.W + j)
             else:  # vertical padding (the slot may hold an earlier row)
                 memset(slot, 0, g.slot * sizeof(float))
         next_row = end
