@@ -320,28 +320,27 @@ cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, c
 
 
 cdef struct LaneGeom:
-    int Hp, Wp                # padded input plane needed by the outputs
-    Py_ssize_t tap[9]         # floats from a pixel's window origin to tap (ki, kj)
-    Py_ssize_t compact        # floats of the compact transposed input [H*W][LANES]
-    Py_ssize_t padded         # floats of the padded transposed input [Hp][Wp][LANES]
-    Py_ssize_t outputs        # floats of the transposed output [Ho*Wo][LANES]
+    int rows                  # rows of the transposed input: pt zero rows, the input, zero rows
+    Py_ssize_t tap[9]         # floats from a window's origin to tap (ki, kj), inside the input
+    Py_ssize_t inputs         # floats of the transposed input [rows][W][LANES]
+    Py_ssize_t outputs        # floats of the transposed output [Ho][Wo][LANES]
 
 
-cdef LaneGeom lane_geometry(int H, int W, int Ho, int Wo, stride, dilation):
-    """Lane-path geometry (3x3 filters); H, W may be 0 for the largest input these outputs allow."""
+cdef LaneGeom lane_geometry(int H, int W, int Ho, int Wo, int pt, stride, dilation):
+    """Lane-path geometry (3x3 filters); H = W = 0: the largest input these outputs allow."""
     cdef LaneGeom lg
-    cdef int sh, sw, dh, dw, ki, kj
+    cdef int sh, sw, dh, dw, ki, kj, Hp
     sh, sw = stride
     dh, dw = dilation
-    lg.Hp = (Ho - 1) * sh + 2 * dh + 1
-    lg.Wp = (Wo - 1) * sw + 2 * dw + 1
+    Hp = (Ho - 1) * sh + 2 * dh + 1  # padded rows the outputs read
+    if H == 0:  # an input reaches at most stride - 1 rows (columns) past what the outputs read
+        lg.rows, W = Hp + sh, (Wo - 1) * sw + 2 * dw + sw
+    else:
+        lg.rows = Hp if Hp > pt + H else pt + H
     for ki in range(3):
         for kj in range(3):
-            lg.tap[3 * ki + kj] = (<Py_ssize_t>ki * dh * lg.Wp + kj * dw) * LANES
-    if H == 0:  # an input has at most stride - 1 rows (columns) beyond the padded plane
-        H, W = lg.Hp + sh - 1, lg.Wp + sw - 1
-    lg.compact = <Py_ssize_t>H * W * LANES
-    lg.padded = <Py_ssize_t>lg.Hp * lg.Wp * LANES
+            lg.tap[3 * ki + kj] = (<Py_ssize_t>ki * dh * W + kj * dw) * LANES
+    lg.inputs = <Py_ssize_t>lg.rows * W * LANES
     lg.outputs = <Py_ssize_t>Ho * Wo * LANES
     return lg
 
@@ -479,7 +478,7 @@ cdef multiversion_void depthwise_tasks_plane(const DepthwiseCall* c, int t0, int
 
 cdef inline Py_ssize_t lane_floats(const LaneGeom* lg) noexcept nogil:
     """Scratch floats of the lane path: compact and padded inputs, outputs, filters and bias."""
-    return lg.compact + lg.padded + lg.outputs + 10 * LANES + LANES * LANES
+    return lg.inputs + lg.outputs + 19 * LANES + LANES * LANES
 
 
 cdef inline inlined_void to_lanes(float_out dst, float_in src, Py_ssize_t plane, Py_ssize_t n) noexcept nogil:
@@ -509,65 +508,83 @@ cdef inline inlined_void from_lanes(float* out, const float* src, Py_ssize_t pla
             out[c * plane + q] = src[q * LANES + c]
 
 
-cdef inline inlined_void lanes_3x3(float_out o, float_in t, const LaneGeom* lg, int Ho, int Wo, int sh, int sw,
-                                   float_in w, float_in b, float lo, float hi) noexcept nogil:
-    """o[oh][ow][c] = clip(b[c] + sum of taps w[k][c] * t[window + tap k][c], lo, hi)."""
-    cdef int oh, ow, c
-    cdef const float* win
-    cdef float* op
+cdef inline inlined_void lanes_run(float_out o, Py_ssize_t o_step, float_in win, Py_ssize_t win_step,
+                                   const Py_ssize_t* tap, int n, float_in w, float_in b, float lo,
+                                   float hi) noexcept nogil:
+    """n output pixels o + i * o_step, windows at win + i * win_step:
+    o[c] = clip(b[c] + sum over taps k of w[k][c] * window[tap[k] + c], lo, hi)."""
+    cdef int i, c
     cdef float v
-    cdef Py_ssize_t t0 = lg.tap[0], t1 = lg.tap[1], t2 = lg.tap[2], t3 = lg.tap[3], t4 = lg.tap[4]
-    cdef Py_ssize_t t5 = lg.tap[5], t6 = lg.tap[6], t7 = lg.tap[7], t8 = lg.tap[8]
-    for oh in range(Ho):
-        for ow in range(Wo):
-            win = t + ((<Py_ssize_t>oh * sh) * lg.Wp + <Py_ssize_t>ow * sw) * LANES
-            op = o + (<Py_ssize_t>oh * Wo + ow) * LANES
-            for c in range(LANES):
-                v = (b[c] + w[c] * win[t0 + c] + w[LANES + c] * win[t1 + c] + w[2 * LANES + c] * win[t2 + c]
-                     + w[3 * LANES + c] * win[t3 + c] + w[4 * LANES + c] * win[t4 + c]
-                     + w[5 * LANES + c] * win[t5 + c] + w[6 * LANES + c] * win[t6 + c]
-                     + w[7 * LANES + c] * win[t7 + c] + w[8 * LANES + c] * win[t8 + c])
-                if v < lo:
-                    v = lo
-                if v > hi:
-                    v = hi
-                op[c] = v
+    cdef Py_ssize_t t0 = tap[0], t1 = tap[1], t2 = tap[2], t3 = tap[3], t4 = tap[4]
+    cdef Py_ssize_t t5 = tap[5], t6 = tap[6], t7 = tap[7], t8 = tap[8]
+    for i in range(n):
+        for c in range(LANES):
+            v = (b[c] + w[c] * win[t0 + c] + w[LANES + c] * win[t1 + c] + w[2 * LANES + c] * win[t2 + c]
+                 + w[3 * LANES + c] * win[t3 + c] + w[4 * LANES + c] * win[t4 + c]
+                 + w[5 * LANES + c] * win[t5 + c] + w[6 * LANES + c] * win[t6 + c]
+                 + w[7 * LANES + c] * win[t7 + c] + w[8 * LANES + c] * win[t8 + c])
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            o[c] = v
+        o += o_step
+        win += win_step
 
 
 cdef multiversion_void depthwise_tasks_lanes(const DepthwiseCall* c, const LaneGeom* lg, int b0, int b1,
                                              float* scratch) noexcept nogil:
-    """Blocks b0..b1-1 of LANES input channels (block b: image b // (C / LANES)).
+    """Blocks b0..b1-1 of LANES input channels (block b: channels b * LANES.. over the batch).
 
-    scratch: this thread's, zeroed for this geometry (lane_floats): the padded
-    plane's frame stays zero, only input pixels are written."""
+    The transposed input has zero rows for the vertical padding (scratch is zeroed
+    for this geometry; only input rows are written) but no padding columns, so one
+    transpose covers the plane.  Columns whose windows leave the input run down the
+    plane with the filter taps outside zeroed and their reads clamped inside."""
     cdef const RowGeom* g = c.g
     cdef Py_ssize_t plane_in = <Py_ssize_t>g.H * g.W, plane_out = <Py_ssize_t>g.Ho * g.Wo, off
-    cdef float* compact = scratch
-    cdef float* padded = compact + lg.compact
-    cdef float* outs = padded + lg.padded
-    cdef float* wl = outs + lg.outputs  # [9][LANES] filters, then [LANES] biases
-    cdef float* bl = wl + 9 * LANES
-    cdef float* tile = bl + LANES  # from_lanes's
-    cdef int blk, ch0, ih, cols, j, k, ci
+    cdef Py_ssize_t row = <Py_ssize_t>g.W * LANES  # floats of a transposed input row
+    cdef Py_ssize_t btap[9]
+    cdef float* tin = scratch
+    cdef float* tout = tin + lg.inputs
+    cdef float* wl = tout + lg.outputs  # [9][LANES] filters
+    cdef float* wb = wl + 9 * LANES  # [9][LANES] filters of a border column
+    cdef float* bl = wb + 9 * LANES  # [LANES] biases
+    cdef float* tile = bl + LANES  # LANES x LANES, for from_lanes
+    cdef int blk, ch0, oh, ow, ow_lo, ow_hi, iw, ki, kj, k, ci
     cdef bint fused = c.residual == NULL and (c.ep.kind == ACT_CLIP or c.ep.kind == ACT_NONE)
     cdef float lo = c.ep.lo if fused and c.ep.kind == ACT_CLIP else -INFINITY
     cdef float hi = c.ep.hi if fused and c.ep.kind == ACT_CLIP else INFINITY
-    cols = g.W if g.W < lg.Wp - g.pl else lg.Wp - g.pl
+    # columns whose windows lie inside the input: ow*sw - pl >= 0, ow*sw - pl + 2*dw < W
+    ow_lo = (g.pl + g.sw - 1) // g.sw
+    ow_hi = (g.W - 1 - 2 * g.dw + g.pl) // g.sw + 1 if g.W - 1 - 2 * g.dw + g.pl >= 0 else 0
+    ow_hi = min(ow_hi, g.Wo)
+    ow_lo = min(ow_lo, ow_hi)
     for blk in range(b0, b1):
         ch0 = blk * LANES  # first channel of the block, counted over the batch
         for ci in range(LANES):
             for k in range(9):
                 wl[k * LANES + ci] = c.w[((ch0 + ci) % c.C) * 9 + k]
             bl[ci] = c.bias[(ch0 + ci) % c.C] if c.bias != NULL else 0.0
-        to_lanes(compact, c.x + ch0 * plane_in, plane_in, plane_in)
-        for ih in range(g.H):
-            if ih + g.pt < lg.Hp:
-                off = (<Py_ssize_t>(ih + g.pt) * lg.Wp + g.pl) * LANES
-                for j in range(cols * LANES):
-                    padded[off + j] = compact[<Py_ssize_t>ih * g.W * LANES + j]
-        lanes_3x3(outs, padded, lg, g.Ho, g.Wo, g.sh, g.sw, wl, bl, lo, hi)
+        to_lanes(tin + g.pt * row, c.x + ch0 * plane_in, plane_in, plane_in)
+        if ow_hi > ow_lo:
+            for oh in range(g.Ho):
+                lanes_run(tout + (<Py_ssize_t>oh * g.Wo + ow_lo) * LANES, LANES,
+                          tin + (<Py_ssize_t>oh * g.sh) * row + (ow_lo * g.sw - g.pl) * LANES, g.sw * LANES,
+                          lg.tap, ow_hi - ow_lo, wl, bl, lo, hi)
+        for ow in range(g.Wo):
+            if ow == ow_lo and ow_hi > ow_lo:
+                continue
+            if ow_lo < ow < ow_hi:
+                continue
+            for kj in range(3):
+                iw = ow * g.sw + kj * g.dw - g.pl
+                for ki in range(3):
+                    btap[3 * ki + kj] = <Py_ssize_t>ki * g.dh * row + min(max(iw, 0), g.W - 1) * LANES
+                    for ci in range(LANES):
+                        wb[(3 * ki + kj) * LANES + ci] = wl[(3 * ki + kj) * LANES + ci] if 0 <= iw < g.W else 0.0
+            lanes_run(tout + ow * LANES, g.Wo * LANES, tin, g.sh * row, btap, g.Ho, wb, bl, lo, hi)
         off = <Py_ssize_t>ch0 * plane_out
-        from_lanes(c.out + off, outs, plane_out, tile)
+        from_lanes(c.out + off, tout, plane_out, tile)
         if not fused:
             for ci in range(LANES):
                 epilogue_row(c.out + off + ci * plane_out, plane_out, 0.0,
@@ -604,7 +621,7 @@ def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     cdef Py_ssize_t n = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
     cdef LaneGeom lg
     if lanes_apply(kh, kw, Ho, Wo):
-        lg = lane_geometry(0, 0, Ho, Wo, stride, dilation)
+        lg = lane_geometry(0, 0, Ho, Wo, 0, stride, dilation)
         n = max(n, lane_floats(&lg))
     return n
 
@@ -627,9 +644,9 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
     cdef bint lanes = (lanes_apply(g.kh, g.kw, Ho, Wo) and g.mult == 1 and C % LANES == 0
                        and g.H * g.W <= LANES_MAX_IN)
     if lanes:
-        lg = lane_geometry(g.H, g.W, Ho, Wo, stride, dilation)
+        lg = lane_geometry(g.H, g.W, Ho, Wo, g.pt, stride, dilation)
         need = lane_floats(&lg)
-        zeroed = lg.compact + lg.padded
+        zeroed = lg.inputs
     if scratch.shape[0] < nthreads or scratch.shape[1] < need:
         raise ValueError("scratch too small for the row ring")
     cdef const float[::1] bias_v = bias
