@@ -1,33 +1,39 @@
 # Depthwise convolution (groups == input channels, channel multiplier >= 1),
 # any kernel size, stride, padding (asymmetric) and dilation.
 #
-# One multi-versioned call per (image, input channel) computes its mult output
-# planes; its helpers are force-inlined so that every loop gets the caller's
-# ISA (an out-of-line helper is compiled for SSE2 only and, called from AVX-512
-# code, also pays the SSE/AVX transition).  Two paths:
+# Three paths, each one multi-versioned call per block of channels (so small
+# planes do not pay a call's set-up per channel).  Helpers are force-inlined so
+# every loop gets the caller's ISA: a helper left out of line is compiled for
+# SSE2 only and, called from AVX-512 code, also pays the SSE/AVX transition.
 #
-# Row ring (depthwise_channel; rows at least PLANE_MAX_WO wide, any kernel):
-#  - the input rows an output row needs are put into a small ring of padded
-#    rows in L1, each input row once and one output row before it is first
-#    read; rows in the vertical padding point at a zero row.  A padded row is
-#    stored as its sw column phases, phase q holding padded columns j*sw + q,
-#    so every tap (ki, kj) reads one contiguous run: for stride 2 a row is
-#    deinterleaved into its even and odd columns once (one vectorized loop),
-#    not gathered per tap.  The ring's zero padding is written once per call:
-#    the columns a row fills are the same for every row of one geometry.
+# Channel lanes (depthwise_tasks_lanes; 3x3, multiplier 1, C % 16 == 0, at most
+# LANES_MAX_OUT outputs per plane): 16 channels of one image are transposed to
+# pixel-major [row][col][16], so a vector holds one pixel of 16 channels and an
+# output pixel is nine vector FMAs, whatever the plane's width or stride.  The
+# transposes are plain loops the compiler turns into permutes.
+#
+# Row ring (depthwise_channel; outputs at least PLANE_MAX_WO wide, any kernel):
+#  - BAND output rows at a time: the input rows they need go into a small ring
+#    of padded rows in L1 (each input row once, rows PREFETCH_ROWS ahead
+#    prefetched; rows in the vertical padding are zeroed slots), then the rows
+#    are computed with the filter in registers.  A padded row is stored as its
+#    sw column phases, phase q holding padded columns j*sw + q, so every tap
+#    (ki, kj) reads one contiguous run: for stride 2 a row is deinterleaved into
+#    its even and odd columns once (one vectorized loop), not gathered per tap.
+#    The ring's zero padding columns are written once per call: the columns a
+#    row fills are the same for every row of one geometry.
 #  - each output row is computed straight into the output with the bias and a
-#    clip activation (relu, relu6, none) fused into the tap loop; a 3x3 filter
-#    keeps its nine taps in registers.  Other activations and a residual run as
-#    the shared epilogue on the row while it is in L1.
+#    clip activation (relu, relu6, none) fused into the tap loop.  Other
+#    activations and a residual run as the shared epilogue on the row.
 #  - runs are rounded up to whole vectors (VEC floats): a row's surplus lands in
 #    the next rows of the same plane, which are written after it; a run that
 #    would leave the plane goes through a scratch row and is copied out.
 #
-# Phase planes (depthwise_channel_plane; narrower 3x3 outputs, 7-28 wide):
-# per-row work does not pay on such short rows, so the channel is split into
-# its phase planes (phase_planes.pxd) by the same row splitter, each output
-# plane is one run over the wide Ho x Wq grid with the clip fused, and its rows
-# are copied out.
+# Phase planes (depthwise_channel_plane; narrower 3x3 outputs, 7-28 wide, when
+# the lanes do not apply): per-row work does not pay on short rows, so the
+# channel is split into its phase planes (phase_planes.pxd) by the ring's row
+# splitter, each output plane is one run over the wide Ho x Wq grid with the
+# clip fused, and its rows are copied out as whole vectors.
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.string cimport memset
@@ -70,8 +76,8 @@ cdef struct RowGeom:
     int H, W, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, mult
     int ring          # padded rows one output row spans: (kh - 1) * dh + 1
     int ring_mask     # ring slots - 1: a power of two >= the padded rows of BAND output rows,
-                      # so padded row pr's slot is pr & ring_mask (no divisions per row)
-                      # (integer divisions per row cost as much as a 7-wide row's taps)
+                      # so padded row pr's slot is pr & ring_mask (a division per row costs
+                      # as much as a 7-wide row's taps)
     int lo0, hi0, lo1, hi1  # columns [lo, hi) of row phases 0 and 1 that hold input (phase_span)
     # per-call constants of the 3x3 loops (divisions per channel cost more than a 7x7 plane's taps):
     Py_ssize_t ring_col[3]   # tap_shift(kj)
@@ -128,7 +134,7 @@ cdef RowGeom row_geometry(int H, int W, int Ho, int Wo, int kh, int kw, stride, 
 
 
 cdef inline Py_ssize_t ring_floats(const RowGeom* g) noexcept nogil:
-    """Scratch floats of one thread: the zero row, the ring, one output row."""
+    """Scratch floats of the ring path: the ring, one output row."""
     return (g.ring_mask + 1) * g.slot + g.run
 
 
@@ -631,8 +637,8 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
                      float[:, :, :, ::1] out, float[:, ::1] scratch, int nthreads):
     """out = epilogue(depthwise conv2d(x, weight)); weight [C*mult, 1, kh, kw].
 
-    pads = (top, left, bottom, right); scratch float32[nthreads, scratch_floats(...)],
-    zeroed here (the ring's padding)."""
+    pads = (top, left, bottom, right); scratch float32[nthreads, scratch_floats(...)]: the
+    part a path keeps zero padding in is zeroed here, once per call."""
     cdef int N = x.shape[0], C = x.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef RowGeom g = row_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
                                   stride, pads, dilation, out.shape[1] // C)
@@ -648,7 +654,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
         need = lane_floats(&lg)
         zeroed = lg.inputs
     if scratch.shape[0] < nthreads or scratch.shape[1] < need:
-        raise ValueError("scratch too small for the row ring")
+        raise ValueError(f"scratch too small: need float32[{nthreads}, {need}], got {scratch.shape[:2]}")
     cdef const float[::1] bias_v = bias
     cdef const float[:, :, :, ::1] res_v = residual
     cdef DepthwiseCall call
