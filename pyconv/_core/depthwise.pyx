@@ -654,7 +654,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weig
         need = lane_floats(&lg)
         zeroed = lg.inputs
     if scratch.shape[0] < nthreads or scratch.shape[1] < need:
-        raise ValueError(f"scratch too small: need float32[{nthreads}, {need}], got {scratch.shape[:2]}")
+        raise ValueError(f"scratch too small: need float32[{nthreads}, {need}], got {scratch.shape[0]} x {scratch.shape[1]}")
     cdef const float[::1] bias_v = bias
     cdef const float[:, :, :, ::1] res_v = residual
     cdef DepthwiseCall call
