@@ -185,6 +185,29 @@ def test_kernels_with_explicit_thread_counts(algorithm, weight_shape, groups, nt
     assert rel_err(out, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("kernel, cog, groups, ci", [
+    (1, 40, 1, 24), (1, 33, 1, 70), (3, 37, 1, 9), (3, 32, 2, 6), (1, 17, 1, 12),
+])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci, batch):
+    # 7x7 outputs: one tile, so two threads split its output channels (blocks of >= 16:
+    # 17 channels stay whole and the pixels are split instead; two groups are two tasks
+    # already); 1x1 with K <= 32 runs the pointwise loop on each block
+    rng = np.random.default_rng([kernel, cog, groups, batch])
+    x = rng.standard_normal((batch, ci * groups, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((cog * groups, ci, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(cog * groups).astype(np.float32)
+    prepared = C.prepare_conv2d(w, b, padding=kernel // 2, groups=groups, activation="relu6", algorithm="im2col"
+                                if kernel > 1 else "1x1")
+    assert prepared._kernel.split(49, 2)[1] == (2 if groups == 1 and cog >= 32 else 1)
+    ref0 = C.conv2d_reference(x, w, b, padding=kernel // 2, groups=groups)
+    res = rng.standard_normal(ref0.shape).astype(np.float32)
+    out = np.empty(ref0.shape, np.float32)
+    prepared._kernel.plan(x.shape, out.shape, 2)(x, res, out)
+    ref = C.conv2d_reference(x, w, b, padding=kernel // 2, groups=groups, residual=res, activation="relu6")
+    assert rel_err(out, ref, np.max(np.abs(ref0 + res))) <= 1e-5
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 8, 1, 7), (1, 8, 9, 1), (3, 8, 5, 3)])
 @pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "winograd4", "winograd6"])
 def test_conv3x3_tiny_and_odd_spatial_sizes(shape, algorithm):

@@ -167,6 +167,7 @@ cdef struct GemmCall:
     const float* residual
     Epilogue ep
     int K, cig, cog, tile_cols, ntiles
+    int row_blocks       # output channels of a group split into this many tasks
     bint pointwise
 
 
@@ -177,14 +178,16 @@ cdef inline void split_task(const GemmCall* c, int n, int ch) noexcept nogil:
 
 
 cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noexcept nogil:
-    """One (group, pixel tile) of image n: gather B, multiply into the output, epilogue.
+    """One (group, pixel tile, block of output channels) of image n: gather B, multiply
+    into the output, epilogue.
 
     cols: this thread's im2col scratch."""
     cdef const ConvGeom* g = c.g
     cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
-    cdef int t = task % c.ntiles, grp = task // c.ntiles
+    cdef int rb = task % c.row_blocks, t = task // c.row_blocks % c.ntiles, grp = task // c.row_blocks // c.ntiles
     cdef Py_ssize_t col0 = <Py_ssize_t>t * c.tile_cols
     cdef int ncols = P - col0 if P - col0 < c.tile_cols else c.tile_cols
+    cdef int row0 = rb * c.cog // c.row_blocks, rows = (rb + 1) * c.cog // c.row_blocks - row0
     cdef const float* b
     cdef int ldb
     if g.direct:
@@ -197,16 +200,16 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         im2col_tile(c.phases + grp * c.cig * g.ph.channel, cols, col0, ncols, g)
         b = cols
         ldb = ncols
-    cdef Py_ssize_t out_off = (<Py_ssize_t>n * g.Co + grp * c.cog) * P
-    cdef const float* w = c.w + <Py_ssize_t>grp * c.cog * c.K
-    cdef const float* bias = c.bias + grp * c.cog if c.bias != NULL else NULL
+    cdef Py_ssize_t out_off = (<Py_ssize_t>n * g.Co + grp * c.cog + row0) * P
+    cdef const float* w = c.w + (<Py_ssize_t>grp * c.cog + row0) * c.K
+    cdef const float* bias = c.bias + grp * c.cog + row0 if c.bias != NULL else NULL
     cdef const float* residual = c.residual + out_off if c.residual != NULL else NULL
     if c.pointwise:
-        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, c.cog, ncols, bias,
+        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
                        residual + col0 if residual != NULL else NULL, c.ep)
     else:
-        gemm_rowmajor(False, False, c.cog, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
-        epilogue_tile(c.out + out_off, c.cog, col0, ncols, bias, residual, c.ep, g)
+        gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
+        epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
 
 
 cdef int check_array(object arr, str name, tuple shape) except -1:
@@ -248,23 +251,26 @@ cdef class GemmConv:
     pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
     out, or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm (needs
     Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols());
+    row_blocks: tasks per (group, tile), each a block of output channels (threads
+    splitting a layer with few pixels by its weights, so each packs only its share);
     phases float32[phase_floats(...)], zeroed when allocated (unused when gemm_layout
     says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
     cdef Epilogue ep
     cdef object wmat, bias
     cdef tuple x_shape, out_shape
-    cdef int K, cig, cog, tile_cols, ntiles, nthreads
+    cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
     cdef Py_ssize_t phase_need, scratch_need
     cdef bint pointwise
 
     def __init__(self, tuple x_shape, wmat, bias, stride, pads, dilation, int groups, int kh, int kw,
-                 tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint pointwise=False):
+                 tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint pointwise=False,
+                 int row_blocks=1):
         self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
         if len(self.x_shape) != 4 or len(self.out_shape) != 4 or self.x_shape[0] != self.out_shape[0]:
             raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
-        if groups < 1 or tile_cols < 1 or nthreads < 1:
-            raise ValueError("groups, tile_cols and nthreads must be >= 1")
+        if groups < 1 or tile_cols < 1 or nthreads < 1 or row_blocks < 1:
+            raise ValueError("groups, tile_cols, nthreads and row_blocks must be >= 1")
         self.g.C, self.g.Co, self.g.Ho, self.g.Wo = self.x_shape[1], self.out_shape[1], self.out_shape[2], self.out_shape[3]
         self.g.groups = groups
         self.g.ph = phase_geometry(self.x_shape[2], self.x_shape[3], self.g.Ho, self.g.Wo, kh, kw, stride, pads,
@@ -278,7 +284,10 @@ cdef class GemmConv:
             check_array(bias, "bias", (self.g.Co,))
         self.wmat, self.bias = wmat, bias
         self.ep = epilogue_from_spec(epilogue)
-        self.tile_cols, self.nthreads, self.pointwise = tile_cols, nthreads, pointwise
+        if row_blocks > self.cog or (pointwise and self.cog // row_blocks < pointwise_min_rows()):
+            raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
+                             f"{pointwise_min_rows() if pointwise else 1} of the {self.cog} output channels")
+        self.tile_cols, self.nthreads, self.pointwise, self.row_blocks = tile_cols, nthreads, pointwise, row_blocks
         self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
         self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw)
@@ -301,9 +310,11 @@ cdef class GemmConv:
         call.ep = self.ep
         call.K, call.cig, call.cog = self.K, self.cig, self.cog
         call.tile_cols, call.ntiles, call.pointwise = self.tile_cols, self.ntiles, self.pointwise
+        call.row_blocks = self.row_blocks
         cdef float* cols = data_of(scratch)
         cdef Py_ssize_t per_thread = self.scratch_need // self.nthreads
-        cdef int N = self.x_shape[0], ntasks = self.g.groups * self.ntiles, nthreads = self.nthreads, n, c, task
+        cdef int N = self.x_shape[0], ntasks = self.g.groups * self.ntiles * self.row_blocks
+        cdef int nthreads = self.nthreads, n, c, task
         for n in range(N):
             # one thread: plain loops, no OpenMP region to enter (most calls of small-layer networks)
             if not self.g.direct:

@@ -69,6 +69,9 @@ _IM2COL_MAX_TILE_COLS = 256
 # planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
 _POINTWISE_MAX_K = 32
 _POINTWISE_MAX_ROWS = 32
+# Output channels per block when threads split a GEMM conv's weights (sgemm's and the
+# pointwise loop's register blocks need a few; pointwise_min_rows() is 8).
+_MIN_ROWS_PER_BLOCK = 16
 # Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
 _MAX_PLANS = 16
 
@@ -222,33 +225,42 @@ class _GemmKernel:
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
 
-    def tile_cols(self, pixels: int, nthreads: int) -> int:
-        """Output pixels per GEMM task: B and C tiles fit in L2, tasks split evenly over threads."""
-        k, cog = self.wmat.shape[1], self.g.out_channels // self.g.groups
+    def split(self, pixels: int, nthreads: int) -> Tuple[int, int]:
+        """(output pixels per GEMM task, output-channel blocks per tile).
+
+        Tiles keep B and C in L2.  With fewer (group, tile) tasks than threads (deep
+        layers: few pixels, megabytes of weights) each tile's output channels are split
+        instead of its pixels: every thread then packs only its share of the weights
+        (sgemm repacks its whole A on every call).  Otherwise tiles are evened out
+        over the threads."""
+        k, cog, groups = self.wmat.shape[1], self.g.out_channels // self.g.groups, self.g.groups
         if self.g.kernel == (1, 1):
             cap = max(64, _GEMM_TILE_BUDGET_1X1 // (k + cog))
         else:
             cap = max(64, min(_IM2COL_MAX_TILE_COLS, _GEMM_TILE_BUDGET_IM2COL // (k + cog)))
         ntiles = -(-pixels // cap)
-        if self.g.groups * ntiles < 8 * nthreads:
-            while (self.g.groups * ntiles) % nthreads:
+        row_blocks = 1
+        if groups * ntiles < nthreads and cog >= _MIN_ROWS_PER_BLOCK * nthreads:
+            row_blocks = -(-nthreads // (groups * ntiles))
+        elif groups * ntiles < 8 * nthreads:
+            while (groups * ntiles) % nthreads:
                 ntiles += 1
         tile = -(-pixels // ntiles)
-        return min(pixels, -(-tile // 16) * 16)
+        return min(pixels, -(-tile // 16) * 16), row_blocks
 
     def plan(self, x_shape, out_shape, nthreads):
         g = self.g
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        tile = self.tile_cols(ho * wo, nthreads)
+        tile, row_blocks = self.split(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         pointwise = (kh == kw == 1 and (self.wmat.shape[1] <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS)
                      and cog >= _gemm.pointwise_min_rows() and tile >= _gemm.pointwise_min_cols())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
-                              self.epilogue, tuple(out_shape), tile, nthreads, pointwise)
+                              self.epilogue, tuple(out_shape), tile, nthreads, pointwise, row_blocks)
         get = self._scratch.get
 
         def run(x, residual, out):
