@@ -62,7 +62,7 @@ cdef enum:
     VEC = 16          # floats a row's run is rounded up to (one AVX-512 vector, two AVX2)
     PREFETCH_ROWS = 8  # input rows the ring prefetches ahead
     BAND = 8          # output rows per pass of the row ring: their input rows, then the rows
-    ACC_CHUNK = 2048  # floats of a long row accumulated at a time by the general-kernel loop
+    ACC_CHUNK = 2048  # floats of the wide grid accumulated at a time by the general-kernel loop
     TASK_BLOCK = 8    # input channels per task of the threads' split
     # the lane path runs on outputs of at most LANES_MAX_OUT pixels from inputs of at most
     # LANES_MAX_IN (transposing a plane costs about as much as its nine taps per output:
@@ -210,41 +210,6 @@ cdef inline inlined_void row_3x3(float_out o, float_in a, float_in b, float_in c
         o[p] = v
 
 
-cdef inline inlined_void row_general(const RowGeom* g, float_out o, const float* ring, int oh, const float* w,
-                             float bias, float lo, float hi, int n) noexcept nogil:
-    """row_3x3 for any kernel: chunks of the row that stay in L1, four taps per pass over a chunk."""
-    cdef int p, p0, p1, t, ntaps = g.kh * g.kw
-    cdef const float* t0
-    cdef const float* t1
-    cdef const float* t2
-    cdef const float* t3
-    cdef float v
-    p0 = 0
-    while p0 < n:
-        p1 = n if n - p0 < ACC_CHUNK else p0 + ACC_CHUNK
-        for p in range(p0, p1):
-            o[p] = bias
-        for t in range(0, ntaps - 3, 4):
-            t0 = ring_row(g, ring, oh, t // g.kw) + tap_shift(g, t % g.kw)
-            t1 = ring_row(g, ring, oh, (t + 1) // g.kw) + tap_shift(g, (t + 1) % g.kw)
-            t2 = ring_row(g, ring, oh, (t + 2) // g.kw) + tap_shift(g, (t + 2) % g.kw)
-            t3 = ring_row(g, ring, oh, (t + 3) // g.kw) + tap_shift(g, (t + 3) % g.kw)
-            for p in range(p0, p1):
-                o[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
-        for t in range(ntaps - ntaps % 4, ntaps):
-            t0 = ring_row(g, ring, oh, t // g.kw) + tap_shift(g, t % g.kw)
-            for p in range(p0, p1):
-                o[p] += w[t] * t0[p]
-        for p in range(p0, p1):
-            v = o[p]
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
-            o[p] = v
-        p0 = p1
-
-
 cdef inline inlined_void rows_3x3(const RowGeom* g, float* out, const float* ring, int oh0, int n,
                                   const float* w, float bias, float lo, float hi, float* row_out) noexcept nogil:
     """Output rows oh0..oh0+n-1 of one plane (3x3 filter w) from the ring, in one loop
@@ -307,17 +272,7 @@ cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, c
         next_row = end
         for m in range(g.mult):
             b = bias[m] if bias != NULL else 0.0
-            if g.kh == 3 and g.kw == 3:
-                rows_3x3(g, out + m * plane, ring, oh0, n, w + 9 * m, b, lo, hi, row_out)
-            else:
-                for oh in range(oh0, oh0 + n):
-                    o_off = m * plane + <Py_ssize_t>oh * g.Wo
-                    if <Py_ssize_t>oh * g.Wo + g.run <= plane:
-                        row_general(g, out + o_off, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
-                    else:
-                        row_general(g, row_out, ring, oh, w + m * g.kh * g.kw, b, lo, hi, g.run)
-                        for j in range(g.Wo):
-                            out[o_off + j] = row_out[j]
+            rows_3x3(g, out + m * plane, ring, oh0, n, w + 9 * m, b, lo, hi, row_out)
             if not fused:
                 for oh in range(oh0, oh0 + n):
                     o_off = m * plane + <Py_ssize_t>oh * g.Wo
@@ -365,15 +320,55 @@ cdef struct DepthwiseCall:
 
 
 cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept nogil:
-    """Copy n floats, a multiple of VEC up to 2 * VEC: fixed-size blocks, which compile to
-    a vector load and store each (a variable-size copy becomes a memcpy call, whose cost
-    per row of 7-28 floats is most of a small plane's)."""
-    cdef int j
-    for j in range(VEC):
-        dst[j] = src[j]
-    if n > VEC:
+    """Copy n floats, a multiple of VEC: fixed-size blocks, which compile to a vector load
+    and store each (a variable-size copy becomes a memcpy call, whose cost per row of
+    7-28 floats is most of a small plane's)."""
+    cdef int j, v
+    for v in range(n // VEC):
         for j in range(VEC):
-            dst[VEC + j] = src[VEC + j]
+            dst[v * VEC + j] = src[v * VEC + j]
+
+
+cdef multiversion_void plane_general(float* acc, const float* planes, const PhaseGeom* pg, const float* w,
+                                     float bias, float lo, float hi, Py_ssize_t n) noexcept nogil:
+    """row_3x3 over the wide grid for any kernel: chunks that stay in L1, four taps per
+    pass over a chunk (each load and store of acc then carries four FMAs).  A call of
+    its own: inlined into depthwise_channel_plane, its weights were spilled to memory."""
+    cdef Py_ssize_t p, p0 = 0, p1
+    cdef int t, ntaps = pg.kh * pg.kw
+    cdef const float* t0
+    cdef const float* t1
+    cdef const float* t2
+    cdef const float* t3
+    cdef float v, w0, w1, w2
+    while p0 < n:
+        p1 = n if n - p0 < ACC_CHUNK else p0 + ACC_CHUNK
+        for p in range(p0, p1):
+            acc[p] = bias
+        for t in range(0, ntaps - 3, 4):
+            t0 = planes + tap_offset(pg, t // pg.kw, t % pg.kw)
+            t1 = planes + tap_offset(pg, (t + 1) // pg.kw, (t + 1) % pg.kw)
+            t2 = planes + tap_offset(pg, (t + 2) // pg.kw, (t + 2) % pg.kw)
+            t3 = planes + tap_offset(pg, (t + 3) // pg.kw, (t + 3) % pg.kw)
+            for p in range(p0, p1):
+                acc[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
+        # the last ntaps % 4 taps (zero weights for the missing ones) in the clip's pass: a
+        # loop over them alone was fused by GCC into a scalar loop
+        t = ntaps - ntaps % 4
+        t0 = planes + tap_offset(pg, t // pg.kw, t % pg.kw) if t < ntaps else planes
+        t1 = planes + tap_offset(pg, (t + 1) // pg.kw, (t + 1) % pg.kw) if t + 1 < ntaps else t0
+        t2 = planes + tap_offset(pg, (t + 2) // pg.kw, (t + 2) % pg.kw) if t + 2 < ntaps else t0
+        w0 = w[t] if t < ntaps else 0.0
+        w1 = w[t + 1] if t + 1 < ntaps else 0.0
+        w2 = w[t + 2] if t + 2 < ntaps else 0.0
+        for p in range(p0, p1):
+            v = acc[p] + w0 * t0[p] + w1 * t1[p] + w2 * t2[p]
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            acc[p] = v
+        p0 = p1
 
 
 cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom* split, const PhaseGeom* pg,
@@ -393,7 +388,7 @@ cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom
     cdef Py_ssize_t in_end = <Py_ssize_t>g.H * g.W  # input floats of the channel
     cdef int r, r_end, qh, ih, m, oh, j, n_in = (g.hi0 - g.lo0 + VEC - 1) // VEC * VEC
     cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
-    cdef bint fast_in = g.sw == 1 and n_in <= 2 * VEC
+    cdef bint fast_in = g.sw == 1
     cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
     cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
     cdef float* acc = planes + pg.channel + pg.Wq + VEC
@@ -425,9 +420,12 @@ cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom
                         for j in range(g.hi0, pg.Wq):
                             row[j] = g.zero
     for m in range(g.mult):
-        row_3x3(acc, planes + g.plane_row[0], planes + g.plane_row[1], planes + g.plane_row[2],
-                g.plane_col[0], g.plane_col[1], g.plane_col[2], w + 9 * m, bias[m] if bias != NULL else 0.0,
-                lo, hi, (wide + VEC - 1) // VEC * VEC)
+        if g.kh == 3 and g.kw == 3:
+            row_3x3(acc, planes + g.plane_row[0], planes + g.plane_row[1], planes + g.plane_row[2],
+                    g.plane_col[0], g.plane_col[1], g.plane_col[2], w + 9 * m, bias[m] if bias != NULL else 0.0,
+                    lo, hi, (wide + VEC - 1) // VEC * VEC)
+        else:
+            plane_general(acc, planes, pg, w + m * g.kh * g.kw, bias[m] if bias != NULL else 0.0, lo, hi, wide)
         for oh in range(g.Ho):
             o_off = m * plane + <Py_ssize_t>oh * g.Wo
             a_off = <Py_ssize_t>oh * pg.Wq
@@ -469,7 +467,7 @@ cdef multiversion_void depthwise_tasks_plane(const DepthwiseCall* c, int t0, int
     for task in range(t0, t1):
         co = (task % c.C) * g.mult
         o_off = (<Py_ssize_t>task * g.mult) * g.Ho * g.Wo
-        depthwise_channel_plane(g, &split, c.pg, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * 9,
+        depthwise_channel_plane(g, &split, c.pg, c.x + <Py_ssize_t>task * g.H * g.W, c.w + <Py_ssize_t>co * g.kh * g.kw,
                                 c.bias + co if c.bias != NULL else NULL, c.out + o_off,
                                 c.residual + o_off if c.residual != NULL else NULL, c.ep, planes)
 
@@ -609,8 +607,8 @@ cdef inline void depthwise_tasks(const DepthwiseCall* c, int t0, int t1, float* 
 
 
 cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
-    """Whether depthwise_channel_plane runs (else the row ring)."""
-    return g.kh == 3 and g.kw == 3 and g.Wo < PLANE_MAX_WO
+    """Whether depthwise_channel_plane runs (else the row ring, which is for 3x3 filters)."""
+    return g.kh != 3 or g.kw != 3 or g.Wo < PLANE_MAX_WO
 
 
 cdef inline bint lanes_apply(int kh, int kw, int Ho, int Wo) noexcept nogil:
