@@ -329,6 +329,15 @@ cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept n
             dst[v * VEC + j] = src[v * VEC + j]
 
 
+cdef inline float clip(float v, float lo, float hi) noexcept nogil:
+    """v clipped to [lo, hi]; NaN passes through (as in epilogue_row)."""
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
 cdef multiversion_void plane_general(float* acc, const float* planes, const PhaseGeom* pg, const float* w,
                                      float bias, float lo, float hi, Py_ssize_t n) noexcept nogil:
     """row_3x3 over the wide grid for any kernel: chunks that stay in L1, four taps per
@@ -340,7 +349,7 @@ cdef multiversion_void plane_general(float* acc, const float* planes, const Phas
     cdef const float* t1
     cdef const float* t2
     cdef const float* t3
-    cdef float v, w0, w1, w2
+    cdef float w0, w1, w2
     while p0 < n:
         p1 = n if n - p0 < ACC_CHUNK else p0 + ACC_CHUNK
         for p in range(p0, p1):
@@ -352,8 +361,8 @@ cdef multiversion_void plane_general(float* acc, const float* planes, const Phas
             t3 = planes + tap_offset(pg, (t + 3) // pg.kw, (t + 3) % pg.kw)
             for p in range(p0, p1):
                 acc[p] += w[t] * t0[p] + w[t + 1] * t1[p] + w[t + 2] * t2[p] + w[t + 3] * t3[p]
-        # the last ntaps % 4 taps (zero weights for the missing ones) in the clip's pass: a
-        # loop over them alone was fused by GCC into a scalar loop
+        # the last ntaps % 4 taps in the clip's pass, one loop per count (a loop per tap
+        # was fused by GCC into one scalar loop)
         t = ntaps - ntaps % 4
         t0 = planes + tap_offset(pg, t // pg.kw, t % pg.kw) if t < ntaps else planes
         t1 = planes + tap_offset(pg, (t + 1) // pg.kw, (t + 1) % pg.kw) if t + 1 < ntaps else t0
@@ -361,13 +370,18 @@ cdef multiversion_void plane_general(float* acc, const float* planes, const Phas
         w0 = w[t] if t < ntaps else 0.0
         w1 = w[t + 1] if t + 1 < ntaps else 0.0
         w2 = w[t + 2] if t + 2 < ntaps else 0.0
-        for p in range(p0, p1):
-            v = acc[p] + w0 * t0[p] + w1 * t1[p] + w2 * t2[p]
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
-            acc[p] = v
+        if ntaps % 4 == 3:
+            for p in range(p0, p1):
+                acc[p] = clip(acc[p] + w0 * t0[p] + w1 * t1[p] + w2 * t2[p], lo, hi)
+        elif ntaps % 4 == 2:
+            for p in range(p0, p1):
+                acc[p] = clip(acc[p] + w0 * t0[p] + w1 * t1[p], lo, hi)
+        elif ntaps % 4 == 1:
+            for p in range(p0, p1):
+                acc[p] = clip(acc[p] + w0 * t0[p], lo, hi)
+        elif lo > -INFINITY or hi < INFINITY:
+            for p in range(p0, p1):
+                acc[p] = clip(acc[p], lo, hi)
         p0 = p1
 
 
