@@ -21,11 +21,12 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
+from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.simd cimport multiversion_void
 
 cimport numpy as cnp
 
-cnp.import_array()
+cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 
 
 cdef struct ConvGeom:
@@ -212,42 +213,14 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
 
 
-cdef int check_array(object arr, str name, tuple shape) except -1:
-    """``arr`` must be a C-contiguous float32 ndarray of ``shape`` (cheap checks: no buffer protocol)."""
-    cdef cnp.ndarray a
-    if not isinstance(arr, cnp.ndarray):
-        raise TypeError(f"{name} must be a numpy array")
-    a = arr
-    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError(f"{name} must be C-contiguous float32")
-    cdef int d
-    cdef bint same = cnp.PyArray_NDIM(a) == len(shape)
-    for d in range(cnp.PyArray_NDIM(a) if same else 0):
-        same = same and cnp.PyArray_DIM(a, d) == <Py_ssize_t>shape[d]
-    if not same:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    return 0
-
-
-cdef int check_floats(object arr, str name, Py_ssize_t need) except -1:
-    """``arr`` must be a C-contiguous float32 ndarray of at least ``need`` elements."""
-    if not isinstance(arr, cnp.ndarray) or cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_SIZE(arr) < need:
-        raise ValueError(f"{name} must be a C-contiguous float32 array of at least {need} elements")
-    return 0
-
-
-cdef inline float* data_of(object arr):
-    return <float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
-
-
 cdef class GemmConv:
     """out = epilogue(conv2d(x, W)) for one input shape, W given as wmat[Co, Ci/groups*kh*kw].
 
     Built once per input shape (geometry, epilogue and weight pointers worked out
     here), then called per run as ``conv(x, residual, out, phases, scratch)`` with
-    arrays checked by dtype, contiguity and shape only: in a network a conv's call
-    otherwise spent more time acquiring seven memoryviews than computing a small layer.
+    arrays checked by dtype, contiguity and shape only (ndarrays.pxd): in a network a
+    conv's call otherwise spent more time acquiring seven memoryviews than computing a
+    small layer.
     pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
     out, or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm (needs
     Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols());

@@ -39,9 +39,14 @@ from libc.math cimport INFINITY
 from libc.string cimport memset
 
 from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
 from pyconv._core.simd cimport multiversion_void
+
+cimport numpy as cnp
+
+cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 
 
 cdef extern from *:
@@ -644,49 +649,78 @@ def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     return n
 
 
-def depthwise_conv2d(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight, bias,
-                     stride, pads, dilation, tuple epilogue, residual,
-                     float[:, :, :, ::1] out, float[:, ::1] scratch, int nthreads):
-    """out = epilogue(depthwise conv2d(x, weight)); weight [C*mult, 1, kh, kw].
+cdef class DepthwiseConv:
+    """out = epilogue(depthwise conv2d(x, weight)) for one input shape; weight [C*mult, 1, kh, kw].
 
-    pads = (top, left, bottom, right); scratch float32[nthreads, scratch_floats(...)]: the
-    part a path keeps zero padding in is zeroed here, once per call."""
-    cdef int N = x.shape[0], C = x.shape[1], Ho = out.shape[2], Wo = out.shape[3]
-    cdef RowGeom g = row_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
-                                  stride, pads, dilation, out.shape[1] // C)
-    cdef PhaseGeom pg = phase_geometry(x.shape[2], x.shape[3], Ho, Wo, weight.shape[2], weight.shape[3],
-                                       stride, pads, dilation)
-    cdef Py_ssize_t need = plane_floats(&pg, Ho) if use_planes(&g) else ring_floats(&g)
-    cdef Py_ssize_t zeroed = need  # floats of scratch holding padding to zero
+    The geometry of the three paths is worked out here, once; per run the call
+    ``conv(x, residual, out, scratch)`` only checks its arrays' dtype, contiguity and
+    shape (ndarrays.pxd).  pads = (top, left, bottom, right); bias float32[C*mult] or
+    None; residual float32 like out, or None; scratch float32[nthreads,
+    scratch_floats(...)]: the part a path keeps zero padding in is zeroed per call."""
+    cdef RowGeom g
+    cdef PhaseGeom pg
     cdef LaneGeom lg
-    cdef bint lanes = (lanes_apply(g.kh, g.kw, Ho, Wo) and g.mult == 1 and C % LANES == 0
-                       and g.H * g.W <= LANES_MAX_IN)
-    if lanes:
-        lg = lane_geometry(g.H, g.W, Ho, Wo, g.pt, stride, dilation)
-        need = lane_floats(&lg)
-        zeroed = lg.inputs
-    if scratch.shape[0] < nthreads or scratch.shape[1] < need:
-        raise ValueError(f"scratch too small: need float32[{nthreads}, {need}], got {scratch.shape[0]} x {scratch.shape[1]}")
-    cdef const float[::1] bias_v = bias
-    cdef const float[:, :, :, ::1] res_v = residual
-    cdef DepthwiseCall call
-    call.g = &g
-    call.pg = &pg if use_planes(&g) else NULL
-    call.lg = &lg if lanes else NULL
-    call.x = &x[0, 0, 0, 0]
-    call.w = &weight[0, 0, 0, 0]
-    call.out = &out[0, 0, 0, 0]
-    call.bias = &bias_v[0] if bias is not None else NULL
-    call.residual = &res_v[0, 0, 0, 0] if residual is not None else NULL
-    call.ep = epilogue_from_spec(epilogue)
-    call.C = C
-    cdef int t, block, ntasks = N * C // LANES if lanes else N * C
-    cdef int per_block = 1 if lanes else TASK_BLOCK, nblocks = (ntasks + per_block - 1) // per_block
-    for t in range(nthreads):
-        memset(&scratch[t, 0], 0, zeroed * sizeof(float))
-    if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
-        depthwise_tasks(&call, 0, ntasks, &scratch[0, 0])
-    else:
-        for block in prange(nblocks, nogil=True, num_threads=nthreads, schedule="static"):
-            depthwise_tasks(&call, block * per_block, min(ntasks, (block + 1) * per_block),
-                            &scratch[pyconv_omp_thread_id(), 0])
+    cdef Epilogue ep
+    cdef bint lanes, planes
+    cdef object weight, bias
+    cdef tuple x_shape, out_shape
+    cdef Py_ssize_t need, zeroed
+    cdef int nthreads
+
+    def __init__(self, tuple x_shape, weight, bias, stride, pads, dilation, tuple epilogue, tuple out_shape,
+                 int nthreads):
+        self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
+        if len(self.x_shape) != 4 or len(self.out_shape) != 4 or self.x_shape[0] != self.out_shape[0]:
+            raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
+        cdef int C = self.x_shape[1], Ho = self.out_shape[2], Wo = self.out_shape[3]
+        if nthreads < 1 or C < 1 or self.out_shape[1] % C:
+            raise ValueError(f"{self.out_shape[1]} output channels are not a multiple of {C} inputs")
+        kh, kw = weight.shape[2], weight.shape[3]
+        check_array(weight, "weight", (self.out_shape[1], 1, kh, kw))
+        if bias is not None:
+            check_array(bias, "bias", (self.out_shape[1],))
+        self.weight, self.bias, self.nthreads = weight, bias, nthreads
+        self.ep = epilogue_from_spec(epilogue)
+        self.g = row_geometry(self.x_shape[2], self.x_shape[3], Ho, Wo, kh, kw, stride, pads, dilation,
+                              self.out_shape[1] // C)
+        self.pg = phase_geometry(self.x_shape[2], self.x_shape[3], Ho, Wo, kh, kw, stride, pads, dilation)
+        self.planes = use_planes(&self.g)
+        self.need = plane_floats(&self.pg, Ho) if self.planes else ring_floats(&self.g)
+        self.zeroed = self.need  # floats of scratch holding padding to zero
+        self.lanes = (lanes_apply(self.g.kh, self.g.kw, Ho, Wo) and self.g.mult == 1 and C % LANES == 0
+                      and self.g.H * self.g.W <= LANES_MAX_IN)
+        if self.lanes:
+            self.lg = lane_geometry(self.g.H, self.g.W, Ho, Wo, self.g.pt, stride, dilation)
+            self.need = lane_floats(&self.lg)
+            self.zeroed = self.lg.inputs
+
+    def __call__(self, x, residual, out, scratch):
+        check_array(x, "x", self.x_shape)
+        check_array(out, "out", self.out_shape)
+        if residual is not None:
+            check_array(residual, "residual", self.out_shape)
+        check_floats(scratch, "scratch", self.nthreads * self.need)
+        cdef int nthreads = self.nthreads, N = self.x_shape[0], C = self.x_shape[1]
+        cdef Py_ssize_t row = cnp.PyArray_SIZE(scratch) // nthreads   # a thread's share (>= need)
+        cdef float* work = data_of(scratch)
+        cdef DepthwiseCall call
+        call.g = &self.g
+        call.pg = &self.pg if self.planes else NULL
+        call.lg = &self.lg if self.lanes else NULL
+        call.x = data_of(x)
+        call.w = data_of(self.weight)
+        call.out = data_of(out)
+        call.bias = data_of(self.bias) if self.bias is not None else NULL
+        call.residual = data_of(residual) if residual is not None else NULL
+        call.ep = self.ep
+        call.C = C
+        cdef int t, block, ntasks = N * C // LANES if self.lanes else N * C
+        cdef int per_block = 1 if self.lanes else TASK_BLOCK, nblocks = (ntasks + per_block - 1) // per_block
+        for t in range(nthreads):
+            memset(work + t * row, 0, self.zeroed * sizeof(float))
+        if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
+            depthwise_tasks(&call, 0, ntasks, work)
+        else:
+            for block in prange(nblocks, nogil=True, num_threads=nthreads, schedule="static"):
+                depthwise_tasks(&call, block * per_block, min(ntasks, (block + 1) * per_block),
+                                work + pyconv_omp_thread_id() * row)

@@ -269,7 +269,7 @@ class _GemmKernel:
 
 
 class _DepthwiseKernel:
-    """groups == C_in: phase planes and wide output planes (pyconv/_core/depthwise.pyx)."""
+    """groups == C_in: channel lanes, row ring or phase planes (pyconv/_core/depthwise.pyx)."""
 
     def __init__(self, g: ConvGeometry, weight: np.ndarray, bias, epilogue):
         self.g = g
@@ -282,11 +282,12 @@ class _DepthwiseKernel:
         nthreads = min(nthreads, x_shape[0] * x_shape[1])
         plane_shape = (nthreads, _depthwise.scratch_floats(out_shape[2], out_shape[3], *g.kernel, g.stride,
                                                            g.dilation))
-        args = (self.weight, self.bias, g.stride, g.pads, g.dilation, self.epilogue)
-        scratch, conv = self._scratch, _depthwise.depthwise_conv2d
+        conv = _depthwise.DepthwiseConv(tuple(x_shape), self.weight, self.bias, g.stride, g.pads, g.dilation,
+                                        self.epilogue, tuple(out_shape), nthreads)
+        get = self._scratch.get
 
         def run(x, residual, out):
-            conv(x, *args, residual, out, scratch.get("planes", plane_shape), nthreads)
+            conv(x, residual, out, get("planes", plane_shape))
         return run
 
 
