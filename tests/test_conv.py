@@ -237,7 +237,8 @@ def test_1x1_on_1x1_spatial_and_stride():
     (24, 13, 1, (47, 45), 1, (0, 0, 0, 0)),   # several tiles
     (70, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # large K, few output channels: pointwise
     (12, 30, 1, (23, 19), 1, (0, 0, 0, 0)),   # K < rows (column blocks inside), ragged rows and pixels
-    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0)),     # both above the pointwise limits: sgemm
+    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0)),     # an expansion above the pointwise limits: sgemm
+    (116, 58, 1, (7, 7), 1, (0, 0, 0, 0)),    # no expansion, few weights: pointwise
 ])
 def test_1x1_pointwise_loop(cig, cog, groups, hw, stride, pads, threads):
     # 1x1 convs with K <= 32 or 8..32 output channels per group run pointwise_tile, not sgemm

@@ -69,6 +69,13 @@ _IM2COL_MAX_TILE_COLS = 256
 # planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
 _POINTWISE_MAX_K = 32
 _POINTWISE_MAX_ROWS = 32
+# ... and so do 1x1 convs that do not expand (C_out <= C_in per group) with at most
+# this many weights: sgemm's packing is a large share of such small GEMMs, and the
+# loop streams B once per column block.  Measured with cold caches, 1 thread (loop vs
+# sgemm): ShuffleNetV2's 58->58 @28, 116->116 @14, 232->232 @7 10 %, 11 %, 4 % faster,
+# MobileNetV2's 384->64 @14 17 %; expansions (64->384, 96->576) and larger
+# matrices (352->352) are faster in sgemm.
+_POINTWISE_MAX_WEIGHTS = 1 << 16
 # Output channels per block when threads split a GEMM conv's weights (sgemm's and the
 # pointwise loop's register blocks need a few; pointwise_min_rows() is 8).
 _MIN_ROWS_PER_BLOCK = 16
@@ -257,8 +264,10 @@ class _GemmKernel:
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
-        pointwise = (kh == kw == 1 and (self.wmat.shape[1] <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS)
-                     and cog >= _gemm.pointwise_min_rows() and tile >= _gemm.pointwise_min_cols())
+        k = self.wmat.shape[1]
+        small = k <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS or (cog <= k and cog * k <= _POINTWISE_MAX_WEIGHTS)
+        pointwise = (kh == kw == 1 and small and cog >= _gemm.pointwise_min_rows()
+                     and tile >= _gemm.pointwise_min_cols())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, pointwise, row_blocks)
         get = self._scratch.get
