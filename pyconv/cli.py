@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -139,12 +139,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args)
     if len(model.input_names) != 1:
         raise UsageError(f"pyconv run feeds one image per call; this model has inputs {model.input_names}")
+    name = model.input_names[0]
     paths = _image_paths(args.images)
     preprocess = model.metadata.get("preprocess") or {}
     progress = _Progress(len(paths), enabled=len(paths) >= PROGRESS_FROM and not args.quiet)
-    results, saved, failures = [], {name: [] for name in model.output_names}, 0
-    for done, path in enumerate(paths, 1):
-        entry: Dict[str, Any] = {"image": path}
+    entries: List[Optional[Dict[str, Any]]] = [None] * len(paths)
+    outputs_of: Dict[int, Dict[str, np.ndarray]] = {}
+    pending: List[Tuple[int, np.ndarray]] = []   # decoded images of one shape, not run yet
+    shown = 0
+
+    def fail(i: int, exc: Exception) -> None:
+        entries[i] = {"image": paths[i], "error": str(exc)}
+
+    def run_one(i: int, x: np.ndarray) -> None:
+        try:
+            outputs_of[i] = model.run({name: x})
+        except (InputError, ModelError) as exc:  # wrong channels, or too small for the network
+            fail(i, InputError(f"{paths[i]}: the image (preprocessed to shape {list(x.shape)}) does not fit "
+                               f"the model: {exc}"))
+
+    def run_pending() -> None:
+        """One model call for the pending images; one call per image when the batch fails (to
+        name the image at fault) or an output is not batch-major."""
+        batch = list(pending)
+        pending.clear()
+        if len(batch) > 1:
+            try:
+                outputs = model.run({name: np.concatenate([x for _, x in batch])})
+            except (InputError, ModelError):
+                outputs = None
+            if outputs is not None and all(v.ndim and v.shape[0] == len(batch) for v in outputs.values()):
+                for j, (i, _) in enumerate(batch):
+                    outputs_of[i] = {k: v[j:j + 1] for k, v in outputs.items()}
+                return
+        for i, x in batch:
+            run_one(i, x)
+
+    def show_ready() -> None:
+        """Report finished images in their order (a batch finishes several at once)."""
+        nonlocal shown
+        while shown < len(paths) and (entries[shown] is not None or shown in outputs_of):
+            i = shown
+            if entries[i] is None:
+                entries[i] = _result_entry(model, paths[i], outputs_of[i], args.top)
+            progress.clear()
+            if "error" in entries[i]:
+                print(f"error: {entries[i]['error']}", file=sys.stderr)
+            elif not args.json:
+                _print_result(entries[i], show_name=len(paths) > 1)
+            shown += 1
+            progress.update(shown)
+
+    for i, path in enumerate(paths):
         try:
             try:
                 x = load_image(path, preprocess)[None]
@@ -152,36 +198,34 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if isinstance(exc, ImageError):
                     raise
                 raise InputError(f"the model's preprocessing metadata is invalid: {exc}") from None
-            try:
-                outputs = model.run({model.input_names[0]: x})
-            except (InputError, ModelError) as exc:  # wrong channels, or too small for the network
-                raise InputError(f"{path}: the image (preprocessed to shape {list(x.shape)}) does not fit the "
-                                 f"model: {exc}") from None
         except (ImageError, InputError) as exc:
-            failures += 1
-            entry["error"] = str(exc)
-            results.append(entry)
-            progress.clear()
-            print(f"error: {exc}", file=sys.stderr)
-            progress.update(done)
+            fail(i, exc)
+            show_ready()
             continue
-        for name, value in outputs.items():
-            saved[name].append(value)
-        first = outputs[model.output_names[0]]
-        if _is_classifier(model, first):
-            entry["top"] = _classify(first, model.metadata.get("labels"), args.top)
-        else:
-            entry["outputs"] = {name: _statistics(v) for name, v in outputs.items()}
-        results.append(entry)
-        if not args.json:
-            progress.clear()
-            _print_result(entry, show_name=len(paths) > 1)
-        progress.update(done)
+        if pending and (x.shape != pending[0][1].shape or len(pending) >= args.batch):
+            run_pending()
+            show_ready()
+        pending.append((i, x))
+    run_pending()
+    show_ready()
+    results = [e for e in entries if e is not None]
     if args.json:
         print(json.dumps(results if len(paths) > 1 else results[0], indent=2))
     if args.save:
-        _save_outputs(args.save, saved, [r["image"] for r in results if "error" not in r])
-    return 1 if failures else 0
+        saved = {k: [outputs_of[i][k] for i in sorted(outputs_of)] for k in model.output_names}
+        _save_outputs(args.save, saved, [paths[i] for i in sorted(outputs_of)])
+    return 1 if any("error" in e for e in results) else 0
+
+
+def _result_entry(model, path: str, outputs: Mapping[str, np.ndarray], top: int) -> Dict[str, Any]:
+    """What ``pyconv run`` reports for one image: top-k labels for classifiers, else statistics."""
+    entry: Dict[str, Any] = {"image": path}
+    first = outputs[model.output_names[0]]
+    if _is_classifier(model, first):
+        entry["top"] = _classify(first, model.metadata.get("labels"), top)
+    else:
+        entry["outputs"] = {k: _statistics(v) for k, v in outputs.items()}
+    return entry
 
 
 def _print_result(entry: Mapping[str, Any], show_name: bool) -> None:
@@ -355,6 +399,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="threads to use (default: all available CPUs)")
     p.add_argument("--save", metavar="OUT.npz", help="save raw outputs to an .npz file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch", type=int, default=1,
+                   help="run up to this many images of the same size per model call (default 1)")
     p.add_argument("--no-winograd", action="store_true", help="keep convolutions off Winograd")
     p.set_defaults(func=cmd_run)
 

@@ -87,6 +87,42 @@ def test_run_reports_missing_and_broken_images(capsys, classifier, images, tmp_p
     assert code == 1 and "broken.png" in err and "fish" in out  # other images still run
 
 
+def test_run_batches_images_of_one_size_with_the_same_results(capsys, classifier, tmp_path):
+    # 7 images: sizes differ (no resize in this model, so they batch by size), one is broken;
+    # every batch size gives the same per-image results, in the order given
+    b = GraphBuilder()
+    x = b.input("input", ["N", 3, "H", "W"])
+    y = b.flatten(b.global_avg_pool2d(b.conv2d(x, weight=np.eye(3).reshape(3, 3, 1, 1))))
+    b.output(b.linear(y, weight=10 * np.eye(3), bias=np.zeros(3)), alias="logits")
+    model = tmp_path / "any_size.npz"
+    b.save(model, metadata={"labels": LABELS, "task": "classification", "preprocess": {"scale": 1 / 255}})
+    files = []
+    for i, (size, color) in enumerate([((9, 9), (200, 0, 0)), ((9, 9), (0, 0, 90)), ((9, 9), (0, 70, 0)),
+                                        ((5, 7), (10, 0, 0)), (None, None), ((9, 9), (0, 0, 255)),
+                                        ((9, 9), (30, 30, 0))]):
+        files.append(tmp_path / f"img{i}.png")
+        if size is None:
+            files[-1].write_bytes(b"not a png")
+        else:
+            Image.new("RGB", size, color).save(files[-1])
+    runs = {}
+    for batch in (1, 2, 8):
+        saved = tmp_path / f"out{batch}.npz"
+        code, out, err = run_cli(capsys, "run", model, *files, "--json", "--top", "3", "--batch", batch,
+                                 "--save", saved, "--quiet")
+        assert code == 1 and err.count("error:") == 1 and "img4.png" in err
+        with np.load(saved, allow_pickle=False) as data:
+            runs[batch] = (json.loads(out), data["logits"], list(data["images"]))
+    for batch in (2, 8):
+        assert [r["image"] for r in runs[batch][0]] == [str(f) for f in files]
+        for mine, ref in zip(runs[batch][0], runs[1][0]):
+            assert ("error" in mine) == ("error" in ref)
+            for a, b_ in zip(mine.get("top", []), ref.get("top", [])):
+                assert a["label"] == b_["label"] and abs(a["probability"] - b_["probability"]) < 1e-5
+        np.testing.assert_allclose(runs[batch][1], runs[1][1], rtol=1e-5, atol=1e-6)
+        assert runs[batch][2] == runs[1][2] == [str(f) for i, f in enumerate(files) if i != 4]
+
+
 def test_run_reports_model_image_mismatch(capsys, tmp_path, images):
     b = GraphBuilder()
     b.output(b.relu(b.input("input", [1, 1, 8, 8])))
