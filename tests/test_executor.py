@@ -344,15 +344,20 @@ def test_concat_inputs_are_written_into_the_concatenation(batch):
     pooled = b.max_pool2d(fire, kernel_size=3, stride=2, ceil_mode=True, name="pool")
     side = b.conv2d(pooled, weight=rng.standard_normal((2, 11, 1, 1)), name="side")
     both = b.concat(pooled, side, name="both")    # pooled is also read by side: this concat runs
-    b.output(b.relu(both), alias="y")
+    inner = b.concat(b.relu(side, name="r1"), b.relu(side, name="r2"), name="inner")
+    outer = b.concat(inner, b.relu(side, name="r3"), name="outer")   # nested: the inner one is written in
+    b.output(b.relu(both), alias="y")                                 # place, so the outer one must run
+    b.output(b.relu(outer), alias="z")
     graph = b.build()
     model = pyconv.Model(graph)
     xin = rng.standard_normal((batch, 4, 9, 9)).astype(np.float32)
-    assert_close(model(xin), reference_run(graph, {"x": xin})["y"])
+    got, want = model.run({"x": xin}), reference_run(graph, {"x": xin})
+    assert_close(got["y"], want["y"])
+    assert_close(got["z"], want["z"])
     model.memory_plan({"x": (batch, 4, 9, 9)})
     (plan, _), = model._plans.values()
     ran = {model.optimized.nodes[i].name for i in plan.run_steps}
-    assert ("fire" in ran) == (batch > 1) and "both" in ran
+    assert ("fire" in ran) == ("inner" in ran) == (batch > 1) and "both" in ran and "outer" in ran
     assert_plan_never_shares_live_tensors(model.optimized, plan)
 
 

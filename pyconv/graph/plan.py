@@ -181,8 +181,8 @@ def _gathered_concats(graph: Graph, running: Sequence[int], shapes: Mapping[str,
 
     The slices must be contiguous runs (every axis before the concat axis of length 1,
     e.g. channels at batch 1), and each input a distinct tensor that an executed op (not
-    a view, one output) writes and only this concat reads; the output is not a graph
-    output.  SqueezeNet's fire modules, Inception branches and DenseNet blocks concatenate
+    a view, not another such concat, one output) writes and only this concat reads; the
+    output is not a graph output.  SqueezeNet's fire modules, Inception branches and DenseNet blocks concatenate
     this way."""
     producer = {t: i for i in running for t in graph.nodes[i].outputs}
     readers: Dict[str, int] = {}
@@ -200,6 +200,7 @@ def _gathered_concats(graph: Graph, running: Sequence[int], shapes: Mapping[str,
         if math.prod(out_shape[:axis]) != 1 or len(set(node.inputs)) != len(node.inputs):
             continue
         if not all(t in producer and t not in pinned and t not in members and readers[t] == 1
+                   and producer[t] not in nodes       # a concat that does not run writes nothing
                    and len(graph.nodes[producer[t]].outputs) == 1 and registry.get(graph.nodes[producer[t]].op).view is None
                    for t in node.inputs):
             continue
