@@ -266,7 +266,7 @@ def test_pointwise_kernel_matches_sgemm():
         out = np.full((2, 10, 7, 9), np.nan, np.float32)
         conv = conv_gemm.GemmConv(x.shape, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 1, 1, (0, 0.0, 0.0, 0.0),
                                   out.shape, 48, 1, pointwise)
-        conv(x, None, out, np.zeros(1, np.float32), np.zeros((1, 1), np.float32))
+        conv(x, None, out, np.zeros(1, np.float32), np.zeros((1, conv_gemm.scratch_floats(12, 10, 48, 1, 1)), np.float32))
         results.append(out)
     ref = C.conv2d_reference(x, w[:, :, None, None])
     for out in results:

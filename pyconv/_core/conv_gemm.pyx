@@ -19,7 +19,7 @@ from libc.string cimport memcpy
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.parallel cimport pyconv_omp_thread_id
+from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.simd cimport multiversion_void
@@ -42,8 +42,9 @@ def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
 
 
 def scratch_floats(int k, int cog, int tile_cols, int kh, int kw) -> int:
-    """Floats of scratch one thread needs: an im2col tile for kxk (1 for 1x1, which needs none)."""
-    return tile_cols * k if kh * kw > 1 else 1
+    """Floats of scratch per thread: an im2col tile for kxk (none for 1x1), padded to
+    whole cache lines between threads (parallel.pxd)."""
+    return thread_stride(tile_cols * k if kh * kw > 1 else 1)
 
 
 def phase_floats(int C, stride, int Hq, int Wq) -> int:

@@ -40,7 +40,7 @@ from libc.string cimport memset
 
 from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
-from pyconv._core.parallel cimport pyconv_omp_thread_id
+from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
 from pyconv._core.simd cimport multiversion_void
 
@@ -646,7 +646,7 @@ def scratch_floats(int Ho, int Wo, int kh, int kw, stride, dilation) -> int:
     if lanes_apply(kh, kw, Ho, Wo):
         lg = lane_geometry(0, 0, Ho, Wo, 0, stride, dilation)
         n = max(n, lane_floats(&lg))
-    return n
+    return thread_stride(n)   # whole cache lines between threads' buffers
 
 
 cdef class DepthwiseConv:

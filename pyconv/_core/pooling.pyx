@@ -16,6 +16,7 @@ import numpy as np
 FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
 
 from pyconv._core.blas cimport gemm_rowmajor
+from pyconv._core.parallel cimport thread_stride
 from pyconv._core.simd cimport multiversion_void
 
 
@@ -517,6 +518,7 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     nthreads = max(1, min(nthreads, N * chunks))
     # zeroed: vector loops read (and discard) scratch lanes past the data, which must
     # not hold denormals (slow) or signalling garbage
+    buf_len = thread_stride(buf_len)
     cdef float* bufs = <float*>calloc(nthreads * buf_len, sizeof(float))
     cdef int* corners = <int*>malloc(max(1, g.Ho * g.Wo) * sizeof(int)) if scheme == SCHEME_FLAT else NULL
     if bufs == NULL or (scheme == SCHEME_FLAT and corners == NULL):
@@ -601,7 +603,7 @@ def bin_pool(const float[:, :, :, :] x, float[:, :, :, :] out, const Py_ssize_t[
     if R == 0 or C == 0:
         return
     nthreads = max(1, min(nthreads, R * C))
-    cdef Py_ssize_t buf_len = x.shape[3]
+    cdef Py_ssize_t buf_len = thread_stride(x.shape[3])
     cdef float* bufs = <float*>malloc(nthreads * buf_len * sizeof(float))
     if bufs == NULL:
         raise MemoryError()
@@ -693,6 +695,7 @@ def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_
     for l in range(L):
         width = max(width, 2 * chunk * levels[l, 0] * levels[l, 0] + 3 * VECTOR_SLACK)
     nthreads = max(1, min(nthreads, N * chunks))
+    width = thread_stride(width)
     cdef float* bufs = <float*>calloc(nthreads * width, sizeof(float))   # zeroed: see window_pool
     if bufs == NULL:
         raise MemoryError()

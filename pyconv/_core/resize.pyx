@@ -7,6 +7,7 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+from pyconv._core.parallel cimport thread_stride
 from pyconv._core.simd cimport multiversion_void
 
 
@@ -100,7 +101,7 @@ def resize_bilinear(const float[::1] x, float[::1] y, Py_ssize_t planes, Py_ssiz
     """Bilinear resize: row i blends input rows y0[i], y1[i] with weight wy[i] (same for columns)."""
     cdef Py_ssize_t out_h = y0.shape[0], out_w = x0.shape[0]
     cdef Py_ssize_t p
-    cdef float[:, ::1] rows = np.empty((max(nthreads, 1), 2 * out_w), dtype=np.float32)  # per thread
+    cdef float[:, ::1] rows = np.empty((max(nthreads, 1), thread_stride(2 * out_w)), dtype=np.float32)  # per thread
     with nogil:
         for p in prange(planes, num_threads=nthreads, schedule="static"):
             bilinear_plane(&x[p * in_h * in_w], &y[p * out_h * out_w], in_w, out_h, out_w,

@@ -27,7 +27,7 @@ import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.parallel cimport pyconv_omp_thread_id
+from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
 from pyconv._core.winograd_transforms import TILE_SIZES, transform_matrices
@@ -400,7 +400,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef Py_ssize_t v_size = g.P * tiles * Ci
     cdef Py_ssize_t m_size = g.P * tiles * Co
     cdef Py_ssize_t y_size = rows_per_block * m * g.Xw * Co
-    cdef Py_ssize_t block_floats = xb_size + v_size + m_size + y_size
+    cdef Py_ssize_t block_floats = thread_stride(xb_size + v_size + m_size + y_size)
     cdef int copies = threads if thread_per_block else 1
     work = _workspace(copies * block_floats)
     index = np.empty((copies, 3, max_packed), dtype=np.intp)
