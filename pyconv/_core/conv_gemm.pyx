@@ -206,7 +206,10 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     cdef const float* w = c.w + (<Py_ssize_t>grp * c.cog + row0) * c.K
     cdef const float* bias = c.bias + grp * c.cog + row0 if c.bias != NULL else NULL
     cdef const float* residual = c.residual + out_off if c.residual != NULL else NULL
-    if c.pointwise:
+    # pointwise_tile's last blocks overlap the previous ones inside its tile: a tile
+    # narrower than a block (the last of a split) would reach into a tile another thread
+    # is writing, so such a tile takes sgemm
+    if c.pointwise and ncols >= PW_COLS and rows >= PW_ROWS:
         pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
                        residual + col0 if residual != NULL else NULL, c.ep)
     else:

@@ -23,6 +23,7 @@ import numpy as np
 from pyconv._core import conv_gemm as _gemm
 from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
+from pyconv import _threads
 from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
@@ -220,8 +221,26 @@ class _Scratch(threading.local):
         return buf
 
 
+class _Run:
+    """A kernel planned for one input shape and thread count.
+
+    ``call(x, residual, out, *buffers)`` runs it on work buffers of ``scratch`` (name,
+    shape) pairs; called as ``run(x, residual, out)`` it takes them from its kernel's
+    thread-local scratch, while an executor step binds buffers of its own (see
+    PreparedConv2d.bind_step)."""
+
+    __slots__ = ("call", "scratch", "local")
+
+    def __init__(self, call: Callable[..., None], scratch: Tuple[Tuple[str, tuple], ...] = (),
+                 local: Optional["_Scratch"] = None) -> None:
+        self.call, self.scratch, self.local = call, scratch, local
+
+    def __call__(self, x: np.ndarray, residual: Optional[np.ndarray], out: np.ndarray) -> None:
+        self.call(x, residual, out, *[self.local.get(name, shape) for name, shape in self.scratch])
+
+
 # A kernel's ``plan(x_shape, out_shape, nthreads)`` does the per-shape work once
-# (tile sizes, scratch sizes, algorithm choice) and returns ``run(x, residual, out)``.
+# (tile sizes, scratch sizes, algorithm choice) and returns a ``_Run``.
 
 class _GemmKernel:
     """1x1 and im2col convs: tiled GEMM on NCHW (pyconv/_core/conv_gemm.pyx)."""
@@ -270,11 +289,7 @@ class _GemmKernel:
                      and tile >= _gemm.pointwise_min_cols())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, pointwise, row_blocks)
-        get = self._scratch.get
-
-        def run(x, residual, out):
-            conv(x, residual, out, get("phases", phase_shape), get("tiles", tile_shape))
-        return run
+        return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
 
 
 class _DepthwiseKernel:
@@ -293,11 +308,7 @@ class _DepthwiseKernel:
                                                            g.dilation))
         conv = _depthwise.DepthwiseConv(tuple(x_shape), self.weight, self.bias, g.stride, g.pads, g.dilation,
                                         self.epilogue, tuple(out_shape), nthreads)
-        get = self._scratch.get
-
-        def run(x, residual, out):
-            conv(x, residual, out, get("planes", plane_shape))
-        return run
+        return _Run(conv, (("planes", plane_shape),), self._scratch)
 
 
 def winograd_tile_for(n: int, in_channels: int, out_channels: int, ho: int, wo: int,
@@ -353,9 +364,9 @@ class _WinogradKernel:
         args = (packed, tile, self.bias, self.g.pads, self.epilogue)
         conv = self.module.winograd_conv
 
-        def run(x, residual, out):
+        def call(x, residual, out):   # the kernel keeps its own work buffers
             conv(x, *args, residual, out, nthreads)
-        return run
+        return _Run(call)
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -446,9 +457,18 @@ class PreparedConv2d:
         if not fits:
             return None
         plan, shape = self._plan, x.shape
+        run = plan(shape)[1]
+        # This step's own work buffers (an executor state runs one call at a time), and the
+        # kernel call for the thread setting of now: in a network the Python calls that
+        # fetched thread-local buffers per run cost more than a small layer (cold caches).
+        call, threads_now = run.call, _threads._num_threads
+        buffers = tuple(np.zeros(shape_, np.float32) for _, shape_ in run.scratch)
 
         def step(out: np.ndarray = out) -> np.ndarray:
-            plan(shape)[1](x, residual, out)  # per call only the thread setting is looked up
+            if _threads._num_threads == threads_now:
+                call(x, residual, out, *buffers)
+            else:   # the thread setting changed since: planned again for it
+                plan(shape)[1](x, residual, out)
             return out
         return step
 
