@@ -270,6 +270,7 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
     over whole vectors (n_vec >= n: no scalar tails; the extra lanes read scratch and are
     never copied out).  Rows narrower than a vector take the scalar path instead."""
     cdef Py_ssize_t oh, ow, kx, h0, ky0, ky1, tap, n = g.ow_hi - g.ow_lo
+    cdef int tap_op
     cdef Py_ssize_t n_vec = (n + VECTOR_SLACK - 1) // VECTOR_SLACK * VECTOR_SLACK
     cdef float* o
     cdef const float* phases = row_buf if g.sw == 1 else row_buf + g.W
@@ -291,25 +292,30 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
                 o[ow] = -INFINITY if op else 0.0
             continue
         reduce_rows(row_buf, x + (h0 + ky0 * g.dh) * g.x_row, ky1 - ky0, g.dh * g.x_row, g.W, op)
+        # stride 2: GCC leaves the NaN-propagating stride-2 tap loop scalar, so a reduced
+        # row without NaN (it holds one wherever its window rows do) takes plain maxps;
+        # the scan is one pass over a row in L1 (4-10 % of a 3x3 s2 pool; at other
+        # strides the taps are vectorized either way and the scan would only cost)
+        tap_op = max_op_for(op, row_buf, g.W) if g.sw == 2 else op
         for ow in range(g.ow_lo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, op)
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, tap_op)
         for ow in range(g.ow_hi, g.Wo):
-            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, op)
+            o[ow] = reduce_clipped_taps(row_buf, ow * g.sw - g.pl, g.kw, g.dw, g.W, tap_op)
         if n < VECTOR_SLACK:
             # narrow rows: scalar taps straight from the reduced row (whole-vector runs
             # would mostly compute padding)
             for ow in range(g.ow_lo, g.ow_hi):
-                o[ow] = reduce_taps(row_buf + ow * g.sw - g.pl, g.kw, g.dw, op)
+                o[ow] = reduce_taps(row_buf + ow * g.sw - g.pl, g.kw, g.dw, tap_op)
         else:
             if g.sw > 2:
                 split_phases(row_buf + g.W, row_buf, g.W, g.sw, g.phase_len)
             for kx in range(g.kw):
                 tap = kx * g.dw - g.pl
                 if g.sw <= 2:   # unit or stride-2 loads straight from the reduced row
-                    gather_taps(acc, row_buf + g.ow_lo * g.sw + tap, n_vec, g.sw, kx == 0, op)
+                    gather_taps(acc, row_buf + g.ow_lo * g.sw + tap, n_vec, g.sw, kx == 0, tap_op)
                 else:           # input column ow * sw + tap = (ow + tap // sw) * sw + tap % sw
                     run = phases + (tap - floor_div(tap, g.sw) * g.sw) * g.phase_len + g.ow_lo + floor_div(tap, g.sw)
-                    gather_taps(acc, run, n_vec, 1, kx == 0, op)
+                    gather_taps(acc, run, n_vec, 1, kx == 0, tap_op)
             for ow in range(n):
                 o[g.ow_lo + ow] = acc[ow]
         if scale != NULL:
