@@ -568,3 +568,35 @@ def test_against_onnxruntime():
         got = C.conv2d(x, w, stride=attrs["strides"], padding=(p[0], p[1], p[2], p[3]),
                        dilation=attrs.get("dilations", 1), groups=attrs["group"])
         assert rel_err(got, expected) <= 1e-5
+
+
+def test_kernel_objects_refuse_arrays_that_do_not_match_their_plan():
+    # GemmConv / DepthwiseConv check every array on every call (they write through raw
+    # pointers): wrong shape, dtype, layout or too small a work buffer is a ValueError
+    from pyconv._core import conv_gemm, depthwise
+    x = np.zeros((1, 8, 6, 6), np.float32)
+    out = np.zeros((1, 8, 6, 6), np.float32)
+    gemm = conv_gemm.GemmConv(x.shape, np.zeros((8, 72), np.float32), None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 3, 3,
+                              (0, 0.0, 0.0, 0.0), out.shape, 32, 1)
+    phases = np.zeros(conv_gemm.phase_floats(8, (1, 1), 8, 8), np.float32)
+    tiles = np.zeros((1, conv_gemm.scratch_floats(72, 8, 32, 3, 3)), np.float32)
+    gemm(x, None, out, phases, tiles)
+    dw = depthwise.DepthwiseConv(x.shape, np.zeros((8, 1, 3, 3), np.float32), None, (1, 1), (1, 1, 1, 1), (1, 1),
+                                 (0, 0.0, 0.0, 0.0), out.shape, 1)
+    planes = np.zeros((1, depthwise.scratch_floats(6, 6, 3, 3, (1, 1), (1, 1))), np.float32)
+    dw(x, None, out, planes)
+    bad_calls = [
+        lambda: gemm(np.zeros((1, 8, 7, 6), np.float32), None, out, phases, tiles),      # another shape
+        lambda: gemm(x.astype(np.float64), None, out, phases, tiles),                    # dtype
+        lambda: gemm(x, None, np.zeros((1, 8, 6, 6), np.float32)[:, :, :, ::-1], phases, tiles),  # layout
+        lambda: gemm(x, np.zeros((1, 8, 6, 5), np.float32), out, phases, tiles),          # residual shape
+        lambda: gemm(x, None, out, phases[:10], tiles),                                   # phase buffer
+        lambda: gemm(x, None, out, phases, tiles[:, :5]),                                 # tile buffer
+        lambda: dw(x, None, out, planes[:, :3]),
+        lambda: dw(np.zeros((2, 8, 6, 6), np.float32), None, out, planes),
+        lambda: conv_gemm.GemmConv(x.shape, np.zeros((8, 71), np.float32), None, (1, 1), (1, 1, 1, 1), (1, 1),
+                                   1, 3, 3, (0, 0.0, 0.0, 0.0), out.shape, 32, 1),          # weights of another K
+    ]
+    for call in bad_calls:
+        with pytest.raises((ValueError, TypeError)):
+            call()
