@@ -248,7 +248,8 @@ cdef class GemmConv:
             raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
         if groups < 1 or tile_cols < 1 or nthreads < 1 or row_blocks < 1:
             raise ValueError("groups, tile_cols, nthreads and row_blocks must be >= 1")
-        self.g.C, self.g.Co, self.g.Ho, self.g.Wo = self.x_shape[1], self.out_shape[1], self.out_shape[2], self.out_shape[3]
+        self.g.C, self.g.Co = self.x_shape[1], self.out_shape[1]
+        self.g.Ho, self.g.Wo = self.out_shape[2], self.out_shape[3]
         self.g.groups = groups
         self.g.ph = phase_geometry(self.x_shape[2], self.x_shape[3], self.g.Ho, self.g.Wo, kh, kw, stride, pads,
                                    dilation)

@@ -480,7 +480,8 @@ cdef void window_pool_task(const float* x, float* out, const Window2d* g, PlaneS
 
 def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, tuple stride,
                 Py_ssize_t pad_top, Py_ssize_t pad_left, tuple dilation, scale, bint is_max, int nthreads):
-    """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of every plane into ``out``.
+    """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of
+    every plane into ``out``.
 
     ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous).
     Scratch and tables live on the C heap: at 13x13 a NumPy allocation per call cost

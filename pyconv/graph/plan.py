@@ -182,8 +182,8 @@ def _gathered_concats(graph: Graph, running: Sequence[int], shapes: Mapping[str,
     The slices must be contiguous runs (every axis before the concat axis of length 1,
     e.g. channels at batch 1), and each input a distinct tensor that an executed op (not
     a view, not another such concat, one output) writes and only this concat reads; the
-    output is not a graph output.  SqueezeNet's fire modules, Inception branches and DenseNet blocks concatenate
-    this way."""
+    output is not a graph output.  SqueezeNet's fire modules, Inception branches and
+    DenseNet blocks concatenate this way."""
     producer = {t: i for i in running for t in graph.nodes[i].outputs}
     readers: Dict[str, int] = {}
     for i in running:
@@ -191,6 +191,13 @@ def _gathered_concats(graph: Graph, running: Sequence[int], shapes: Mapping[str,
             readers[t] = readers.get(t, 0) + 1
     members: Dict[str, Tuple[str, int]] = {}
     nodes = set()
+
+    def writable(t: str) -> bool:
+        maker = graph.nodes[producer[t]] if t in producer else None
+        return (maker is not None and t not in pinned and t not in members and readers[t] == 1
+                and producer[t] not in nodes     # a concat that does not run writes nothing
+                and len(maker.outputs) == 1 and registry.get(maker.op).view is None)
+
     for i in running:
         node = graph.nodes[i]
         if node.op != "concat" or node.outputs[0] in pinned:
@@ -199,10 +206,7 @@ def _gathered_concats(graph: Graph, running: Sequence[int], shapes: Mapping[str,
         axis = registry.get("concat").resolve_attrs(node.attrs)["axis"] % len(out_shape)
         if math.prod(out_shape[:axis]) != 1 or len(set(node.inputs)) != len(node.inputs):
             continue
-        if not all(t in producer and t not in pinned and t not in members and readers[t] == 1
-                   and producer[t] not in nodes       # a concat that does not run writes nothing
-                   and len(graph.nodes[producer[t]].outputs) == 1 and registry.get(graph.nodes[producer[t]].op).view is None
-                   for t in node.inputs):
+        if not all(writable(t) for t in node.inputs):
             continue
         start = 0
         for t in node.inputs:

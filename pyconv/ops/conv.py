@@ -20,10 +20,10 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pyconv import _threads
 from pyconv._core import conv_gemm as _gemm
 from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
-from pyconv import _threads
 from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
@@ -284,7 +284,8 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
-        small = k <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS or (cog <= k and cog * k <= _POINTWISE_MAX_WEIGHTS)
+        small = (k <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS
+                 or (cog <= k and cog * k <= _POINTWISE_MAX_WEIGHTS))
         pointwise = (kh == kw == 1 and small and cog >= _gemm.pointwise_min_rows()
                      and tile >= _gemm.pointwise_min_cols())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
