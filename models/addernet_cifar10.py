@@ -36,9 +36,7 @@ def strip_data_parallel(state_dict: Mapping[str, np.ndarray]) -> Dict[str, np.nd
 def build(state_dict: Mapping[str, np.ndarray]) -> Net:
     """AdderNet ResNet-20 filled with the reference state_dict (every weight must be used)."""
     net = addernet_resnet20(state_dict=strip_data_parallel(state_dict))
-    unused = net.unused_weights()
-    if unused:
-        raise ValueError(f"the state_dict has weights AdderNet ResNet-20 does not use: {unused[:5]}")
+    net.require_all_weights_used()
     net.metadata.update({
         "description": "AdderNet ResNet-20 (Chen et al., CVPR 2020) trained on CIFAR-10 "
                        "(91.8 % top-1 reported); adder layers use no multiplications",

@@ -96,6 +96,13 @@ class Net:
             return []
         return sorted(k for k in self.state_dict if k not in self.used and not k.endswith("num_batches_tracked"))
 
+    def require_all_weights_used(self) -> None:
+        """ValueError naming the state_dict entries the architecture left unused (a converter's
+        check that the weights belong to this network)."""
+        unused = self.unused_weights()
+        if unused:
+            raise ValueError(f"the state_dict has weights {self.name} does not use: {list(unused[:5])}")
+
     # ------------------------------------------------------------------ shapes
     def channels(self, x: str) -> int:
         return self.builder.shape(x)[1]

@@ -79,9 +79,7 @@ def imagenet_labels() -> List[str]:
 def build(state_dict: Mapping[str, np.ndarray]) -> Net:
     """The MobileNetV2 builder filled with a torchvision state_dict, labels and preprocessing."""
     net = mobilenet_v2(state_dict=state_dict)
-    unused = net.unused_weights()
-    if unused:
-        raise ValueError(f"the state_dict has weights MobileNetV2 does not use: {unused[:5]}")
+    net.require_all_weights_used()
     net.metadata.update({
         "description": "MobileNetV2 (Sandler et al. 2018) trained on ImageNet-1k, torchvision weights "
                        "(71.878 % top-1 reported by torchvision)",

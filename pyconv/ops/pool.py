@@ -501,16 +501,22 @@ def _roi_pool_bins(start: np.ndarray, end: np.ndarray, pooled: int, size: int) -
     return np.stack([np.clip(lo, 0, size), np.clip(hi, 0, size)], axis=2)
 
 
+def _roi_arguments(op: str, x, boxes, output_size, spatial_scale: float, out: Optional[np.ndarray]):
+    """(x, checked boxes, their batch indices, the (R, C, PH, PW) output) of a RoI op."""
+    x = _as_input(x)
+    PH, PW = int_pair(output_size, "output_size", 1)
+    boxes, image_of = _check_boxes(op, boxes, x.shape, spatial_scale)
+    return x, boxes, image_of, check_out(out, (boxes.shape[0], x.shape[1], PH, PW))
+
+
 def roi_pool(x: np.ndarray, boxes: np.ndarray, output_size: IntPair, spatial_scale: float = 1.0, *,
              out: Optional[np.ndarray] = None) -> np.ndarray:
     """Fast R-CNN RoI max pooling (torchvision ``roi_pool``) -> (R, C, PH, PW).
 
     Box corners are scaled and rounded to the nearest cell; the box (both ends inclusive)
     is cut into PH x PW integer bins (floor/ceil); empty bins give 0."""
-    x = _as_input(x)
-    PH, PW = int_pair(output_size, "output_size", 1)
-    boxes, image_of = _check_boxes("roi_pool", boxes, x.shape, spatial_scale)
-    y = check_out(out, (boxes.shape[0], x.shape[1], PH, PW))
+    x, boxes, image_of, y = _roi_arguments("roi_pool", x, boxes, output_size, spatial_scale, out)
+    PH, PW = y.shape[2:]
     if boxes.shape[0] == 0:
         return y
     corners = _round_half_away(boxes[:, 1:] * np.float32(spatial_scale))
@@ -560,10 +566,8 @@ def roi_align(x: np.ndarray, boxes: np.ndarray, output_size: IntPair, spatial_sc
     Each bin averages a grid of bilinear samples (``sampling_ratio`` per axis, or
     ceil(box size / output size) when <= 0).  ``aligned=True`` shifts the box by -0.5
     cell (pixel-centre model); ``aligned=False`` stretches boxes to at least 1 cell."""
-    x = _as_input(x)
-    PH, PW = int_pair(output_size, "output_size", 1)
-    boxes, image_of = _check_boxes("roi_align", boxes, x.shape, spatial_scale)
-    y = check_out(out, (boxes.shape[0], x.shape[1], PH, PW))
+    x, boxes, image_of, y = _roi_arguments("roi_align", x, boxes, output_size, spatial_scale, out)
+    PH, PW = y.shape[2:]
     if boxes.shape[0] == 0:
         return y
     offset = np.float32(0.5 if aligned else 0.0)
