@@ -24,6 +24,7 @@ from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, t
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.simd cimport multiversion_void
 
+import numpy as np
 cimport numpy as cnp
 
 cnp.import_array()   # the NumPy C API behind ndarrays.pxd
@@ -93,13 +94,16 @@ cdef enum:
     PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 AVX-512 or 32 AVX2 registers)
 
 
-cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_ssize_t ldb,
-                                      float* c, Py_ssize_t ldc, int rows, int ncols,
+cdef multiversion_void pointwise_tile(const float* wt, Py_ssize_t ldw, Py_ssize_t K, const float* b,
+                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t ncols,
                                       const float* bias, const float* residual, Epilogue ep) noexcept nogil:
     """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS (1x1 convs).
 
-    bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs
-    on each block's rows as they are stored (no second pass over c).
+    wt is w transposed: wt[k * ldw + r] = w[r, k], so a block's weights for one k
+    are adjacent and every broadcast is a fixed offset from one pointer stepped by
+    ldw (with w itself, the eight row addresses cost more integer work per k than
+    the FMAs).  bias: rows floats or NULL; residual: laid out like c, or NULL.  The
+    epilogue runs on each block's rows as they are stored (no second pass over c).
 
     sgemm packs both operands and zeroes C in a pass of its own, which at K <= 32
     costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
@@ -108,17 +112,16 @@ cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_
     (recomputing a few values from acc, so also the epilogue) instead of running a
     remainder loop."""
     cdef float acc[PW_ROWS][PW_COLS]
-    cdef float wk[PW_ROWS]
-    cdef int r, r0, k, j, block
-    cdef int row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
+    cdef Py_ssize_t r, r0, k, j, block, p0
+    cdef Py_ssize_t row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
     # Block order: with K >= rows (projections: 144 -> 24) the K x PW_COLS panel of b is
     # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
     # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
     # the column blocks go inside, writing each block of rows sequentially (that order
     # is 1-6 % faster there).
     cdef bint rows_inside = K >= rows
-    cdef Py_ssize_t p0
     cdef const float* brow
+    cdef const float* wk
     cdef float* crow
     for block in range(row_blocks * col_blocks):
         if rows_inside:
@@ -130,13 +133,14 @@ cdef multiversion_void pointwise_tile(const float* w, int K, const float* b, Py_
         for r in range(PW_ROWS):
             for j in range(PW_COLS):
                 acc[r][j] = 0.0
+        brow = b + p0
+        wk = wt + r0
         for k in range(K):
-            brow = b + k * ldb + p0
-            for r in range(PW_ROWS):
-                wk[r] = w[(r0 + r) * K + k]
             for r in range(PW_ROWS):
                 for j in range(PW_COLS):
                     acc[r][j] += wk[r] * brow[j]
+            brow += ldb
+            wk += ldw
         for r in range(PW_ROWS):
             crow = c + (r0 + r) * ldc + p0
             for j in range(PW_COLS):
@@ -163,6 +167,7 @@ cdef struct GemmCall:
     const ConvGeom* g
     const float* x
     const float* w
+    const float* wt      # pointwise: w transposed per group (K x cog each)
     float* out
     float* phases
     const float* bias
@@ -210,8 +215,8 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     # narrower than a block (the last of a split) would reach into a tile another thread
     # is writing, so such a tile takes sgemm
     if c.pointwise and ncols >= PW_COLS and rows >= PW_ROWS:
-        pointwise_tile(w, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
-                       residual + col0 if residual != NULL else NULL, c.ep)
+        pointwise_tile(c.wt + <Py_ssize_t>grp * c.K * c.cog + row0, c.cog, c.K, b, ldb, c.out + out_off + col0, P,
+                       rows, ncols, bias, residual + col0 if residual != NULL else NULL, c.ep)
     else:
         gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
         epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
@@ -234,7 +239,7 @@ cdef class GemmConv:
     says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
     cdef Epilogue ep
-    cdef object wmat, bias
+    cdef object wmat, wt, bias
     cdef tuple x_shape, out_shape
     cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
     cdef Py_ssize_t phase_need, scratch_need
@@ -266,6 +271,9 @@ cdef class GemmConv:
             raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
                              f"{pointwise_min_rows() if pointwise else 1} of the {self.cog} output channels")
         self.tile_cols, self.nthreads, self.pointwise, self.row_blocks = tile_cols, nthreads, pointwise, row_blocks
+        # pointwise_tile reads each group's weights transposed (K x cog)
+        self.wt = (np.ascontiguousarray(wmat.reshape(groups, self.cog, self.K).transpose(0, 2, 1)) if pointwise
+                   else None)
         self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
         self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw)
@@ -281,6 +289,7 @@ cdef class GemmConv:
         call.g = &self.g
         call.x = data_of(x)
         call.w = data_of(self.wmat)
+        call.wt = data_of(self.wt) if self.wt is not None else NULL
         call.out = data_of(out)
         call.phases = data_of(phases)
         call.bias = data_of(self.bias) if self.bias is not None else NULL
