@@ -192,7 +192,7 @@ def test_kernels_with_explicit_thread_counts(algorithm, weight_shape, groups, nt
 def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci, batch):
     # 7x7 outputs: one tile, so two threads split its output channels (blocks of >= 16:
     # 17 channels stay whole and the pixels are split instead; two groups are two tasks
-    # already); 1x1 with K <= 32 runs the pointwise loop on each block
+    # already); 1x1 with K <= 32 runs the blocked loop on each block
     rng = np.random.default_rng([kernel, cog, groups, batch])
     x = rng.standard_normal((batch, ci * groups, 7, 7)).astype(np.float32)
     w = rng.standard_normal((cog * groups, ci, kernel, kernel)).astype(np.float32)
@@ -230,42 +230,62 @@ def test_1x1_on_1x1_spatial_and_stride():
         assert rel_err(C.conv2d(x, w, stride=stride), C.conv2d_reference(x, w, stride=stride)) <= 1e-5
 
 
-@pytest.mark.parametrize("cig, cog, groups, hw, stride, pads", [
-    (1, 8, 1, (6, 6), 1, (0, 0, 0, 0)),       # smallest block: 8 rows, 36 pixels (overlapping last block)
-    (16, 9, 1, (5, 7), 1, (0, 0, 0, 0)),      # rows not a multiple of the block, pixels 35
-    (32, 20, 2, (13, 11), 2, (1, 0, 2, 1)),   # groups, strided, padded: B read from phase planes
-    (24, 13, 1, (47, 45), 1, (0, 0, 0, 0)),   # several tiles
-    (70, 16, 1, (9, 9), 1, (0, 0, 0, 0)),     # large K, few output channels: pointwise
-    (12, 30, 1, (23, 19), 1, (0, 0, 0, 0)),   # K < rows (column blocks inside), ragged rows and pixels
-    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0)),     # an expansion above the pointwise limits: sgemm
-    (116, 58, 1, (7, 7), 1, (0, 0, 0, 0)),    # no expansion, few weights: pointwise
+@pytest.mark.parametrize("cig, cog, groups, hw, stride, pads, blocked", [
+    (1, 8, 1, (6, 6), 1, (0, 0, 0, 0), True),       # smallest block: 8 rows, 36 pixels (overlapping last block)
+    (16, 9, 1, (5, 7), 1, (0, 0, 0, 0), True),      # rows not a multiple of the block, pixels 35
+    (32, 20, 2, (13, 11), 2, (1, 0, 2, 1), True),   # groups, strided, padded: B read from phase planes
+    (24, 13, 1, (47, 45), 1, (0, 0, 0, 0), True),   # several tiles
+    (70, 16, 1, (9, 9), 1, (0, 0, 0, 0), True),     # large K, few output channels
+    (12, 30, 1, (23, 19), 1, (0, 0, 0, 0), True),   # K < rows (column blocks inside), ragged rows and pixels
+    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0), False),    # an expansion above the loop's limits: sgemm
+    (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), True),    # no expansion, few weights
 ])
-def test_1x1_pointwise_loop(cig, cog, groups, hw, stride, pads, threads):
-    # 1x1 convs with K <= 32 or 8..32 output channels per group run pointwise_tile, not sgemm
-    rng = np.random.default_rng([cig, cog, groups, threads])
+def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads):
+    # the rule in ops/conv.py sends these 1x1 convs to blocked_gemm_tile (or sgemm)
+    _check_gemm_path(cig, cog, groups, 1, hw, stride, pads, 1, blocked, threads)
+
+
+@pytest.mark.parametrize("cig, cog, groups, kernel, hw, stride, pads, dilation, blocked", [
+    (3, 64, 1, 7, (29, 31), 2, 3, 1, True),          # ResNet's conv1 (K = 147)
+    (16, 16, 1, 3, (13, 11), 1, 1, 1, True),         # K = 144, one tile with an overlapping last block
+    (5, 12, 2, 5, (17, 19), 1, (2, 1, 3, 0), 2, True),  # groups, dilation, asymmetric padding
+    (9, 20, 1, 3, (40, 37), 2, 1, 1, True),          # several tiles, stride 2, ragged rows
+    (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm
+    (64, 128, 1, 3, (9, 9), 2, 1, 1, False),         # 73728 weights: sgemm
+])
+def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads):
+    # im2col convs with K > 32 and at most 64K weights per group run blocked_gemm_tile on the tiles
+    _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads)
+
+
+def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads):
+    rng = np.random.default_rng([cig, cog, groups, kernel, threads])
+    w = rng.standard_normal((cog * groups, cig, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(cog * groups).astype(np.float32)
+    args = dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
+    prepared = C.prepare_conv2d(w, b, **args, activation="relu6", algorithm="1x1" if kernel == 1 else "im2col")
     for n in (1, 3):
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
-        w = rng.standard_normal((cog * groups, cig, 1, 1)).astype(np.float32)
-        b = rng.standard_normal(cog * groups).astype(np.float32)
-        ref0 = C.conv2d_reference(x, w, b, stride=stride, padding=pads, groups=groups)
+        ref0 = C.conv2d_reference(x, w, b, **args)
+        assert prepared._kernel.plan(x.shape, ref0.shape, threads).call.blocked == blocked
         res = rng.standard_normal(ref0.shape).astype(np.float32)
-        got = C.conv2d(x, w, b, stride=stride, padding=pads, groups=groups, residual=res, activation="relu6")
-        ref = C.conv2d_reference(x, w, b, stride=stride, padding=pads, groups=groups, residual=res,
-                                 activation="relu6")
+        got = prepared(x, residual=res)
+        ref = C.conv2d_reference(x, w, b, **args, residual=res, activation="relu6")
         assert rel_err(got, ref, np.max(np.abs(ref0 + res))) <= TOL["1x1"]
 
 
-def test_pointwise_kernel_matches_sgemm():
+def test_blocked_kernel_matches_sgemm():
     # the kernel flag itself (the rule above could route around it): both paths, same output
     from pyconv._core import conv_gemm
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 12, 7, 9)).astype(np.float32)
     w = rng.standard_normal((10, 12)).astype(np.float32)
     results = []
-    for pointwise in (False, True):
+    for blocked in (False, True):
         out = np.full((2, 10, 7, 9), np.nan, np.float32)
         conv = conv_gemm.GemmConv(x.shape, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, 1, 1, (0, 0.0, 0.0, 0.0),
-                                  out.shape, 48, 1, pointwise)
+                                  out.shape, 48, 1, blocked)
+        assert conv.blocked == blocked
         conv(x, None, out, np.zeros(1, np.float32), np.zeros((1, conv_gemm.scratch_floats(12, 10, 48, 1, 1)), np.float32))
         results.append(out)
     ref = C.conv2d_reference(x, w[:, :, None, None])

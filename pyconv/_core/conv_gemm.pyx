@@ -53,13 +53,13 @@ def phase_floats(int C, stride, int Hq, int Wq) -> int:
     return C * stride[0] * stride[1] * Hq * Wq + Wq
 
 
-def pointwise_min_rows() -> int:
-    """Fewest output channels per group pointwise_tile handles."""
+def blocked_min_rows() -> int:
+    """Fewest output channels per group blocked_gemm_tile handles."""
     return PW_ROWS
 
 
-def pointwise_min_cols() -> int:
-    """Fewest output pixels per tile pointwise_tile handles."""
+def blocked_min_cols() -> int:
+    """Fewest output pixels per tile blocked_gemm_tile handles."""
     return PW_COLS
 
 
@@ -90,14 +90,17 @@ cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int nco
 
 
 cdef enum:
-    PW_ROWS = 8    # output channels per register block of pointwise_tile
-    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 AVX-512 or 32 AVX2 registers)
+    PW_ROWS = 8    # output channels per register block of blocked_gemm_tile
+    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 AVX-512 registers; narrower
+                   # vector ISAs keep part of the block in L1)
 
 
-cdef multiversion_void pointwise_tile(const float* wt, Py_ssize_t ldw, Py_ssize_t K, const float* b,
-                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows, Py_ssize_t ncols,
-                                      const float* bias, const float* residual, Epilogue ep) noexcept nogil:
-    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS (1x1 convs).
+cdef multiversion_void blocked_gemm_tile(const float* wt, Py_ssize_t ldw, Py_ssize_t K, const float* b,
+                                         Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
+                                         Py_ssize_t ncols, const float* bias, const float* residual,
+                                         Epilogue ep) noexcept nogil:
+    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS (small GEMMs: see
+    ops/conv.py for which convs take it; b is x for 1x1 convs, else an im2col tile).
 
     wt is w transposed: wt[k * ldw + r] = w[r, k], so a block's weights for one k
     are adjacent and every broadcast is a fixed offset from one pointer stepped by
@@ -105,8 +108,8 @@ cdef multiversion_void pointwise_tile(const float* wt, Py_ssize_t ldw, Py_ssize_
     the FMAs).  bias: rows floats or NULL; residual: laid out like c, or NULL.  The
     epilogue runs on each block's rows as they are stored (no second pass over c).
 
-    sgemm packs both operands and zeroes C in a pass of its own, which at K <= 32
-    costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
+    sgemm packs both operands and zeroes C in a pass of its own, which for small
+    weight matrices costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
     accumulated over all of K in a local array and stored once.  Needs rows >=
     PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
     (recomputing a few values from acc, so also the epilogue) instead of running a
@@ -167,7 +170,7 @@ cdef struct GemmCall:
     const ConvGeom* g
     const float* x
     const float* w
-    const float* wt      # pointwise: w transposed per group (K x cog each)
+    const float* wt      # blocked: w transposed per group (K x cog each)
     float* out
     float* phases
     const float* bias
@@ -175,7 +178,7 @@ cdef struct GemmCall:
     Epilogue ep
     int K, cig, cog, tile_cols, ntiles
     int row_blocks       # output channels of a group split into this many tasks
-    bint pointwise
+    bint blocked
 
 
 cdef inline void split_task(const GemmCall* c, int n, int ch) noexcept nogil:
@@ -211,12 +214,12 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     cdef const float* w = c.w + (<Py_ssize_t>grp * c.cog + row0) * c.K
     cdef const float* bias = c.bias + grp * c.cog + row0 if c.bias != NULL else NULL
     cdef const float* residual = c.residual + out_off if c.residual != NULL else NULL
-    # pointwise_tile's last blocks overlap the previous ones inside its tile: a tile
+    # blocked_gemm_tile's last blocks overlap the previous ones inside its tile: a tile
     # narrower than a block (the last of a split) would reach into a tile another thread
     # is writing, so such a tile takes sgemm
-    if c.pointwise and ncols >= PW_COLS and rows >= PW_ROWS:
-        pointwise_tile(c.wt + <Py_ssize_t>grp * c.K * c.cog + row0, c.cog, c.K, b, ldb, c.out + out_off + col0, P,
-                       rows, ncols, bias, residual + col0 if residual != NULL else NULL, c.ep)
+    if c.blocked and ncols >= PW_COLS and rows >= PW_ROWS:
+        blocked_gemm_tile(c.wt + <Py_ssize_t>grp * c.K * c.cog + row0, c.cog, c.K, b, ldb, c.out + out_off + col0,
+                          P, rows, ncols, bias, residual + col0 if residual != NULL else NULL, c.ep)
     else:
         gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
         epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
@@ -231,8 +234,8 @@ cdef class GemmConv:
     conv's call otherwise spent more time acquiring seven memoryviews than computing a
     small layer.
     pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
-    out, or None; pointwise: 1x1 GEMMs by pointwise_tile instead of sgemm (needs
-    Co/groups >= pointwise_min_rows() and tile_cols >= pointwise_min_cols());
+    out, or None; blocked: the GEMMs by blocked_gemm_tile instead of sgemm (needs
+    Co/groups >= blocked_min_rows() and tile_cols >= blocked_min_cols());
     row_blocks: tasks per (group, tile), each a block of output channels (threads
     splitting a layer with few pixels by its weights, so each packs only its share);
     phases float32[phase_floats(...)], zeroed when allocated (unused when gemm_layout
@@ -243,10 +246,10 @@ cdef class GemmConv:
     cdef tuple x_shape, out_shape
     cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
     cdef Py_ssize_t phase_need, scratch_need
-    cdef bint pointwise
+    cdef readonly bint blocked
 
     def __init__(self, tuple x_shape, wmat, bias, stride, pads, dilation, int groups, int kh, int kw,
-                 tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint pointwise=False,
+                 tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint blocked=False,
                  int row_blocks=1):
         self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
         if len(self.x_shape) != 4 or len(self.out_shape) != 4 or self.x_shape[0] != self.out_shape[0]:
@@ -267,12 +270,12 @@ cdef class GemmConv:
             check_array(bias, "bias", (self.g.Co,))
         self.wmat, self.bias = wmat, bias
         self.ep = epilogue_from_spec(epilogue)
-        if row_blocks > self.cog or (pointwise and self.cog // row_blocks < pointwise_min_rows()):
+        if row_blocks > self.cog or (blocked and self.cog // row_blocks < blocked_min_rows()):
             raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
-                             f"{pointwise_min_rows() if pointwise else 1} of the {self.cog} output channels")
-        self.tile_cols, self.nthreads, self.pointwise, self.row_blocks = tile_cols, nthreads, pointwise, row_blocks
-        # pointwise_tile reads each group's weights transposed (K x cog)
-        self.wt = (np.ascontiguousarray(wmat.reshape(groups, self.cog, self.K).transpose(0, 2, 1)) if pointwise
+                             f"{blocked_min_rows() if blocked else 1} of the {self.cog} output channels")
+        self.tile_cols, self.nthreads, self.blocked, self.row_blocks = tile_cols, nthreads, blocked, row_blocks
+        # blocked_gemm_tile reads each group's weights transposed (K x cog)
+        self.wt = (np.ascontiguousarray(wmat.reshape(groups, self.cog, self.K).transpose(0, 2, 1)) if blocked
                    else None)
         self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
@@ -296,7 +299,7 @@ cdef class GemmConv:
         call.residual = data_of(residual) if residual is not None else NULL
         call.ep = self.ep
         call.K, call.cig, call.cog = self.K, self.cig, self.cog
-        call.tile_cols, call.ntiles, call.pointwise = self.tile_cols, self.ntiles, self.pointwise
+        call.tile_cols, call.ntiles, call.blocked = self.tile_cols, self.ntiles, self.blocked
         call.row_blocks = self.row_blocks
         cdef float* cols = data_of(scratch)
         cdef Py_ssize_t per_thread = self.scratch_need // self.nthreads

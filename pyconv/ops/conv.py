@@ -61,24 +61,30 @@ _GEMM_TILE_BUDGET_IM2COL = 1 << 18
 # ran 1.4-1.7x faster with 256-pixel tiles than with 2500-4200 (measured,
 # docs/kernels.md); larger K is indifferent between 128 and 1024.
 _IM2COL_MAX_TILE_COLS = 256
-# 1x1 convs with at most _POINTWISE_MAX_K input or _POINTWISE_MAX_ROWS output
-# channels per group run the register-blocked pointwise loop instead of sgemm.
+# 1x1 convs with at most _BLOCKED_MAX_K input or _BLOCKED_MAX_ROWS output
+# channels per group run the register-blocked GEMM loop (blocked_gemm_tile) instead of sgemm.
 # Alone, on one thread, the two are about even at such shapes; in a network
 # these layers' large outputs or inputs are cold, and the loop writes each output once (sgemm with beta = 0 zeroes
 # C in a pass of its own) and streams B in short blocks.  MobileNetV2's and
 # SqueezeNet's such layers ran 10-35 % faster in-network; wide layers on small
 # planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
-_POINTWISE_MAX_K = 32
-_POINTWISE_MAX_ROWS = 32
+_BLOCKED_MAX_K = 32
+_BLOCKED_MAX_ROWS = 32
 # ... and so do 1x1 convs that do not expand (C_out <= C_in per group) with at most
 # this many weights: sgemm's packing is a large share of such small GEMMs, and the
 # loop streams B once per column block.  Measured with cold caches, 1 thread (loop vs
 # sgemm): ShuffleNetV2's 58->58 @28, 116->116 @14, 232->232 @7 10 %, 11 %, 4 % faster,
 # MobileNetV2's 384->64 @14 17 %; expansions (64->384, 96->576) and larger
 # matrices (352->352) are faster in sgemm.
-_POINTWISE_MAX_WEIGHTS = 1 << 16
+# kxk convs (im2col tiles) with more than _BLOCKED_MAX_K and at most this many weights
+# per group take the loop too: it reads the im2col tile where it is, which sgemm
+# copies once more to pack it.  Alone, 1 thread, loop vs sgemm: ResNet's 7x7 conv1
+# (K = 147) 0.76, 5x5 16->32 @28 0.76, 3x3 16->16 @56 and 32->32 @28 0.76-0.79;
+# 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
+# with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2.
+_BLOCKED_MAX_WEIGHTS = 1 << 16
 # Output channels per block when threads split a GEMM conv's weights (sgemm's and the
-# pointwise loop's register blocks need a few; pointwise_min_rows() is 8).
+# blocked loop's register blocks need a few; blocked_min_rows() is 8).
 _MIN_ROWS_PER_BLOCK = 16
 # Per-input-shape plans kept by a PreparedConv2d (the executor keeps 8 shapes).
 _MAX_PLANS = 16
@@ -284,12 +290,14 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
-        small = (k <= _POINTWISE_MAX_K or cog <= _POINTWISE_MAX_ROWS
-                 or (cog <= k and cog * k <= _POINTWISE_MAX_WEIGHTS))
-        pointwise = (kh == kw == 1 and small and cog >= _gemm.pointwise_min_rows()
-                     and tile >= _gemm.pointwise_min_cols())
+        if kh == kw == 1:
+            small = (k <= _BLOCKED_MAX_K or cog <= _BLOCKED_MAX_ROWS
+                     or (cog <= k and cog * k <= _BLOCKED_MAX_WEIGHTS))
+        else:
+            small = _BLOCKED_MAX_K < k and cog * k <= _BLOCKED_MAX_WEIGHTS
+        blocked = small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
-                              self.epilogue, tuple(out_shape), tile, nthreads, pointwise, row_blocks)
+                              self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
 
 
