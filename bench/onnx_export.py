@@ -165,7 +165,12 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
             EXPORTERS[node.op](ex, node, attrs)
         else:
             raise NotImplementedError(f"no ONNX export for op {node.op!r} (node {node.name!r})")
-    inputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.shape)) for t in graph.inputs]
+    # the batch stays symbolic; other dims (the zoo's "H", "W") are fixed at their probe
+    # sizes, so onnxruntime plans the very shapes the benchmarks run
+    inputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT,
+                                            [d if axis == 0 else input_shapes[t.name][axis]
+                                             for axis, d in enumerate(t.shape)])
+              for t in graph.inputs]
     outputs = []
     for out in graph.outputs:
         if out.name != out.tensor:

@@ -23,6 +23,12 @@ import numpy as np
 
 from pyconv.graph.builder import GraphBuilder
 
+# ImageNet networks that end in a global (or adaptive) pool run at any input size their
+# strides allow, as in torchvision: they declare symbolic H and W and are built (shapes
+# checked, MACs counted) at 224 x 224.
+IMAGENET_INPUT = ("N", 3, "H", "W")
+IMAGENET_PROBE = {"H": 224, "W": 224}
+
 IMAGENET_PREPROCESS = {
     "resize": 256, "crop": [224, 224], "scale": 1 / 255, "channel_order": "RGB",
     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
@@ -37,14 +43,16 @@ class Net:
 
     ``state_dict`` (PyTorch names -> arrays) supplies trained weights; when it
     is None weights are drawn from ``np.random.default_rng(seed)``.  Tensors are
-    the names returned by the layer methods.
+    the names returned by the layer methods.  ``probe`` sizes symbolic input
+    dimensions while building (see :meth:`pyconv.GraphBuilder.input`).
     """
 
     def __init__(self, name: str, input_shape: Sequence[Union[int, str]], seed: int = 0,
-                 state_dict: Optional[Mapping[str, np.ndarray]] = None):
+                 state_dict: Optional[Mapping[str, np.ndarray]] = None,
+                 probe: Optional[Mapping[str, int]] = None):
         self.name = name
         self.builder = GraphBuilder()
-        self.input = self.builder.input("input", list(input_shape))
+        self.input = self.builder.input("input", list(input_shape), probe=probe)
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.state_dict = state_dict

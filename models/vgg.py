@@ -1,15 +1,16 @@
 """VGG-11 and VGG-16 (Simonyan & Zisserman 2015, configurations A and D), torchvision layout.
 
-3x3 convs with bias + ReLU, 2x2 max pools; classifier 25088-4096-4096-1000
-(torchvision's adaptive 7x7 average pool is the identity at 224x224 and is
-left out).  ``include_classifier=False`` stops at the last pool ([N, 512, 7, 7]),
-the "VGG without FC" used in benchmarks.
+3x3 convs with bias + ReLU, 2x2 max pools; an adaptive 7x7 average pool (the
+identity at 224x224; it lets the classifier, 25088-4096-4096-1000, take any
+input size of at least 32x32, as in torchvision).  ``include_classifier=False``
+stops at the last max pool ([N, 512, H/32, W/32]), the "VGG without FC" used in
+benchmarks.
 """
 from __future__ import annotations
 
 from typing import List, Union
 
-from models.layers import IMAGENET_PREPROCESS, Net
+from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -19,7 +20,7 @@ CONFIGS = {
 
 def _vgg(config: List[Union[int, str]], title: str, seed: int, num_classes: int, include_classifier: bool,
          state_dict=None) -> Net:
-    net = Net(title, ["N", 3, 224, 224], seed=seed, state_dict=state_dict)
+    net = Net(title, IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
     x, index = net.input, 0  # index counts torchvision's features.<i> modules (conv, relu, pool)
     for item in config:
         if item == "M":
@@ -29,7 +30,7 @@ def _vgg(config: List[Union[int, str]], title: str, seed: int, num_classes: int,
             x = net.conv_act(x, int(item), 3, f"features.{index}")
             index += 2
     if include_classifier:
-        x = net.builder.flatten(x)
+        x = net.builder.flatten(net.builder.adaptive_avg_pool2d(x, output_size=7, name="avgpool"))
         x = net.activation(net.linear(x, 4096, "classifier.0"), "relu")
         x = net.activation(net.linear(x, 4096, "classifier.3"), "relu")
         x = net.linear(x, num_classes, "classifier.6")

@@ -19,7 +19,7 @@ import pytest
 import pyconv
 from pyconv import registry
 from pyconv.graph.format import read_graph
-from pyconv.graph.shapes import input_shapes_for, probe_symbols, topological_order
+from pyconv.graph.shapes import infer_shapes, input_shapes_for, probe_symbols, topological_order
 from pyconv.graph.summary import summarize, totals
 from models.zoo import ZOO
 
@@ -89,6 +89,22 @@ def test_inception_5x5_branch_choice():
     torchvision_style = ZOO["inception_block"](paper_5x5=False).build()
     params, _ = literature_counts(torchvision_style)
     assert EXPECTED["inception_block"][0] - params == 16 * 32 * (25 - 9)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_input_sizes_follow_torchvision(name):
+    # ImageNet networks with a global (or adaptive) pool declare symbolic H, W and infer
+    # any size their strides allow; the others (LeNet-5, blocks) keep their fixed input
+    graph = built(name)
+    dims = graph.inputs[0].shape
+    assert dims[0] == "N"
+    if name not in FULLY_CONVOLUTIONAL:
+        assert all(isinstance(d, int) for d in dims[1:])
+        return
+    assert list(dims[2:]) == ["H", "W"]
+    for size in [(224, 224), (64, 96), (301, 257)]:
+        shapes = infer_shapes(graph, {graph.inputs[0].name: (2, 3) + size})
+        assert shapes[graph.outputs[0].tensor] == (2, 1000)
 
 
 def test_torchvision_weight_names():
@@ -172,9 +188,15 @@ def reference_run(graph, x: np.ndarray) -> np.ndarray:
     return values[graph.outputs[0].tensor]
 
 
-# small enough to run through the float64 references quickly
+# small enough to run through the float64 references quickly: batch, and the size of
+# inputs with symbolic H and W (not the 224 x 224 they are built at, not square)
 END_TO_END = {"lenet5": 3, "se_block": 1, "inception_block": 2, "squeezenet1_1": 1, "mobilenet_v2": 1,
               "shufflenet_v2_x1_0": 1}
+OTHER_SIZE = (96, 128)
+
+# networks that end in a global or adaptive pool take any input size, like torchvision's
+FULLY_CONVOLUTIONAL = ("densenet121", "googlenet", "mobilenet_v1", "mobilenet_v2", "resnet18", "resnet50",
+                       "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11", "vgg16")
 
 
 @pytest.mark.parametrize("name", sorted(END_TO_END))
@@ -183,7 +205,8 @@ def test_end_to_end_matches_reference(tmp_path, name):
     path = tmp_path / f"{name}.npz"
     ZOO[name]().save(path)
     model = pyconv.load(path)
-    shape = [END_TO_END[name]] + [d for d in graph.inputs[0].shape[1:]]
+    size = {"H": OTHER_SIZE[0], "W": OTHER_SIZE[1]}
+    shape = [END_TO_END[name]] + [size.get(d, d) for d in graph.inputs[0].shape[1:]]
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     got = model(x)
     want = reference_run(graph, x)

@@ -12,7 +12,10 @@ keyword arguments named like the op's weights become weight arrays (stored
 as ``"<node>.<weight>"``), the others attributes.  Mistakes (unknown op,
 unknown input, bad attribute, shapes that do not fit) raise at the call that
 makes them, whenever the input shapes are known (the batch dimension is
-probed as 1; other symbolic dimensions defer shape checks to ``build``).
+probed as 1; other symbolic dimensions take the sizes given as ``probe`` to
+``input``, or defer shape checks to ``build``).  A fully convolutional network
+declares ``["N", 3, "H", "W"]`` with ``probe={"H": 224, "W": 224}``: it is
+built and checked at 224 x 224 and runs at any size its layers allow.
 """
 from __future__ import annotations
 
@@ -58,8 +61,18 @@ class GraphBuilder:
         self._counters: Dict[str, int] = {}
 
     # ------------------------------------------------------------------ graph inputs/outputs
-    def input(self, name: str, shape: Sequence[Union[int, str]], dtype: str = "float32") -> str:
-        """Declare a graph input; dimensions are ints or symbolic names ("N", "H", "W")."""
+    def input(self, name: str, shape: Sequence[Union[int, str]], dtype: str = "float32",
+              probe: Optional[Mapping[str, int]] = None) -> str:
+        """Declare a graph input; dimensions are ints or symbolic names ("N", "H", "W").
+
+        ``probe`` gives symbolic dimensions a size to build with (shape checks, ``shape()``);
+        the graph keeps the symbols.  The batch dimension is probed as 1."""
+        probe = dict(probe or {})
+        for symbol, size in probe.items():
+            if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0):
+                raise ModelError(f"input {name!r}: probe size of {symbol!r} must be a positive int, got {size!r}")
+            if symbol not in shape:
+                raise ModelError(f"input {name!r}: probe names {symbol!r}, which is not a dimension of {list(shape)}")
         self._check_new_tensor(name, f"input {name!r}")
         dims = []
         for d in shape:
@@ -70,8 +83,9 @@ class GraphBuilder:
             else:
                 raise ModelError(f"input {name!r}: dimensions must be positive ints or symbolic names, got {shape!r}")
         self._inputs.append(TensorInfo(name, tuple(dims), dtype))
-        known = all(isinstance(d, int) or d in BATCH_SYMBOLS or axis == 0 for axis, d in enumerate(dims))
-        self._shapes[name] = tuple(d if isinstance(d, int) else 1 for d in dims) if known else None
+        probed = [d if isinstance(d, int) else 1 if d in BATCH_SYMBOLS or axis == 0 else probe.get(d)
+                  for axis, d in enumerate(dims)]
+        self._shapes[name] = None if None in probed else tuple(int(d) for d in probed)
         return name
 
     def output(self, name: str, alias: Optional[str] = None) -> str:
@@ -154,7 +168,8 @@ class GraphBuilder:
         return sorted(set(super().__dir__()) | set(registry.names()))
 
     def shape(self, tensor: str) -> Optional[Shape]:
-        """Shape of ``tensor`` with batch 1, or None when it depends on symbolic spatial dims."""
+        """Shape of ``tensor`` with batch 1 (and the probe sizes), or None when it depends on
+        symbolic dimensions without one."""
         return self._shapes[tensor]
 
     # ------------------------------------------------------------------ results
