@@ -203,6 +203,23 @@ def test_builder_reports_mistakes_where_they_happen():
     assert [n.name for n in graph.nodes] == ["r"] and not graph.weights  # failed calls left nothing behind
 
 
+def test_builder_probes_symbolic_sizes():
+    b = GraphBuilder()
+    x = b.input("x", ["N", 3, "H", "W"], probe={"H": 9, "W": 7})
+    y = b.conv2d(x, weight=np.zeros((2, 3, 3, 3)), stride=2)
+    assert b.shape(x) == (1, 3, 9, 7) and b.shape(y) == (1, 2, 4, 3)
+    with pytest.raises(ModelError, match="channels"):   # checked at the call, as for fixed sizes
+        b.conv2d(x, weight=np.zeros((2, 4, 3, 3)))
+    b.output(y)
+    assert b.build().inputs[0].shape == ("N", 3, "H", "W")   # the graph keeps the symbols
+    unprobed = GraphBuilder()
+    assert unprobed.shape(unprobed.input("x", ["N", 3, "H", "W"], probe={"H": 9})) is None
+    for probe, message in [({"H": 0, "W": 7}, "positive int"), ({"H": 9.5}, "positive int"),
+                           ({"D": 4}, "not a dimension")]:
+        with pytest.raises(ModelError, match=message):
+            GraphBuilder().input("x", ["N", 3, "H", "W"], probe=probe)
+
+
 def test_non_json_values_are_refused_on_save(tmp_path):
     graph = conv_relu_graph()
     graph.metadata["threshold"] = float("inf")
