@@ -240,9 +240,9 @@ def test_1x1_on_1x1_spatial_and_stride():
     (33, 40, 1, (9, 9), 1, (0, 0, 0, 0), False),    # an expansion above the loop's limits: sgemm
     (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), True),    # no expansion, few weights
 ])
-def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads):
+def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, monkeypatch):
     # the rule in ops/conv.py sends these 1x1 convs to blocked_gemm_tile (or sgemm)
-    _check_gemm_path(cig, cog, groups, 1, hw, stride, pads, 1, blocked, threads)
+    _check_gemm_path(cig, cog, groups, 1, hw, stride, pads, 1, blocked, threads, monkeypatch)
 
 
 @pytest.mark.parametrize("cig, cog, groups, kernel, hw, stride, pads, dilation, blocked", [
@@ -253,17 +253,24 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads):
     (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm
     (64, 128, 1, 3, (9, 9), 2, 1, 1, False),         # 73728 weights: sgemm
 ])
-def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads):
+def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
     # im2col convs with K > 32 and at most 64K weights per group run blocked_gemm_tile on the tiles
-    _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads)
+    _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch)
 
 
-def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads):
+def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
+    # the loop runs where the CPU has AVX-512; patched on, so it is tested on every CPU
     rng = np.random.default_rng([cig, cog, groups, kernel, threads])
     w = rng.standard_normal((cog * groups, cig, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(cog * groups).astype(np.float32)
     args = dict(stride=stride, padding=pads, dilation=dilation, groups=groups)
-    prepared = C.prepare_conv2d(w, b, **args, activation="relu6", algorithm="1x1" if kernel == 1 else "im2col")
+    algorithm = "1x1" if kernel == 1 else "im2col"
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: False)
+    x_shape = (1, cig * groups, *hw)
+    without = C.prepare_conv2d(w, b, **args, algorithm=algorithm)
+    assert not without._kernel.plan(x_shape, without.output_shape(x_shape), threads).call.blocked
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    prepared = C.prepare_conv2d(w, b, **args, activation="relu6", algorithm=algorithm)
     for n in (1, 3):
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
         ref0 = C.conv2d_reference(x, w, b, **args)

@@ -22,7 +22,7 @@ from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
-from pyconv._core.simd cimport multiversion_void
+from pyconv._core.simd cimport multiversion_void, wide_vectors
 
 import numpy as np
 cimport numpy as cnp
@@ -63,6 +63,15 @@ def blocked_min_cols() -> int:
     return PW_COLS
 
 
+def blocked_loop_pays() -> bool:
+    """Whether blocked_gemm_tile runs with 512-bit vectors (AVX-512), the only ones its
+    register block fits: with 256-bit vectors it spills, and an AVX2 build ran 1.2-2x
+    slower than OpenBLAS's Haswell sgemm on every shape where it wins with AVX-512
+    (measured; 16-column blocks compiled to scalar shuffles on GCC 12, 20x slower).
+    Where it does not pay, convs take sgemm."""
+    return wide_vectors()
+
+
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     phase_split(src, dst, g)
 
@@ -91,8 +100,8 @@ cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int nco
 
 cdef enum:
     PW_ROWS = 8    # output channels per register block of blocked_gemm_tile
-    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 AVX-512 registers; narrower
-                   # vector ISAs keep part of the block in L1)
+    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
+
 
 
 cdef multiversion_void blocked_gemm_tile(const float* wt, Py_ssize_t ldw, Py_ssize_t K, const float* b,

@@ -5,7 +5,11 @@
  * (x86-64-v4 = AVX-512, v3 = AVX2/FMA, baseline) and the loader picks the best
  * one for the running CPU (GCC/Clang target_clones, an ELF ifunc).  Elsewhere
  * (ARM64, macOS, -march=native builds) the macro is empty and the compiler's
- * own target flags apply.  No intrinsics: the loops stay plain C. */
+ * own target flags apply.  No intrinsics: the loops stay plain C.
+ *
+ * PYCONV_WIDE_VECTORS() says whether those kernels run with 512-bit vectors (32
+ * registers): the AVX-512 clone was picked, or the build targets AVX-512.  Kernels
+ * that keep a block of results in registers size the block by it. */
 #ifndef PYCONV_SIMD_H
 #define PYCONV_SIMD_H
 
@@ -13,8 +17,16 @@
     ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11) || \
      (defined(__clang__) && __clang_major__ >= 14))
 #define PYCONV_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* the CPU features the x86-64-v4 clone needs (the loader's own test) */
+#define PYCONV_WIDE_VECTORS() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && \
+                               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
 #else
 #define PYCONV_MULTIVERSION
+#if defined(__AVX512F__)
+#define PYCONV_WIDE_VECTORS() 1
+#else
+#define PYCONV_WIDE_VECTORS() 0
+#endif
 #endif
 
 #endif

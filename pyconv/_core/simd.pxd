@@ -3,3 +3,4 @@
 # function cannot be inlined into its caller, so give it a whole tile of work.
 cdef extern from "simd.h":
     ctypedef void multiversion_void "PYCONV_MULTIVERSION void"
+    bint wide_vectors "PYCONV_WIDE_VECTORS"() noexcept nogil

@@ -83,6 +83,14 @@ _BLOCKED_MAX_ROWS = 32
 # 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
 # with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2.
 _BLOCKED_MAX_WEIGHTS = 1 << 16
+
+
+def _blocked_loop_pays() -> bool:
+    """Whether the rules above apply on this CPU (the loop needs AVX-512, see
+    conv_gemm.blocked_loop_pays); tests patch it to run the loop everywhere."""
+    return _gemm.blocked_loop_pays()
+
+
 # Output channels per block when threads split a GEMM conv's weights (sgemm's and the
 # blocked loop's register blocks need a few; blocked_min_rows() is 8).
 _MIN_ROWS_PER_BLOCK = 16
@@ -295,7 +303,8 @@ class _GemmKernel:
                      or (cog <= k and cog * k <= _BLOCKED_MAX_WEIGHTS))
         else:
             small = _BLOCKED_MAX_K < k and cog * k <= _BLOCKED_MAX_WEIGHTS
-        blocked = small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
+        blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
+                   and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
