@@ -24,7 +24,6 @@ from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, t
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.simd cimport multiversion_void, wide_vectors
 
-import numpy as np
 cimport numpy as cnp
 
 cnp.import_array()   # the NumPy C API behind ndarrays.pxd
@@ -104,17 +103,13 @@ cdef enum:
 
 
 
-cdef multiversion_void blocked_gemm_tile(const float* wt, Py_ssize_t ldw, Py_ssize_t K, const float* b,
+cdef multiversion_void blocked_gemm_tile(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
                                          Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                          Py_ssize_t ncols, const float* bias, const float* residual,
                                          Epilogue ep) noexcept nogil:
-    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS (small GEMMs: see
-    ops/conv.py for which convs take it; b is x for 1x1 convs, else an im2col tile).
-
-    wt is w transposed: wt[k * ldw + r] = w[r, k], so a block's weights for one k
-    are adjacent and every broadcast is a fixed offset from one pointer stepped by
-    ldw (with w itself, the eight row addresses cost more integer work per k than
-    the FMAs).  bias: rows floats or NULL; residual: laid out like c, or NULL.  The
+    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, all row-major
+    (small GEMMs: see ops/conv.py for which convs take it; b is x for 1x1 convs, else an
+    im2col tile).  bias: rows floats or NULL; residual: laid out like c, or NULL.  The
     epilogue runs on each block's rows as they are stored (no second pass over c).
 
     sgemm packs both operands and zeroes C in a pass of its own, which for small
@@ -122,7 +117,8 @@ cdef multiversion_void blocked_gemm_tile(const float* wt, Py_ssize_t ldw, Py_ssi
     accumulated over all of K in a local array and stored once.  Needs rows >=
     PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
     (recomputing a few values from acc, so also the epilogue) instead of running a
-    remainder loop."""
+    remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
+    weight addresses per k outnumbered the FMAs."""
     cdef float acc[PW_ROWS][PW_COLS]
     cdef Py_ssize_t r, r0, k, j, block, p0
     cdef Py_ssize_t row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
@@ -146,13 +142,13 @@ cdef multiversion_void blocked_gemm_tile(const float* wt, Py_ssize_t ldw, Py_ssi
             for j in range(PW_COLS):
                 acc[r][j] = 0.0
         brow = b + p0
-        wk = wt + r0
+        wk = w + r0 * ldw
         for k in range(K):
             for r in range(PW_ROWS):
                 for j in range(PW_COLS):
-                    acc[r][j] += wk[r] * brow[j]
+                    acc[r][j] += wk[r * ldw] * brow[j]
             brow += ldb
-            wk += ldw
+            wk += 1
         for r in range(PW_ROWS):
             crow = c + (r0 + r) * ldc + p0
             for j in range(PW_COLS):
@@ -179,7 +175,6 @@ cdef struct GemmCall:
     const ConvGeom* g
     const float* x
     const float* w
-    const float* wt      # blocked: w transposed per group (K x cog each)
     float* out
     float* phases
     const float* bias
@@ -227,8 +222,8 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     # narrower than a block (the last of a split) would reach into a tile another thread
     # is writing, so such a tile takes sgemm
     if c.blocked and ncols >= PW_COLS and rows >= PW_ROWS:
-        blocked_gemm_tile(c.wt + <Py_ssize_t>grp * c.K * c.cog + row0, c.cog, c.K, b, ldb, c.out + out_off + col0,
-                          P, rows, ncols, bias, residual + col0 if residual != NULL else NULL, c.ep)
+        blocked_gemm_tile(w, c.K, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
+                          residual + col0 if residual != NULL else NULL, c.ep)
     else:
         gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
         epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
@@ -251,7 +246,7 @@ cdef class GemmConv:
     says direct); scratch float32[nthreads, scratch_floats(...)]."""
     cdef ConvGeom g
     cdef Epilogue ep
-    cdef object wmat, wt, bias
+    cdef object wmat, bias
     cdef tuple x_shape, out_shape
     cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
     cdef Py_ssize_t phase_need, scratch_need
@@ -283,9 +278,6 @@ cdef class GemmConv:
             raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
                              f"{blocked_min_rows() if blocked else 1} of the {self.cog} output channels")
         self.tile_cols, self.nthreads, self.blocked, self.row_blocks = tile_cols, nthreads, blocked, row_blocks
-        # blocked_gemm_tile reads each group's weights transposed (K x cog)
-        self.wt = (np.ascontiguousarray(wmat.reshape(groups, self.cog, self.K).transpose(0, 2, 1)) if blocked
-                   else None)
         self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
         self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw)
@@ -301,7 +293,6 @@ cdef class GemmConv:
         call.g = &self.g
         call.x = data_of(x)
         call.w = data_of(self.wmat)
-        call.wt = data_of(self.wt) if self.wt is not None else NULL
         call.out = data_of(out)
         call.phases = data_of(phases)
         call.bias = data_of(self.bias) if self.bias is not None else NULL
