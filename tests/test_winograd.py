@@ -121,6 +121,25 @@ def test_matches_direct_convolution(tile, shape, nthreads):
 
 
 @pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("shape", [
+    (1, 20, 40, 9, 30, (1, 1, 1, 1)),    # 40 output channels: two overlapping column blocks
+    (2, 35, 33, 6, 37, (1, 2, 0, 1)),    # batch 2, ragged tile rows
+    (1, 7, 32, 23, 17, (0, 1, 2, 0)),    # exactly one column block, K < 8
+    (3, 16, 48, 2, 2, (1, 1, 1, 1)),     # fewer tiles per block than a register block: sgemm
+])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_blocked_gemm_matches_direct_convolution(tile, shape, nthreads):
+    # the per-position GEMMs by blocked_gemm (deep layers on AVX-512 CPUs), on every CPU
+    n, ci, co, h, w, pads = shape
+    rng = np.random.default_rng([tile, n, ci, co, nthreads])
+    x, wt = random_case(rng, n, ci, co, h, w)
+    bias = rng.standard_normal(co).astype(np.float32)
+    for block_bytes in (1, 1 << 20):   # a tile row per block, and whole images
+        got = run(x, wt, tile, bias, pads, nthreads=nthreads, blocked_gemm=True, block_bytes=block_bytes)
+        assert_close(got, direct_conv3x3(x, wt, bias, pads), tile)
+
+
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=str)
 def test_fused_epilogue(tile, activation):
     rng = np.random.default_rng(7)

@@ -18,6 +18,7 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from pyconv._core.blas cimport gemm_rowmajor
+from pyconv._core.blocked_gemm cimport PW_COLS, PW_ROWS, blocked_gemm
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
@@ -97,64 +98,12 @@ cdef void im2col_tile(const float* phases, float* cols, Py_ssize_t col0, int nco
                     p += run
 
 
-cdef enum:
-    PW_ROWS = 8    # output channels per register block of blocked_gemm_tile
-    PW_COLS = 32   # output pixels per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
-
-
-
 cdef multiversion_void blocked_gemm_tile(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
                                          Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                          Py_ssize_t ncols, const float* bias, const float* residual,
                                          Epilogue ep) noexcept nogil:
-    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, all row-major
-    (small GEMMs: see ops/conv.py for which convs take it; b is x for 1x1 convs, else an
-    im2col tile).  bias: rows floats or NULL; residual: laid out like c, or NULL.  The
-    epilogue runs on each block's rows as they are stored (no second pass over c).
-
-    sgemm packs both operands and zeroes C in a pass of its own, which for small
-    weight matrices costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
-    accumulated over all of K in a local array and stored once.  Needs rows >=
-    PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
-    (recomputing a few values from acc, so also the epilogue) instead of running a
-    remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
-    weight addresses per k outnumbered the FMAs."""
-    cdef float acc[PW_ROWS][PW_COLS]
-    cdef Py_ssize_t r, r0, k, j, block, p0
-    cdef Py_ssize_t row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
-    # Block order: with K >= rows (projections: 144 -> 24) the K x PW_COLS panel of b is
-    # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
-    # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
-    # the column blocks go inside, writing each block of rows sequentially (that order
-    # is 1-6 % faster there).
-    cdef bint rows_inside = K >= rows
-    cdef const float* brow
-    cdef const float* wk
-    cdef float* crow
-    for block in range(row_blocks * col_blocks):
-        if rows_inside:
-            r0, p0 = block % row_blocks * PW_ROWS, block // row_blocks * PW_COLS
-        else:
-            r0, p0 = block // col_blocks * PW_ROWS, block % col_blocks * PW_COLS
-        r0 = min(r0, rows - PW_ROWS)
-        p0 = min(p0, ncols - PW_COLS)
-        for r in range(PW_ROWS):
-            for j in range(PW_COLS):
-                acc[r][j] = 0.0
-        brow = b + p0
-        wk = w + r0 * ldw
-        for k in range(K):
-            for r in range(PW_ROWS):
-                for j in range(PW_COLS):
-                    acc[r][j] += wk[r * ldw] * brow[j]
-            brow += ldb
-            wk += 1
-        for r in range(PW_ROWS):
-            crow = c + (r0 + r) * ldc + p0
-            for j in range(PW_COLS):
-                crow[j] = acc[r][j]
-            epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
-                         residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)
+    """blocked_gemm (blocked_gemm.pxd) for one tile, in this module's ISA clones."""
+    blocked_gemm(w, ldw, K, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
 
 
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,

@@ -6,7 +6,7 @@
 #   per block of output tile rows:
 #     1. pack    the block's padded input rows to NHWC   Xb[row, x, ci]
 #     2. input   transform, one tile per call            V[p, t, ci]  = (B^T d_t B)[p]
-#     3. GEMM    one sgemm per position                  M[p] (T x Co) = V[p] (T x Ci) @ U[p] (Ci x Co)
+#     3. GEMM    one per position (sgemm, or blocked_gemm) M[p] (T x Co) = V[p] (T x Ci) @ U[p] (Ci x Co)
 #     4. output  transform, one tile per call            Y[row, a, x, co] = (A^T M_t A)[a, b]
 #     5. unpack  Y to the NCHW output rows + fused epilogue (bias, residual, activation)
 #
@@ -26,7 +26,8 @@ import threading
 import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.blocked_gemm cimport PW_COLS, PW_ROWS, blocked_gemm
+from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
@@ -47,6 +48,7 @@ cdef struct Geometry:
     Py_ssize_t TY, TX          # tile rows / columns per image
     Py_ssize_t Wp              # padded input width (TX * m + 2)
     Py_ssize_t Xw              # output-tile buffer width (TX * m)
+    bint blocked_gemm          # step 3 by blocked_gemm rather than sgemm
 
 
 cdef extern from "winograd_layout.h" nogil:
@@ -151,6 +153,14 @@ cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float*
     transpose_part(src, C, dst, dst_stride, x0, width, 0, rows)
 
 
+cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, Py_ssize_t T,
+                                     Py_ssize_t Ci, Py_ssize_t Co) noexcept nogil:
+    """M[p] = V[p] @ U[p] of one position by blocked_gemm (blocked_gemm.pxd), which reads U[p]
+    in place where sgemm copies it into packed panels on every call: megabytes per conv for
+    deep layers, whose few tiles make that copy as long as the multiplies."""
+    blocked_gemm(v, Ci, Ci, u, Co, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+
+
 cdef void run_block(const float* x, const float* u, const float* bias, const float* residual,
                     float* out, Epilogue ep, const Geometry* g, Py_ssize_t r0, Py_ssize_t nrows,
                     float* xb, float* v, float* mbuf, float* ybuf,
@@ -202,9 +212,13 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
         else:
             input_tile_f6(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
 
-    for p in prange(P, num_threads=nthreads, schedule="static"):
-        gemm_rowmajor(False, False, <int>T, <int>Co, <int>Ci, 1.0, v + p * T * Ci, <int>Ci,
-                      u + p * Ci * Co, <int>Co, 0.0, mbuf + p * T * Co, <int>Co)
+    if g.blocked_gemm and T >= PW_ROWS and Co >= PW_COLS:
+        for p in prange(P, num_threads=nthreads, schedule="static"):
+            position_gemm(v + p * T * Ci, u + p * Ci * Co, mbuf + p * T * Co, T, Ci, Co)
+    else:
+        for p in prange(P, num_threads=nthreads, schedule="static"):
+            gemm_rowmajor(False, False, <int>T, <int>Co, <int>Ci, 1.0, v + p * T * Ci, <int>Ci,
+                          u + p * Ci * Co, <int>Co, 0.0, mbuf + p * T * Co, <int>Co)
 
     for t in prange(T, num_threads=nthreads, schedule="static"):
         rr = t // TX
@@ -319,7 +333,7 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
 
 def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,
                   residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES) -> None:
+                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES, blocked_gemm: bool = False) -> None:
     """``out = act(conv3x3(x) + bias [+ residual])`` with Winograd F(tile x tile, 3 x 3).
 
     x: float32 C-contiguous ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)``;
@@ -330,7 +344,9 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``x`` or ``residual`` sharing memory with ``out`` is copied first.
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
-    own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
+    own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  ``blocked_gemm``
+    runs the per-position GEMMs by blocked_gemm instead of sgemm (pyconv/ops/conv.py
+    decides; they need at least PW_ROWS tiles and PW_COLS output channels, else sgemm).  With
     ``nthreads > 1`` the kernel's own threads call sgemm concurrently (the BLAS
     itself stays on one thread: pyconv._threads)."""
     m = _check_tile(tile)
@@ -376,6 +392,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     g.top, g.left = top, left
     g.TY, g.TX = (Ho + m - 1) // m, (Wo + m - 1) // m
     g.Wp, g.Xw = g.TX * m + 2, g.TX * m
+    g.blocked_gemm = bool(blocked_gemm)
 
     cdef int threads = int(nthreads)
     cdef Py_ssize_t rows_total = N * g.TY

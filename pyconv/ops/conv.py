@@ -52,6 +52,13 @@ WINOGRAD4_MIN_TILES = 48
 # (256->512 @28) and loses to F(2x2) at 770 KiB (512 @28); F(2x2) beats im2col
 # at 342 KiB (512 @14) and loses at 1 MiB (512 @7).
 WINOGRAD_FILTER_BYTES_PER_TILE = 512 << 10
+# Winograd's per-position GEMMs run the blocked loop (see _BLOCKED_MAX_WEIGHTS) from
+# this many filters per position (C_in x C_out) on, where sgemm's packed copy of
+# U[p], megabytes per conv in deep layers, costs as much as the multiplies.
+# Measured interleaved with other layers (caches cold, as in a network), 1 thread,
+# loop / sgemm: 256 @7 0.53, 192 @14 0.70, 384 @14 0.76, 512 @14 0.79, 256 @14
+# 0.82, 256 @28 0.87; below it, 128 @28 and @14 1.10-1.13, 64 @28 and @56 1.01-1.06.
+_WINOGRAD_BLOCKED_MIN_FILTER = 1 << 15
 # Floats of one GEMM task's B and C tiles: 2 MiB (the L2 of one core here) for
 # 1x1 convs, which read B in place; 1 MiB for kxk, whose im2col tile is
 # written first and must stay in L2 beside the BLAS's packed panels (measured).
@@ -381,9 +388,11 @@ class _WinogradKernel:
             packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile)
         args = (packed, tile, self.bias, self.g.pads, self.epilogue)
         conv = self.module.winograd_conv
+        blocked = (self.g.in_channels * self.g.out_channels >= _WINOGRAD_BLOCKED_MIN_FILTER
+                   and _blocked_loop_pays())
 
         def call(x, residual, out):   # the kernel keeps its own work buffers
-            conv(x, *args, residual, out, nthreads)
+            conv(x, *args, residual, out, nthreads, blocked_gemm=blocked)
         return _Run(call)
 
 

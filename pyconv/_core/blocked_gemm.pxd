@@ -1,0 +1,70 @@
+# A register-blocked GEMM for small matrices, shared by the GEMM-shaped kernels
+# (conv_gemm's 1x1 and im2col tiles, winograd's per-position products), which
+# call it from their own multi-versioned functions: inlined there, it is
+# compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
+# decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
+from pyconv._core.epilogue cimport Epilogue, epilogue_row
+
+
+cdef extern from *:
+    # always inlined into each ISA clone of its caller (a helper left out of line is
+    # compiled for the baseline ISA only)
+    ctypedef void inlined_void "__attribute__((always_inline)) void"
+
+
+cdef enum:
+    PW_ROWS = 8    # rows of c per register block of blocked_gemm
+    PW_COLS = 32   # columns of c per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
+
+
+cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
+                                     Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
+                                     Py_ssize_t ncols, const float* bias, const float* residual,
+                                     Epilogue ep) noexcept nogil:
+    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, all row-major.
+    bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs on
+    each block's rows as they are stored (no second pass over c).
+
+    sgemm packs both operands and zeroes C in a pass of its own, which for small
+    weight matrices costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
+    accumulated over all of K in a local array and stored once.  Needs rows >=
+    PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
+    (recomputing a few values from acc, so also the epilogue) instead of running a
+    remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
+    weight addresses per k outnumbered the FMAs."""
+    cdef float acc[PW_ROWS][PW_COLS]
+    cdef Py_ssize_t r, r0, k, j, block, p0
+    cdef Py_ssize_t row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
+    # Block order: with K >= rows (projections: 144 -> 24) the K x PW_COLS panel of b is
+    # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
+    # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
+    # the column blocks go inside, writing each block of rows sequentially (that order
+    # is 1-6 % faster there).
+    cdef bint rows_inside = K >= rows
+    cdef const float* brow
+    cdef const float* wk
+    cdef float* crow
+    for block in range(row_blocks * col_blocks):
+        if rows_inside:
+            r0, p0 = block % row_blocks * PW_ROWS, block // row_blocks * PW_COLS
+        else:
+            r0, p0 = block // col_blocks * PW_ROWS, block % col_blocks * PW_COLS
+        r0 = min(r0, rows - PW_ROWS)
+        p0 = min(p0, ncols - PW_COLS)
+        for r in range(PW_ROWS):
+            for j in range(PW_COLS):
+                acc[r][j] = 0.0
+        brow = b + p0
+        wk = w + r0 * ldw
+        for k in range(K):
+            for r in range(PW_ROWS):
+                for j in range(PW_COLS):
+                    acc[r][j] += wk[r * ldw] * brow[j]
+            brow += ldb
+            wk += 1
+        for r in range(PW_ROWS):
+            crow = c + (r0 + r) * ldc + p0
+            for j in range(PW_COLS):
+                crow[j] = acc[r][j]
+            epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
+                         residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)
