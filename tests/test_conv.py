@@ -208,6 +208,32 @@ def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci
     assert rel_err(out, ref, np.max(np.abs(ref0 + res))) <= 1e-5
 
 
+@pytest.mark.parametrize("channels, blocked", [(192, True), (96, False)])
+def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, monkeypatch):
+    # >= 32K filters per position: the per-position GEMMs by the blocked loop (where it pays)
+    module = C._winograd_kernels()
+    if module is None:
+        pytest.skip("winograd kernel not built")
+    seen = []
+    original = module.winograd_conv
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("blocked_gemm"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "winograd_conv", recording)
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((2, channels, 9, 8)).astype(np.float32)
+    w = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+    got = C.conv2d(x, w, padding=1, algorithm="winograd2")
+    assert seen == [blocked]
+    assert rel_err(got, C.conv2d_reference(x, w, padding=1)) <= TOL["winograd2"]
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: False)
+    C.conv2d(x, w, padding=1, algorithm="winograd2")
+    assert seen[-1] is False
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 1, 1), (3, 8, 1, 7), (1, 8, 9, 1), (3, 8, 5, 3)])
 @pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "winograd4", "winograd6"])
 def test_conv3x3_tiny_and_odd_spatial_sizes(shape, algorithm):
