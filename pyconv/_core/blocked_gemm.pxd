@@ -4,17 +4,12 @@
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
 # decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
 from pyconv._core.epilogue cimport Epilogue, epilogue_row
-
-
-cdef extern from *:
-    # always inlined into each ISA clone of its caller (a helper left out of line is
-    # compiled for the baseline ISA only)
-    ctypedef void inlined_void "__attribute__((always_inline)) void"
+from pyconv._core.simd cimport inlined_void
 
 
 cdef enum:
-    PW_ROWS = 8    # rows of c per register block of blocked_gemm
-    PW_COLS = 32   # columns of c per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
+    BLOCK_ROWS = 8    # rows of c per register block of blocked_gemm
+    BLOCK_COLS = 32   # columns of c per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
 
 
 cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
@@ -26,16 +21,17 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     each block's rows as they are stored (no second pass over c).
 
     sgemm packs both operands and zeroes C in a pass of its own, which for small
-    weight matrices costs as much as the multiplies.  Here each PW_ROWS x PW_COLS block of c is
-    accumulated over all of K in a local array and stored once.  Needs rows >=
-    PW_ROWS and ncols >= PW_COLS: the last blocks overlap the previous ones
-    (recomputing a few values from acc, so also the epilogue) instead of running a
-    remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
+    weight matrices costs as much as the multiplies.  Here each BLOCK_ROWS x BLOCK_COLS
+    block of c is accumulated over all of K in a local array and stored once.  Needs
+    rows >= BLOCK_ROWS and ncols >= BLOCK_COLS: the last blocks overlap the previous
+    ones (recomputing a few values from acc, so also the epilogue) instead of running
+    a remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
     weight addresses per k outnumbered the FMAs."""
-    cdef float acc[PW_ROWS][PW_COLS]
+    cdef float acc[BLOCK_ROWS][BLOCK_COLS]
     cdef Py_ssize_t r, r0, k, j, block, p0
-    cdef Py_ssize_t row_blocks = (rows + PW_ROWS - 1) // PW_ROWS, col_blocks = (ncols + PW_COLS - 1) // PW_COLS
-    # Block order: with K >= rows (projections: 144 -> 24) the K x PW_COLS panel of b is
+    cdef Py_ssize_t row_blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef Py_ssize_t col_blocks = (ncols + BLOCK_COLS - 1) // BLOCK_COLS
+    # Block order: with K >= rows (projections: 144 -> 24) the K x BLOCK_COLS panel of b is
     # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
     # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
     # the column blocks go inside, writing each block of rows sequentially (that order
@@ -46,25 +42,25 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     cdef float* crow
     for block in range(row_blocks * col_blocks):
         if rows_inside:
-            r0, p0 = block % row_blocks * PW_ROWS, block // row_blocks * PW_COLS
+            r0, p0 = block % row_blocks * BLOCK_ROWS, block // row_blocks * BLOCK_COLS
         else:
-            r0, p0 = block // col_blocks * PW_ROWS, block % col_blocks * PW_COLS
-        r0 = min(r0, rows - PW_ROWS)
-        p0 = min(p0, ncols - PW_COLS)
-        for r in range(PW_ROWS):
-            for j in range(PW_COLS):
+            r0, p0 = block // col_blocks * BLOCK_ROWS, block % col_blocks * BLOCK_COLS
+        r0 = min(r0, rows - BLOCK_ROWS)
+        p0 = min(p0, ncols - BLOCK_COLS)
+        for r in range(BLOCK_ROWS):
+            for j in range(BLOCK_COLS):
                 acc[r][j] = 0.0
         brow = b + p0
         wk = w + r0 * ldw
         for k in range(K):
-            for r in range(PW_ROWS):
-                for j in range(PW_COLS):
+            for r in range(BLOCK_ROWS):
+                for j in range(BLOCK_COLS):
                     acc[r][j] += wk[r * ldw] * brow[j]
             brow += ldb
             wk += 1
-        for r in range(PW_ROWS):
+        for r in range(BLOCK_ROWS):
             crow = c + (r0 + r) * ldc + p0
-            for j in range(PW_COLS):
+            for j in range(BLOCK_COLS):
                 crow[j] = acc[r][j]
-            epilogue_row(crow, PW_COLS, bias[r0 + r] if bias != NULL else 0.0,
+            epilogue_row(crow, BLOCK_COLS, bias[r0 + r] if bias != NULL else 0.0,
                          residual + (r0 + r) * ldc + p0 if residual != NULL else NULL, ep)

@@ -18,7 +18,7 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.blocked_gemm cimport PW_COLS, PW_ROWS, blocked_gemm
+from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
@@ -55,12 +55,12 @@ def phase_floats(int C, stride, int Hq, int Wq) -> int:
 
 def blocked_min_rows() -> int:
     """Fewest output channels per group blocked_gemm_tile handles."""
-    return PW_ROWS
+    return BLOCK_ROWS
 
 
 def blocked_min_cols() -> int:
     """Fewest output pixels per tile blocked_gemm_tile handles."""
-    return PW_COLS
+    return BLOCK_COLS
 
 
 def blocked_loop_pays() -> bool:
@@ -170,7 +170,7 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     # blocked_gemm_tile's last blocks overlap the previous ones inside its tile: a tile
     # narrower than a block (the last of a split) would reach into a tile another thread
     # is writing, so such a tile takes sgemm
-    if c.blocked and ncols >= PW_COLS and rows >= PW_ROWS:
+    if c.blocked and ncols >= BLOCK_COLS and rows >= BLOCK_ROWS:
         blocked_gemm_tile(w, c.K, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
                           residual + col0 if residual != NULL else NULL, c.ep)
     else:

@@ -42,7 +42,7 @@ from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_s
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
-from pyconv._core.simd cimport multiversion_void
+from pyconv._core.simd cimport inlined_void, multiversion_void
 
 cimport numpy as cnp
 
@@ -54,10 +54,6 @@ cdef extern from *:
     # so the compiler vectorizes them without run-time overlap checks
     ctypedef float* float_out "float * __restrict__"
     ctypedef const float* float_in "const float * __restrict__"
-    # return type of the helpers of depthwise_channel: inlined into each of its
-    # ISA clones (a helper left out of line is compiled for the baseline ISA only,
-    # and SSE code called from AVX-512 code pays the transition penalty)
-    ctypedef void inlined_void "__attribute__((always_inline)) void"
     void prefetch "__builtin_prefetch"(const void* address) noexcept nogil
     void prefetch_write "__builtin_prefetch"(const void* address, int rw) noexcept nogil
 

@@ -29,4 +29,13 @@
 #endif
 #endif
 
+/* Helpers of a multi-versioned kernel must be inlined into each of its clones: one
+ * left out of line is compiled for the baseline ISA only (and SSE code called from
+ * AVX-512 code pays a transition penalty). */
+#if defined(__GNUC__) || defined(__clang__)
+#define PYCONV_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define PYCONV_ALWAYS_INLINE
+#endif
+
 #endif

@@ -3,4 +3,6 @@
 # function cannot be inlined into its caller, so give it a whole tile of work.
 cdef extern from "simd.h":
     ctypedef void multiversion_void "PYCONV_MULTIVERSION void"
+    # return type of helpers that must be inlined into each clone of their caller
+    ctypedef void inlined_void "PYCONV_ALWAYS_INLINE void"
     bint wide_vectors "PYCONV_WIDE_VECTORS"() noexcept nogil

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.blocked_gemm cimport PW_COLS, PW_ROWS, blocked_gemm
+from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
@@ -212,7 +212,7 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
         else:
             input_tile_f6(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
 
-    if g.blocked_gemm and T >= PW_ROWS and Co >= PW_COLS:
+    if g.blocked_gemm and T >= BLOCK_ROWS and Co >= BLOCK_COLS:
         for p in prange(P, num_threads=nthreads, schedule="static"):
             position_gemm(v + p * T * Ci, u + p * Ci * Co, mbuf + p * T * Co, T, Ci, Co)
     else:
@@ -346,7 +346,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
     own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  ``blocked_gemm``
     runs the per-position GEMMs by blocked_gemm instead of sgemm (pyconv/ops/conv.py
-    decides; they need at least PW_ROWS tiles and PW_COLS output channels, else sgemm).  With
+    decides; they need at least BLOCK_ROWS tiles and BLOCK_COLS output channels, else sgemm).  With
     ``nthreads > 1`` the kernel's own threads call sgemm concurrently (the BLAS
     itself stays on one thread: pyconv._threads)."""
     m = _check_tile(tile)
