@@ -134,9 +134,12 @@ def test_blocked_gemm_matches_direct_convolution(tile, shape, nthreads):
     rng = np.random.default_rng([tile, n, ci, co, nthreads])
     x, wt = random_case(rng, n, ci, co, h, w)
     bias = rng.standard_normal(co).astype(np.float32)
+    ref = direct_conv3x3(x, wt, bias, pads)
     for block_bytes in (1, 1 << 20):   # a tile row per block, and whole images
-        got = run(x, wt, tile, bias, pads, nthreads=nthreads, blocked_gemm=True, block_bytes=block_bytes)
-        assert_close(got, direct_conv3x3(x, wt, bias, pads), tile)
+        for weight_limit in (0, 1 << 30):   # threads share each block's stages, or run whole blocks
+            got = run(x, wt, tile, bias, pads, nthreads=nthreads, blocked_gemm=True, block_bytes=block_bytes,
+                      per_thread_weight_bytes=weight_limit)
+            assert_close(got, ref, tile)
 
 
 @pytest.mark.parametrize("tile", TILES)
