@@ -3,8 +3,9 @@
 The row ring (outputs >= 32 wide, any kernel) rounds each row's run up to 16
 floats and lets the surplus land in the next rows, deinterleaves stride-2 rows
 and fills them one output row ahead; the phase-plane path (3x3, narrower
-outputs) runs over the wide grid; the lane path (3x3, multiplier 1, C a
-multiple of 16, small planes) transposes 16 channels into vector lanes.  These cases sit on those edges: widths
+outputs) runs over the wide grid; the lane path (3x3, multiplier 1, small
+planes) transposes blocks of 16 consecutive planes into vector lanes (a block may
+span images; planes past the last whole block take another path).  These cases sit on those edges: widths
 around the vector and the path threshold, width or height 1, padding larger
 than the kernel, odd/even widths with stride 2, residual, multiplier, batch.
 Tolerance as in tests/test_conv.py: 1e-5 of the pre-activation output's
@@ -45,6 +46,11 @@ CASES = [
     (16, 16, 16, 3, 1, (1, 1, 1, 1), 1, 1, 1),   # lanes at its output limit (256 pixels)
     (16, 33, 33, 3, 2, (1, 1, 1, 1), 1, 1, 1),   # input over the lane limit: planes
     (16, 7, 7, 3, 1, (1, 1, 1, 1), 1, 2, 1),     # multiplier 2: not lanes
+    (20, 7, 7, 3, 1, (1, 1, 1, 1), 1, 1, 1),     # lanes for 16 planes, phase planes for the last 4
+    (116, 14, 14, 3, 1, (1, 1, 1, 1), 1, 1, 1),  # ShuffleNetV2's stage 3: 7 lane blocks + 4 planes
+    (12, 9, 11, 3, 2, (1, 0, 1, 2), 1, 1, 3),    # 36 planes: 2 lane blocks across images + 4 planes
+    (5, 6, 6, 3, 1, (1, 1, 1, 1), 1, 1, 4),      # one lane block spanning four images, 4 planes after
+    (18, 4, 40, 3, 1, (1, 1, 1, 1), 1, 1, 1),    # lanes (160 outputs) + 2 planes by the row ring
 ]
 
 

@@ -6,11 +6,12 @@
 # every loop gets the caller's ISA: a helper left out of line is compiled for
 # SSE2 only and, called from AVX-512 code, also pays the SSE/AVX transition.
 #
-# Channel lanes (depthwise_tasks_lanes; 3x3, multiplier 1, C % 16 == 0, at most
-# LANES_MAX_OUT outputs per plane): 16 channels of one image are transposed to
-# pixel-major [row][col][16], so a vector holds one pixel of 16 channels and an
-# output pixel is nine vector FMAs, whatever the plane's width or stride.  The
-# transposes are plain loops the compiler turns into permutes.
+# Channel lanes (depthwise_tasks_lanes; 3x3, multiplier 1, at most LANES_MAX_OUT
+# outputs per plane): 16 consecutive planes (a block may span two images) are
+# transposed to pixel-major [row][col][16], so a vector holds one pixel of 16
+# channels and an output pixel is nine vector FMAs, whatever the plane's width or
+# stride.  The transposes are plain loops the compiler turns into permutes.  When
+# N * C is not a multiple of 16 the last planes take one of the paths below.
 #
 # Row ring (depthwise_channel; outputs at least PLANE_MAX_WO wide, any kernel):
 #  - BAND output rows at a time: the input rows they need go into a small ring
@@ -488,8 +489,8 @@ cdef multiversion_void depthwise_tasks_plane(const DepthwiseCall* c, int t0, int
 
 
 # ----------------------------------------------------------------------------- channel lanes
-# 3x3 filters, multiplier 1, C a multiple of LANES: LANES channels of one image at a
-# time, transposed to pixel-major [pixel][LANES] so that a vector holds one pixel of
+# 3x3 filters, multiplier 1: LANES consecutive planes at a time (channel
+# (ch0 + ci) % C of the batch), transposed to pixel-major [pixel][LANES] so that a vector holds one pixel of
 # LANES channels.  Then every output pixel is nine vector FMAs with the filters in
 # registers, with no rows, borders or remainders at all: the padding is a zero
 # frame of the transposed plane.  The transposes are plain loops the compiler turns
@@ -628,7 +629,7 @@ cdef inline bint use_planes(const RowGeom* g) noexcept nogil:
 
 cdef inline bint lanes_apply(int kh, int kw, int Ho, int Wo) noexcept nogil:
     """Whether the lane path may run for these outputs (it also needs multiplier 1,
-    C % LANES == 0 and an input of at most LANES_MAX_IN pixels)."""
+    N * C >= LANES and an input of at most LANES_MAX_IN pixels)."""
     return kh == 3 and kw == 3 and Ho * Wo <= LANES_MAX_OUT
 
 
@@ -657,10 +658,11 @@ cdef class DepthwiseConv:
     cdef PhaseGeom pg
     cdef LaneGeom lg
     cdef Epilogue ep
-    cdef bint lanes, planes
+    cdef bint planes
+    cdef int lane_planes  # the first N * C planes, a multiple of LANES, that the lane path runs
     cdef object weight, bias
     cdef tuple x_shape, out_shape
-    cdef Py_ssize_t need, zeroed
+    cdef Py_ssize_t need, zeroed, lane_zeroed
     cdef int nthreads
 
     def __init__(self, tuple x_shape, weight, bias, stride, pads, dilation, tuple epilogue, tuple out_shape,
@@ -683,12 +685,16 @@ cdef class DepthwiseConv:
         self.planes = use_planes(&self.g)
         self.need = plane_floats(&self.pg, Ho) if self.planes else ring_floats(&self.g)
         self.zeroed = self.need  # floats of scratch holding padding to zero
-        self.lanes = (lanes_apply(self.g.kh, self.g.kw, Ho, Wo) and self.g.mult == 1 and C % LANES == 0
-                      and self.g.H * self.g.W <= LANES_MAX_IN)
-        if self.lanes:
+        self.lane_planes = 0
+        if (lanes_apply(self.g.kh, self.g.kw, Ho, Wo) and self.g.mult == 1
+                and self.g.H * self.g.W <= LANES_MAX_IN):
+            # whole blocks of LANES planes (ShuffleNet's 116 or 232 channels: all but the
+            # last 4 or 8, which cost 1.5-3x more per plane on the other paths, measured)
+            self.lane_planes = self.x_shape[0] * C // LANES * LANES
+        if self.lane_planes:
             self.lg = lane_geometry(self.g.H, self.g.W, Ho, Wo, self.g.pt, stride, dilation)
-            self.need = lane_floats(&self.lg)
-            self.zeroed = self.lg.inputs
+            self.need = max(self.need, lane_floats(&self.lg))
+            self.lane_zeroed = self.lg.inputs
 
     def __call__(self, x, residual, out, scratch):
         check_array(x, "x", self.x_shape)
@@ -702,7 +708,7 @@ cdef class DepthwiseConv:
         cdef DepthwiseCall call
         call.g = &self.g
         call.pg = &self.pg if self.planes else NULL
-        call.lg = &self.lg if self.lanes else NULL
+        call.lg = NULL
         call.x = data_of(x)
         call.w = data_of(self.weight)
         call.out = data_of(out)
@@ -710,13 +716,24 @@ cdef class DepthwiseConv:
         call.residual = data_of(residual) if residual is not None else NULL
         call.ep = self.ep
         call.C = C
-        cdef int t, block, ntasks = N * C // LANES if self.lanes else N * C
-        cdef int per_block = 1 if self.lanes else TASK_BLOCK, nblocks = (ntasks + per_block - 1) // per_block
-        for t in range(nthreads):
-            memset(work + t * row, 0, self.zeroed * sizeof(float))
-        if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
-            depthwise_tasks(&call, 0, ntasks, work)
-        else:
-            for block in prange(nblocks, nogil=True, num_threads=nthreads, schedule="static"):
-                depthwise_tasks(&call, block * per_block, min(ntasks, (block + 1) * per_block),
-                                work + pyconv_omp_thread_id() * row)
+        cdef DepthwiseCall lanes = call
+        lanes.lg = &self.lg
+        if self.lane_planes:       # blocks of LANES planes
+            run_tasks(&lanes, 0, self.lane_planes // LANES, 1, work, row, self.lane_zeroed, nthreads)
+        if self.lane_planes < N * C:    # the other planes, by the row ring or phase planes
+            run_tasks(&call, self.lane_planes, N * C, TASK_BLOCK, work, row, self.zeroed, nthreads)
+
+
+cdef void run_tasks(const DepthwiseCall* c, int t0, int t1, int per_block, float* work, Py_ssize_t row,
+                    Py_ssize_t zeroed, int nthreads) noexcept nogil:
+    """Tasks t0 .. t1-1 of c's path (lane blocks or planes), per_block per thread task; each
+    thread's scratch (row floats apart) has its first ``zeroed`` floats zeroed first."""
+    cdef int t, block, nblocks = (t1 - t0 + per_block - 1) // per_block
+    for t in range(nthreads):
+        memset(work + t * row, 0, zeroed * sizeof(float))
+    if nthreads == 1:  # one call, no OpenMP region to enter (small layers)
+        depthwise_tasks(c, t0, t1, work)
+    else:
+        for block in prange(nblocks, num_threads=nthreads, schedule="static"):
+            depthwise_tasks(c, t0 + block * per_block, min(t1, t0 + (block + 1) * per_block),
+                            work + pyconv_omp_thread_id() * row)
