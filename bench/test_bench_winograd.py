@@ -1,7 +1,9 @@
 """Winograd kernel benchmarks: F(2x2), F(4x4), F(6x6) against onnxruntime and NumPy im2col.
 
 Calls the kernel directly (filters transformed once, output preallocated), the
-way the executor runs a prepared conv2d.  Layers: conv3x3 64->64 @56x56 and
+way the executor runs a prepared conv2d, with its per-position GEMMs as the engine
+chooses them (the blocked loop for wide layers on AVX-512 CPUs, else sgemm).
+Layers: conv3x3 64->64 @56x56 and
 256->256 @14x14, batch 1, padding 1, at 1 and 2 threads.
 
     python -m pytest bench/test_bench_winograd.py                  # pytest-benchmark table
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 
 from pyconv._core.winograd import winograd_conv, winograd_pack
+from pyconv.ops import conv as conv_ops
 from pyconv.ops._args import parse_activation
 
 from harness import interleaved_medians, threads_set  # noqa: E402  (bench/ is on sys.path)
@@ -76,11 +79,15 @@ def competitors(name: str, threads: int) -> Dict[str, Callable[[], object]]:
     x, w = layer_arrays(name)
     out = np.empty((1, w.shape[0], x.shape[2], x.shape[3]), np.float32)
     no_act = parse_activation(None)
+    # the per-position GEMMs as the engine runs them (pyconv/ops/conv.py's rule)
+    blocked = (w.shape[0] * w.shape[1] >= conv_ops._WINOGRAD_BLOCKED_MIN_FILTER
+               and conv_ops._blocked_loop_pays())
     funcs: Dict[str, Callable[[], object]] = {}
     for tile in TILES:
         packed = winograd_pack(w, tile)
         funcs[f"pyconv F({tile}x{tile},3x3)"] = (
-            lambda u=packed, m=tile: winograd_conv(x, u, m, None, PADS, no_act, None, out, threads) or out)
+            lambda u=packed, m=tile: winograd_conv(x, u, m, None, PADS, no_act, None, out, threads,
+                                                   blocked_gemm=blocked) or out)
     try:
         session = onnxruntime_session(w, threads)
         funcs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
