@@ -301,6 +301,9 @@ def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, block
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
         ref0 = C.conv2d_reference(x, w, b, **args)
         assert prepared._kernel.plan(x.shape, ref0.shape, threads).call.blocked == blocked
+        # bias + clip applied in registers; with a residual, the shared epilogue on stored rows
+        ref = C.conv2d_reference(x, w, b, **args, activation="relu6")
+        assert rel_err(prepared(x), ref, np.max(np.abs(ref0))) <= TOL["1x1"]
         res = rng.standard_normal(ref0.shape).astype(np.float32)
         got = prepared(x, residual=res)
         ref = C.conv2d_reference(x, w, b, **args, residual=res, activation="relu6")
