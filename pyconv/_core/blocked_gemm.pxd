@@ -3,9 +3,7 @@
 # call it from their own multi-versioned functions: inlined there, it is
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
 # decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
-from libc.math cimport INFINITY
-
-from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_row
+from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_row
 from pyconv._core.simd cimport inlined_void
 
 
@@ -39,10 +37,8 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     # the column blocks go inside, writing each block of rows sequentially (that order
     # is 1-6 % faster there).
     cdef bint rows_inside = K >= rows
-    cdef bint in_registers = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
-    cdef float lo = ep.lo if ep.kind == ACT_CLIP else -INFINITY
-    cdef float hi = ep.hi if ep.kind == ACT_CLIP else INFINITY
-    cdef float b_r, v
+    cdef float lo, hi, b_r
+    cdef bint in_registers = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef const float* brow
     cdef const float* wk
     cdef float* crow
@@ -69,11 +65,8 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             b_r = bias[r0 + r] if bias != NULL else 0.0
             if in_registers:
                 # bias and clip on the block while it is in registers: one store per output
-                # (NaN passes both compares unchanged, as in epilogue_row)
                 for j in range(BLOCK_COLS):
-                    v = acc[r][j] + b_r
-                    v = lo if v < lo else v
-                    crow[j] = hi if v > hi else v
+                    crow[j] = clip(acc[r][j] + b_r, lo, hi)
             else:
                 for j in range(BLOCK_COLS):
                     crow[j] = acc[r][j]

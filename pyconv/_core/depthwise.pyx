@@ -39,7 +39,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.string cimport memset
 
-from pyconv._core.epilogue cimport ACT_CLIP, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_from_spec, epilogue_row
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
@@ -205,11 +205,7 @@ cdef inline inlined_void row_3x3(float_out o, float_in a, float_in b, float_in c
         v = (bias + w0 * a[p + s0] + w1 * a[p + s1] + w2 * a[p + s2]
              + w3 * b[p + s0] + w4 * b[p + s1] + w5 * b[p + s2]
              + w6 * c[p + s0] + w7 * c[p + s1] + w8 * c[p + s2])
-        if v < lo:
-            v = lo
-        if v > hi:
-            v = hi
-        o[p] = v
+        o[p] = clip(v, lo, hi)
 
 
 cdef inline inlined_void rows_3x3(const RowGeom* g, float* out, const float* ring, int oh0, int n,
@@ -250,9 +246,8 @@ cdef inline inlined_void depthwise_channel(const RowGeom* g, const float* src, c
     this thread's scratch (ring_floats)."""
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, o_off
     cdef int oh, oh0, n, pr, next_row = 0, end, m, j
-    cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
-    cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
-    cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
+    cdef float lo, hi
+    cdef bint fused = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef float b
     cdef float* row_out = ring + (g.ring_mask + 1) * g.slot  # a plane's last rows, before their copy out
     cdef float* slot
@@ -331,15 +326,6 @@ cdef inline inlined_void copy_run(float_out dst, float_in src, int n) noexcept n
             dst[v * VEC + j] = src[v * VEC + j]
 
 
-cdef inline float clip(float v, float lo, float hi) noexcept nogil:
-    """v clipped to [lo, hi]; NaN passes through (as in epilogue_row)."""
-    if v < lo:
-        v = lo
-    if v > hi:
-        v = hi
-    return v
-
-
 cdef multiversion_void plane_general(float* acc, const float* planes, const PhaseGeom* pg, const float* w,
                                      float bias, float lo, float hi, Py_ssize_t n) noexcept nogil:
     """row_3x3 over the wide grid for any kernel: chunks that stay in L1, four taps per
@@ -403,10 +389,9 @@ cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom
     cdef Py_ssize_t plane = <Py_ssize_t>g.Ho * g.Wo, wide = <Py_ssize_t>g.Ho * pg.Wq, o_off, a_off
     cdef Py_ssize_t in_end = <Py_ssize_t>g.H * g.W  # input floats of the channel
     cdef int r, r_end, qh, ih, m, oh, j, n_in = (g.hi0 - g.lo0 + VEC - 1) // VEC * VEC
-    cdef bint fused = residual == NULL and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    cdef float lo, hi
+    cdef bint fused = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef bint fast_in = g.sw == 1
-    cdef float lo = ep.lo if fused and ep.kind == ACT_CLIP else -INFINITY
-    cdef float hi = ep.hi if fused and ep.kind == ACT_CLIP else INFINITY
     cdef float* acc = planes + pg.channel + pg.Wq + VEC
     cdef float* row
     for qh in range(g.sh):
@@ -543,11 +528,7 @@ cdef inline inlined_void lanes_run(float_out o, Py_ssize_t o_step, float_in win,
                  + w[3 * LANES + c] * win[t3 + c] + w[4 * LANES + c] * win[t4 + c]
                  + w[5 * LANES + c] * win[t5 + c] + w[6 * LANES + c] * win[t6 + c]
                  + w[7 * LANES + c] * win[t7 + c] + w[8 * LANES + c] * win[t8 + c])
-            if v < lo:
-                v = lo
-            if v > hi:
-                v = hi
-            o[c] = v
+            o[c] = clip(v, lo, hi)
         o += o_step
         win += win_step
 
@@ -571,9 +552,8 @@ cdef multiversion_void depthwise_tasks_lanes(const DepthwiseCall* c, const LaneG
     cdef float* bl = wb + 9 * LANES  # [LANES] biases
     cdef float* tile = bl + LANES  # LANES x LANES, for from_lanes
     cdef int blk, ch0, oh, ow, ow_lo, ow_hi, iw, ki, kj, k, ci
-    cdef bint fused = c.residual == NULL and (c.ep.kind == ACT_CLIP or c.ep.kind == ACT_NONE)
-    cdef float lo = c.ep.lo if fused and c.ep.kind == ACT_CLIP else -INFINITY
-    cdef float hi = c.ep.hi if fused and c.ep.kind == ACT_CLIP else INFINITY
+    cdef float lo, hi
+    cdef bint fused = clip_bounds(c.ep, c.residual != NULL, &lo, &hi)
     # columns whose windows lie inside the input: ow*sw - pl >= 0, ow*sw - pl + 2*dw < W
     ow_lo = (g.pl + g.sw - 1) // g.sw
     ow_hi = (g.W - 1 - 2 * g.dw + g.pl) // g.sw + 1 if g.W - 1 - 2 * g.dw + g.pl >= 0 else 0

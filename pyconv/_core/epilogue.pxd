@@ -2,6 +2,8 @@
 #     out = activation(out + bias [+ residual])
 # applied to a row while it is still in cache, instead of a second pass over
 # memory.  ``EpilogueSpec`` tuples come from pyconv.ops._args.parse_activation.
+from libc.math cimport INFINITY
+
 
 cdef enum:
     ACT_NONE = 0
@@ -26,6 +28,25 @@ cdef inline Epilogue epilogue_from_spec(tuple spec):
     return ep
 
 
+cdef inline float clip(float v, float lo, float hi) noexcept nogil:
+    """v clipped to [lo, hi]; NaN passes through unchanged (as in PyTorch)."""
+    if v < lo:
+        v = lo
+    if v > hi:
+        v = hi
+    return v
+
+
+cdef inline bint clip_bounds(Epilogue ep, bint residual, float* lo, float* hi) noexcept nogil:
+    """Whether a kernel may apply the epilogue as ``clip(v + bias, lo, hi)`` on values it
+    is about to store (no residual, a clip activation or none); sets lo and hi (-inf, inf
+    when it may not: the kernel then stores plain values and runs epilogue_row)."""
+    cdef bint in_kernel = not residual and (ep.kind == ACT_CLIP or ep.kind == ACT_NONE)
+    lo[0] = ep.lo if in_kernel and ep.kind == ACT_CLIP else -INFINITY
+    hi[0] = ep.hi if in_kernel and ep.kind == ACT_CLIP else INFINITY
+    return in_kernel
+
+
 cdef inline void epilogue_row(float* out, Py_ssize_t n, float bias,
                               const float* residual, Epilogue ep) noexcept nogil:
     """Apply bias, optional residual (NULL for none) and the activation to n floats.
@@ -41,12 +62,7 @@ cdef inline void epilogue_row(float* out, Py_ssize_t n, float bias,
             out[i] = out[i] + bias
     if ep.kind == ACT_CLIP:
         for i in range(n):
-            v = out[i]
-            if v < ep.lo:
-                v = ep.lo
-            if v > ep.hi:
-                v = ep.hi
-            out[i] = v
+            out[i] = clip(out[i], ep.lo, ep.hi)
     elif ep.kind == ACT_LEAKY:
         for i in range(n):
             v = out[i]
