@@ -121,6 +121,8 @@ def test_run_batches_images_of_one_size_with_the_same_results(capsys, classifier
                 assert a["label"] == b_["label"] and abs(a["probability"] - b_["probability"]) < 1e-5
         np.testing.assert_allclose(runs[batch][1], runs[1][1], rtol=1e-5, atol=1e-6)
         assert runs[batch][2] == runs[1][2] == [str(f) for i, f in enumerate(files) if i != 4]
+    code, out, err = run_cli(capsys, "run", model, *files, "--batch", 0)
+    assert code == 2 and "--batch must be at least 1" in err
 
 
 def test_run_reports_model_image_mismatch(capsys, tmp_path, images):

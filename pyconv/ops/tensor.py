@@ -757,6 +757,10 @@ def _constant_rule(input_shapes, weight_shapes, attrs):
     return [tuple(weight_shapes["value"])]
 
 
+def _concat_ref(*xs, axis=1):
+    return np.concatenate([np.asarray(x, np.float64) for x in xs], axis=axis)
+
+
 def _whole_view(input_shape, output_shapes, attrs) -> List[int]:
     """Reshape-like ops: the output is the input's memory from its start."""
     return [0]
@@ -785,16 +789,14 @@ for _fn, _ufunc in ((add, np.add), (sub, np.subtract), (mul, np.multiply), (div,
     _spec(_fn, _binary_shape, inputs=2, count=per_element_counts(adds=1), reference=_binary_ref(_ufunc),
           inplace=True)
 
-_spec(concat, _concat_shape, inputs=(1, None), attrs={"axis": 1},
-      reference=lambda *xs, axis=1: np.concatenate([np.asarray(x, np.float64) for x in xs], axis=axis))
+_spec(concat, _concat_shape, inputs=(1, None), attrs={"axis": 1}, reference=_concat_ref)
 _spec(split, _split_shape, attrs={"sizes_or_count": REQUIRED, "axis": 1}, reference=_split_ref,
       num_outputs=_split_count, view=_split_view)
 _spec(slice, _slice_shape, attrs={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None},
       reference=_slice_ref)
 _spec(channel_shuffle, _channel_shuffle_shape, attrs={"groups": REQUIRED}, reference=_channel_shuffle_ref)
 _spec(concat_shuffle, _concat_shuffle_shape, inputs=(1, None), attrs={"groups": REQUIRED},
-      reference=lambda *xs, groups: _channel_shuffle_ref(np.concatenate([np.asarray(x, np.float64) for x in xs],
-                                                                        axis=1), groups))
+      reference=lambda *xs, groups: _channel_shuffle_ref(_concat_ref(*xs), groups))
 _spec(flatten, _flatten_rule, attrs={"start_dim": 1, "end_dim": -1, "axis": None}, inplace=True, view=_whole_view,
       reference=lambda x, start_dim=1, end_dim=-1, axis=None: np.asarray(x, np.float64).reshape(
           _flatten_shape(np.shape(x), start_dim, end_dim, axis)))
