@@ -139,8 +139,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args)
     if len(model.input_names) != 1:
         raise UsageError(f"pyconv run feeds one image per call; this model has inputs {model.input_names}")
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     name = model.input_names[0]
     paths = _image_paths(args.images)
     preprocess = model.metadata.get("preprocess") or {}
