@@ -7,7 +7,7 @@ and resolution (2x2 average pool).
 """
 from __future__ import annotations
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 GROWTH_RATE = 32
 BN_SIZE = 4
@@ -30,7 +30,7 @@ def dense_block(net: Net, x: str, layers: int, name: str) -> str:
 
 
 def densenet121(seed: int = 0, num_classes: int = 1000, state_dict=None) -> Net:
-    net = Net("DenseNet-121", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("DenseNet-121", seed=seed, state_dict=state_dict)
     x = net.conv_bn(net.input, 64, 7, "features.conv0", "features.norm0", stride=2)
     x = net.max_pool(x, 3, 2, padding=1)
     for i, layers in enumerate(BLOCKS_121, start=1):

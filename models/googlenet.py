@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 BN_EPS = 1e-3
 
@@ -48,7 +48,7 @@ def inception_block(seed: int = 0, size: int = 28, paper_5x5: bool = True, state
 
 
 def googlenet(seed: int = 0, num_classes: int = 1000, paper_5x5: bool = False, state_dict=None) -> Net:
-    net = Net("GoogLeNet", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("GoogLeNet", seed=seed, state_dict=state_dict)
     x = basic_conv(net, net.input, 64, 7, "conv1", stride=2)
     x = net.max_pool(x, 3, 2, ceil_mode=True)
     x = basic_conv(net, x, 64, 1, "conv2")

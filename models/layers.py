@@ -38,6 +38,11 @@ IMAGENET_PREPROCESS = {
 _BN_TORCH_NAMES = {"mean": "running_mean", "var": "running_var", "weight": "weight", "bias": "bias"}
 
 
+def imagenet_net(name: str, seed: int = 0, state_dict: Optional[Mapping[str, np.ndarray]] = None) -> "Net":
+    """A :class:`Net` on ``IMAGENET_INPUT``, built at ``IMAGENET_PROBE`` (see there)."""
+    return Net(name, IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+
+
 class Net:
     """A network under construction: graph builder + weight source + metadata.
 

@@ -9,7 +9,7 @@ names are torchvision's, so its trained state_dict maps directly.
 """
 from __future__ import annotations
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 # (output channels, stride) of V1's depthwise-separable blocks
 MOBILENET_V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
@@ -21,7 +21,7 @@ MOBILENET_V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4,
 
 
 def mobilenet_v1(seed: int = 0, num_classes: int = 1000, state_dict=None) -> Net:
-    net = Net("MobileNetV1", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("MobileNetV1", seed=seed, state_dict=state_dict)
     x = net.conv_bn(net.input, 32, 3, "features.0.conv", "features.0.bn", stride=2)
     for i, (channels, stride) in enumerate(MOBILENET_V1_BLOCKS, start=1):
         name = f"features.{i}"
@@ -49,7 +49,7 @@ def inverted_residual(net: Net, x: str, out_channels: int, stride: int, expansio
 
 
 def mobilenet_v2(seed: int = 0, num_classes: int = 1000, state_dict=None) -> Net:
-    net = Net("MobileNetV2", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("MobileNetV2", seed=seed, state_dict=state_dict)
     x = net.conv_bn(net.input, 32, 3, "features.0.0", "features.0.1", stride=2, act="relu6")
     index = 1
     for expansion, channels, repeats, first_stride in MOBILENET_V2_SETTINGS:

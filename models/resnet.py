@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 
 def _shortcut(net: Net, x: str, out_channels: int, stride: int, name: str) -> str:
@@ -35,7 +35,7 @@ def bottleneck(net: Net, x: str, width: int, stride: int, name: str) -> str:
 
 
 def _resnet(title: str, block, blocks_per_stage: Sequence[int], seed: int, num_classes: int, state_dict) -> Net:
-    net = Net(title, IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net(title, seed=seed, state_dict=state_dict)
     x = net.conv_bn(net.input, 64, 7, "conv1", "bn1", stride=2)
     x = net.max_pool(x, 3, 2, padding=1)
     for stage, count in enumerate(blocks_per_stage):

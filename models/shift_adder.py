@@ -22,7 +22,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # CIFAR-10 test normalisation of the AdderNet reference code; photos are resized
@@ -115,7 +115,7 @@ SHIFTNET_STAGES = [(64, 2, 2), (128, 3, 2), (256, 4, 2), (512, 2, 2)]
 def shiftnet_imagenet(seed: int = 0, num_classes: int = 1000, expansion: int = 4,
                       state_dict: Optional[Mapping[str, np.ndarray]] = None) -> Net:
     """ShiftNet-style network on [N, 3, 224, 224] (see the module docstring)."""
-    net = Net("ShiftNet-style ImageNet network", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("ShiftNet-style ImageNet network", seed=seed, state_dict=state_dict)
     x = net.conv_bn(net.input, 32, 3, "stem.conv", "stem.bn", stride=2)
     for stage, (channels, count, stride) in enumerate(SHIFTNET_STAGES):
         for i in range(count):

@@ -6,7 +6,7 @@ copies of the input; every unit ends with a channel shuffle of 2 groups.
 """
 from __future__ import annotations
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 STAGE_REPEATS = [4, 8, 4]
 STAGE_CHANNELS_X1 = [24, 116, 232, 464, 1024]
@@ -34,7 +34,7 @@ def shuffle_unit(net: Net, x: str, out_channels: int, stride: int, name: str) ->
 
 
 def shufflenet_v2_x1_0(seed: int = 0, num_classes: int = 1000, state_dict=None) -> Net:
-    net = Net("ShuffleNetV2 x1.0", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("ShuffleNetV2 x1.0", seed=seed, state_dict=state_dict)
     channels = STAGE_CHANNELS_X1
     x = net.conv_bn(net.input, channels[0], 3, "conv1.0", "conv1.1", stride=2)
     x = net.max_pool(x, 3, 2, padding=1)

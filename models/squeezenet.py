@@ -6,7 +6,7 @@ is a 1x1 conv to the classes + ReLU, then a global average pool.
 """
 from __future__ import annotations
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 # torchvision features.<index>: (squeeze, expand1x1, expand3x3); "M" = 3x3/2 max pool (ceil mode)
 LAYOUT = [("M", 2), ((16, 64, 64), 3), ((16, 64, 64), 4), ("M", 5), ((32, 128, 128), 6), ((32, 128, 128), 7),
@@ -20,7 +20,7 @@ def fire(net: Net, x: str, squeeze: int, expand1x1: int, expand3x3: int, name: s
 
 
 def squeezenet1_1(seed: int = 0, num_classes: int = 1000, state_dict=None) -> Net:
-    net = Net("SqueezeNet 1.1", IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net("SqueezeNet 1.1", seed=seed, state_dict=state_dict)
     x = net.conv_act(net.input, 64, 3, "features.0", stride=2, padding=0)
     for item, index in LAYOUT:
         if item == "M":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import List, Union
 
-from models.layers import IMAGENET_INPUT, IMAGENET_PREPROCESS, IMAGENET_PROBE, Net
+from models.layers import IMAGENET_PREPROCESS, Net, imagenet_net
 
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -20,7 +20,7 @@ CONFIGS = {
 
 def _vgg(config: List[Union[int, str]], title: str, seed: int, num_classes: int, include_classifier: bool,
          state_dict=None) -> Net:
-    net = Net(title, IMAGENET_INPUT, seed=seed, state_dict=state_dict, probe=IMAGENET_PROBE)
+    net = imagenet_net(title, seed=seed, state_dict=state_dict)
     x, index = net.input, 0  # index counts torchvision's features.<i> modules (conv, relu, pool)
     for item in config:
         if item == "M":
