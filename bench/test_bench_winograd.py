@@ -84,10 +84,9 @@ def competitors(name: str, threads: int) -> Dict[str, Callable[[], object]]:
                and conv_ops._blocked_loop_pays())
     funcs: Dict[str, Callable[[], object]] = {}
     for tile in TILES:
-        packed = winograd_pack(w, tile)
+        packed = winograd_pack(w, tile, panels=blocked)
         funcs[f"pyconv F({tile}x{tile},3x3)"] = (
-            lambda u=packed, m=tile: winograd_conv(x, u, m, None, PADS, no_act, None, out, threads,
-                                                   blocked_gemm=blocked) or out)
+            lambda u=packed, m=tile: winograd_conv(x, u, m, None, PADS, no_act, None, out, threads) or out)
     try:
         session = onnxruntime_session(w, threads)
         funcs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]

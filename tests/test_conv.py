@@ -217,9 +217,9 @@ def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, 
     seen = []
     original = module.winograd_conv
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("blocked_gemm"))
-        return original(*args, **kwargs)
+    def recording(x, packed, *args, **kwargs):
+        seen.append(packed.ndim == 4)   # U in column panels: the GEMMs by the blocked loop
+        return original(x, packed, *args, **kwargs)
 
     monkeypatch.setattr(module, "winograd_conv", recording)
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
@@ -369,6 +369,9 @@ def test_auto_algorithm_rule():
     assert tile(1, 512, 512, 28, 28) == 2  # F(4x4)'s filters: 770 KiB per tile
     assert tile(1, 512, 512, 7, 7, allow_im2col=True) is None and tile(1, 512, 512, 7, 7) == 2
     assert tile(1, 48, 192, 13, 13, allow_im2col=True) == 2
+    # filters in column panels (the blocked loop) stream faster: larger ones pay
+    assert tile(1, 512, 512, 28, 28, panels=True) == 4 and tile(1, 512, 512, 7, 7, True, panels=True) == 2
+    assert tile(1, 2048, 2048, 7, 7, allow_im2col=True, panels=True) is None
 
 
 @pytest.mark.skipif(C._winograd_kernels() is None, reason="pyconv._core.winograd is not built")

@@ -33,11 +33,12 @@ def direct_conv3x3(x, w, bias=None, pads=(0, 0, 0, 0), residual=None, activation
     return apply_activation_reference(out, activation)
 
 
-def run(x, w, tile, bias=None, pads=(0, 0, 0, 0), residual=None, activation=None, nthreads=1, **kw):
+def run(x, w, tile, bias=None, pads=(0, 0, 0, 0), residual=None, activation=None, nthreads=1, panels=False,
+        **kw):
     top, left, bottom, right = pads
     out = np.full((x.shape[0], w.shape[0], x.shape[2] + top + bottom - 2, x.shape[3] + left + right - 2),
                   np.nan, dtype=np.float32)
-    winograd_conv(x, winograd_pack(w, tile), tile, bias, pads, parse_activation(activation), residual,
+    winograd_conv(x, winograd_pack(w, tile, panels), tile, bias, pads, parse_activation(activation), residual,
                   out, nthreads, **kw)
     return out
 
@@ -129,7 +130,8 @@ def test_matches_direct_convolution(tile, shape, nthreads):
 ])
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_blocked_gemm_matches_direct_convolution(tile, shape, nthreads):
-    # the per-position GEMMs by blocked_gemm (deep layers on AVX-512 CPUs), on every CPU
+    # U in column panels: the per-position GEMMs by blocked_gemm (deep layers on AVX-512
+    # CPUs), on every CPU
     n, ci, co, h, w, pads = shape
     rng = np.random.default_rng([tile, n, ci, co, nthreads])
     x, wt = random_case(rng, n, ci, co, h, w)
@@ -137,7 +139,7 @@ def test_blocked_gemm_matches_direct_convolution(tile, shape, nthreads):
     ref = direct_conv3x3(x, wt, bias, pads)
     for block_bytes in (1, 1 << 20):   # a tile row per block, and whole images
         for weight_limit in (0, 1 << 30):   # threads share each block's stages, or run whole blocks
-            got = run(x, wt, tile, bias, pads, nthreads=nthreads, blocked_gemm=True, block_bytes=block_bytes,
+            got = run(x, wt, tile, bias, pads, nthreads=nthreads, panels=True, block_bytes=block_bytes,
                       per_thread_weight_bytes=weight_limit)
             assert_close(got, ref, tile)
 
@@ -254,6 +256,7 @@ def test_good_args_run():
     dict(x=[[[[0.0]]]]),
     dict(packed=winograd_pack(np.zeros((4, 3, 3, 3), np.float32), 2)),
     dict(packed=np.zeros((36, 3), np.float32)),
+    dict(packed=winograd_pack(np.zeros((40, 3, 3, 3), np.float32), 4, panels=True)),   # out: 4 channels
     dict(pads=(1, 1, 1)),
     dict(pads=(1, -1, 1, 1)),
     dict(pads=None),
@@ -285,6 +288,21 @@ def test_bad_arguments_raise_value_error(change):
 def test_pack_rejects_bad_weight(weight):
     with pytest.raises(ValueError):
         winograd_pack(weight, 4)
+
+
+def test_panels_must_match_out_channels():
+    args = good_args()
+    args.update(packed=winograd_pack(np.zeros((40, 3, 3, 3), np.float32), 4, panels=True),
+                out=np.zeros((1, 40, 5, 5), np.float32))
+    winograd_conv(**args)
+    args["out"] = np.zeros((1, 72, 5, 5), np.float32)   # 3 panels, not 2
+    with pytest.raises(ValueError, match="packed"):
+        winograd_conv(**args)
+
+
+def test_pack_panels_need_32_output_channels():
+    with pytest.raises(ValueError, match="32 output channels"):
+        winograd_pack(np.zeros((31, 3, 3, 3), np.float32), 2, panels=True)
 
 
 def test_pack_rejects_bad_tile():

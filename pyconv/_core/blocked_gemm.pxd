@@ -12,6 +12,12 @@ cdef enum:
     BLOCK_COLS = 32   # columns of c per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
 
 
+cdef inline Py_ssize_t panel_start(Py_ssize_t block, Py_ssize_t ncols) noexcept nogil:
+    """First column of column block ``block`` of an ncols-wide c (ncols >= BLOCK_COLS):
+    the last block ends at ncols, overlapping the one before it."""
+    return min(block * BLOCK_COLS, ncols - BLOCK_COLS)
+
+
 cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                      Py_ssize_t ncols, const float* bias, const float* residual,
@@ -19,6 +25,11 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, all row-major.
     bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs on
     each block's rows as they are stored (no second pass over c).
+
+    ldb == 0 says b is packed in panels instead: column block j (columns
+    panel_start(j, ncols) ...) is the row-major K x BLOCK_COLS matrix at b + j * K *
+    BLOCK_COLS, read sequentially where a row-major b of many columns is read in short
+    strided pieces (one per k, each on its own cache lines; slow for large K and ncols).
 
     sgemm packs both operands and zeroes C in a pass of its own, which for small
     weight matrices costs as much as the multiplies.  Here each BLOCK_ROWS x BLOCK_COLS
@@ -28,7 +39,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     a remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
     weight addresses per k outnumbered the FMAs."""
     cdef float acc[BLOCK_ROWS][BLOCK_COLS]
-    cdef Py_ssize_t r, r0, k, j, block, p0
+    cdef Py_ssize_t r, r0, k, j, block, jb, p0
     cdef Py_ssize_t row_blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
     cdef Py_ssize_t col_blocks = (ncols + BLOCK_COLS - 1) // BLOCK_COLS
     # Block order: with K >= rows (projections: 144 -> 24) the K x BLOCK_COLS panel of b is
@@ -37,6 +48,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     # the column blocks go inside, writing each block of rows sequentially (that order
     # is 1-6 % faster there).
     cdef bint rows_inside = K >= rows
+    cdef Py_ssize_t b_step = ldb if ldb else BLOCK_COLS
     cdef float lo, hi, b_r
     cdef bint in_registers = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef const float* brow
@@ -44,21 +56,21 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     cdef float* crow
     for block in range(row_blocks * col_blocks):
         if rows_inside:
-            r0, p0 = block % row_blocks * BLOCK_ROWS, block // row_blocks * BLOCK_COLS
+            r0, jb = block % row_blocks * BLOCK_ROWS, block // row_blocks
         else:
-            r0, p0 = block // col_blocks * BLOCK_ROWS, block % col_blocks * BLOCK_COLS
+            r0, jb = block // col_blocks * BLOCK_ROWS, block % col_blocks
         r0 = min(r0, rows - BLOCK_ROWS)
-        p0 = min(p0, ncols - BLOCK_COLS)
+        p0 = panel_start(jb, ncols)
         for r in range(BLOCK_ROWS):
             for j in range(BLOCK_COLS):
                 acc[r][j] = 0.0
-        brow = b + p0
+        brow = b + p0 if ldb else b + jb * K * BLOCK_COLS
         wk = w + r0 * ldw
         for k in range(K):
             for r in range(BLOCK_ROWS):
                 for j in range(BLOCK_COLS):
                     acc[r][j] += wk[r * ldw] * brow[j]
-            brow += ldb
+            brow += b_step
             wk += 1
         for r in range(BLOCK_ROWS):
             crow = c + (r0 + r) * ldc + p0

@@ -7,6 +7,7 @@
 #     1. pack    the block's padded input rows to NHWC   Xb[row, x, ci]
 #     2. input   transform, one tile per call            V[p, t, ci]  = (B^T d_t B)[p]
 #     3. GEMM    one per position (sgemm, or blocked_gemm) M[p] (T x Co) = V[p] (T x Ci) @ U[p] (Ci x Co)
+#                (blocked_gemm reads U[p] packed in column panels: winograd_pack(..., panels=True))
 #     4. output  transform, one tile per call            Y[row, a, x, co] = (A^T M_t A)[a, b]
 #     5. unpack  Y to the NCHW output rows + fused epilogue (bias, residual, activation)
 #
@@ -26,7 +27,7 @@ import threading
 import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm
+from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
@@ -48,7 +49,8 @@ cdef struct Geometry:
     Py_ssize_t TY, TX          # tile rows / columns per image
     Py_ssize_t Wp              # padded input width (TX * m + 2)
     Py_ssize_t Xw              # output-tile buffer width (TX * m)
-    bint blocked_gemm          # step 3 by blocked_gemm rather than sgemm
+    bint panels                # U in column panels: step 3 by blocked_gemm rather than sgemm
+    Py_ssize_t panel_floats    # floats of one position's U in panels
 
 
 cdef extern from "winograd_layout.h" nogil:
@@ -155,10 +157,17 @@ cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float*
 
 cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, Py_ssize_t T,
                                      Py_ssize_t Ci, Py_ssize_t Co) noexcept nogil:
-    """M[p] = V[p] @ U[p] of one position by blocked_gemm (blocked_gemm.pxd), which reads U[p]
-    in place where sgemm copies it into packed panels on every call: megabytes per conv for
-    deep layers, whose few tiles make that copy as long as the multiplies."""
-    blocked_gemm(v, Ci, Ci, u, Co, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+    """M[p] = V[p] @ U[p] of one position, U[p] in column panels, by blocked_gemm
+    (blocked_gemm.pxd), which reads U[p] in place where sgemm copies it into packed panels
+    on every call: megabytes per conv for deep layers, whose few tiles make that copy as
+    long as the multiplies.  Fewer than BLOCK_ROWS tiles: sgemm per panel."""
+    cdef Py_ssize_t j
+    if T >= BLOCK_ROWS:
+        blocked_gemm(v, Ci, Ci, u, 0, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+        return
+    for j in range((Co + BLOCK_COLS - 1) // BLOCK_COLS):
+        gemm_rowmajor(False, False, <int>T, BLOCK_COLS, <int>Ci, 1.0, v, <int>Ci, u + j * Ci * BLOCK_COLS,
+                      BLOCK_COLS, 0.0, mp + panel_start(j, Co), <int>Co)
 
 
 cdef void run_block(const float* x, const float* u, const float* bias, const float* residual,
@@ -212,9 +221,9 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
         else:
             input_tile_f6(tile_in, row_floats, Ci, v + t * Ci, T * Ci)
 
-    if g.blocked_gemm and T >= BLOCK_ROWS and Co >= BLOCK_COLS:
+    if g.panels:
         for p in prange(P, num_threads=nthreads, schedule="static"):
-            position_gemm(v + p * T * Ci, u + p * Ci * Co, mbuf + p * T * Co, T, Ci, Co)
+            position_gemm(v + p * T * Ci, u + p * g.panel_floats, mbuf + p * T * Co, T, Ci, Co)
     else:
         for p in prange(P, num_threads=nthreads, schedule="static"):
             gemm_rowmajor(False, False, <int>T, <int>Co, <int>Ci, 1.0, v + p * T * Ci, <int>Ci,
@@ -303,12 +312,16 @@ cdef multiversion_void transform_filters(const float* by_input, const double* kr
                                   + k6 * g[6 * Co + co] + k7 * g[7 * Co + co] + k8 * g[8 * Co + co])
 
 
-def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
+def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.ndarray:
     """Transformed filters ``U = G g G^T`` for F(tile x tile, 3 x 3), shape ``(P, Ci, Co)``.
 
     ``weight`` is float32 C-contiguous ``[Co, Ci, 3, 3]``; ``P = (tile + 2) ** 2``.
     Computed in float64 and rounded once.  The layout is the GEMM's B operand:
-    ``U[p]`` is the row-major ``Ci x Co`` matrix of position p."""
+    ``U[p]`` is the row-major ``Ci x Co`` matrix of position p.
+
+    ``panels``: instead ``(P, ceil(Co / 32), Ci, 32)``, each position's columns in
+    panels of 32 (the last one ending at Co, overlapping the one before), for
+    winograd_conv to run its GEMMs by the blocked loop.  Needs Co >= 32."""
     m = _check_tile(tile)
     if not isinstance(weight, np.ndarray) or weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"weight must be a [Co, Ci, 3, 3] ndarray, got {getattr(weight, 'shape', weight)!r}")
@@ -316,6 +329,8 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
     _require_array(weight, "weight", (co, ci, 3, 3))
     if co < 1 or ci < 1:
         raise ValueError(f"weight must have at least one input and output channel, got {weight.shape}")
+    if panels and co < BLOCK_COLS:
+        raise ValueError(f"panels need at least {BLOCK_COLS} output channels, got weight {weight.shape}")
     _, g, _ = transform_matrices(m)
     n = m + 2
     # (G g G^T)[k, l] = sum_rs G[k, r] G[l, s] g[r, s]: one (P x 9) matrix for all
@@ -328,15 +343,19 @@ def winograd_pack(weight: np.ndarray, tile: int) -> np.ndarray:
     cdef Py_ssize_t positions = n * n, inputs = ci, outputs = co
     with nogil:
         transform_filters(&by_input[0, 0, 0], &kron[0, 0], positions, inputs, outputs, &packed_v[0, 0, 0])
-    return packed
+    if not panels:
+        return packed
+    starts = [panel_start(j, co) for j in range((co + BLOCK_COLS - 1) // BLOCK_COLS)]
+    return np.ascontiguousarray(np.stack([packed[:, :, c:c + BLOCK_COLS] for c in starts], axis=1))
 
 
 def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,
                   residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES, blocked_gemm: bool = False) -> None:
+                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES) -> None:
     """``out = act(conv3x3(x) + bias [+ residual])`` with Winograd F(tile x tile, 3 x 3).
 
-    x: float32 C-contiguous ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)``;
+    x: float32 C-contiguous ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)``
+    (in panels: the per-position GEMMs run by blocked_gemm instead of sgemm);
     bias: ``[Co]`` or None; pads: ``(top, left, bottom, right)``; epilogue:
     ``(kind, lo, hi, slope)`` from ``parse_activation``; residual: like ``out`` or
     None; out: preallocated ``[N, Co, Ho, Wo]``, ``Ho = H + top + bottom - 2``.
@@ -344,9 +363,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     ``x`` or ``residual`` sharing memory with ``out`` is copied first.
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
-    own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  ``blocked_gemm``
-    runs the per-position GEMMs by blocked_gemm instead of sgemm (pyconv/ops/conv.py
-    decides; they need at least BLOCK_ROWS tiles and BLOCK_COLS output channels, else sgemm).  With
+    own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
     ``nthreads > 1`` the kernel's own threads call sgemm concurrently (the BLAS
     itself stays on one thread: pyconv._threads)."""
     m = _check_tile(tile)
@@ -355,10 +372,18 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
         raise ValueError(f"x must be a 4-D [N, Ci, H, W] ndarray, got {getattr(x, 'shape', x)!r}")
     N, Ci, H, W = x.shape
     _require_array(x, "x", (N, Ci, H, W))
-    if not isinstance(packed, np.ndarray) or packed.ndim != 3:
+    if not isinstance(packed, np.ndarray) or packed.ndim not in (3, 4):
         raise ValueError(f"packed must come from winograd_pack, got {getattr(packed, 'shape', packed)!r}")
-    Co = packed.shape[2]
-    _require_array(packed, "packed", (n * n, Ci, Co))
+    if not isinstance(out, np.ndarray) or out.ndim != 4:
+        raise ValueError(f"out must be a 4-D [N, Co, Ho, Wo] ndarray, got {getattr(out, 'shape', out)!r}")
+    panels = packed.ndim == 4
+    Co = out.shape[1] if panels else packed.shape[2]
+    if panels:
+        if Co < BLOCK_COLS:
+            raise ValueError(f"packed panels need out with at least {BLOCK_COLS} channels, got {out.shape}")
+        _require_array(packed, "packed", (n * n, ceil_div(Co, BLOCK_COLS), Ci, BLOCK_COLS))
+    else:
+        _require_array(packed, "packed", (n * n, Ci, Co))
     if N < 1 or Ci < 1 or Co < 1:
         raise ValueError(f"x {x.shape} and packed {packed.shape} must not be empty")
     try:
@@ -392,7 +417,8 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     g.top, g.left = top, left
     g.TY, g.TX = (Ho + m - 1) // m, (Wo + m - 1) // m
     g.Wp, g.Xw = g.TX * m + 2, g.TX * m
-    g.blocked_gemm = bool(blocked_gemm)
+    g.panels = panels
+    g.panel_floats = packed[0].size
 
     cdef int threads = int(nthreads)
     cdef Py_ssize_t rows_total = N * g.TY
@@ -425,7 +451,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
     cdef float[::1] work_v = work
     cdef Py_ssize_t[:, :, ::1] index_v = index
     cdef const float[:, :, :, ::1] x_v = x
-    cdef const float[:, :, ::1] u_v = packed
+    cdef const float[::1] u_v = packed.reshape(-1)   # (P, Ci, Co), or in panels
     cdef float[:, :, :, ::1] out_v = out
     cdef const float[::1] bias_v = bias
     cdef const float[:, :, :, ::1] res_v = residual
@@ -442,7 +468,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
                 tid = pyconv_omp_thread_id()
                 base = &work_v[0] + tid * block_floats
                 r0 = b * rows_total // nblocks
-                run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                run_block(&x_v[0, 0, 0, 0], &u_v[0], bias_p, res_p, &out_v[0, 0, 0, 0],
                           ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
                           base, base + xb_size, base + xb_size + v_size,
                           base + xb_size + v_size + m_size,
@@ -451,7 +477,7 @@ def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epil
             base = &work_v[0]
             for b in range(nblocks):
                 r0 = b * rows_total // nblocks
-                run_block(&x_v[0, 0, 0, 0], &u_v[0, 0, 0], bias_p, res_p, &out_v[0, 0, 0, 0],
+                run_block(&x_v[0, 0, 0, 0], &u_v[0], bias_p, res_p, &out_v[0, 0, 0, 0],
                           ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
                           base, base + xb_size, base + xb_size + v_size,
                           base + xb_size + v_size + m_size,

@@ -48,10 +48,16 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD4_MIN_TILES = 48
 # ... and a tile size is used only while its transformed filters amount to at
 # most this many bytes per output tile; "auto" runs im2col when even F(2x2)
-# exceeds it (512 ch @7x7: 1 MiB per tile).  Measured: F(4x4) wins at 385 KiB
-# (256->512 @28) and loses to F(2x2) at 770 KiB (512 @28); F(2x2) beats im2col
-# at 342 KiB (512 @14) and loses at 1 MiB (512 @7).
+# exceeds it.  With sgemm: F(4x4) wins at 385 KiB (256->512 @28) and loses to
+# F(2x2) at 770 KiB (512 @28); F(2x2) beats im2col at 342 KiB (512 @14) and loses
+# at 1 MiB (512 @7).
 WINOGRAD_FILTER_BYTES_PER_TILE = 512 << 10
+# With the filters in column panels for the blocked loop (_WinogradKernel.panels),
+# read sequentially, larger filters pay: alone, cold caches, F(4x4) beats F(2x2)
+# at 770 KiB (512 @28, 14.2 vs 18.3 ms) and F(2x2) beats im2col at 1 MiB (512 @7,
+# 2.8 vs 3.4 ms) and 4 MiB (1024 @7, 10.7 vs 12.3 ms).  ResNet-18 ran 7 % faster
+# (9-12 % at 2 threads), VGG-11 6 %.
+WINOGRAD_PANELS_FILTER_BYTES_PER_TILE = 4 << 20
 # Winograd's per-position GEMMs run the blocked loop (see _BLOCKED_MAX_WEIGHTS) from
 # this many filters per position (C_in x C_out) on, where sgemm's packed copy of
 # U[p], megabytes per conv in deep layers, costs as much as the multiplies.
@@ -337,17 +343,20 @@ class _DepthwiseKernel:
 
 
 def winograd_tile_for(n: int, in_channels: int, out_channels: int, ho: int, wo: int,
-                      allow_im2col: bool = False) -> Optional[int]:
+                      allow_im2col: bool = False, panels: bool = False) -> Optional[int]:
     """Output tile m of F(m x m, 3x3) for an (n, out_channels, ho, wo) output, or None for im2col.
 
     F(4x4) when it has at least WINOGRAD4_MIN_TILES tiles, else F(2x2); a tile
     qualifies only while its transformed filters, (m+2)^2 * C_in * C_out floats,
-    come to at most WINOGRAD_FILTER_BYTES_PER_TILE per output tile.  When F(2x2)
-    does not qualify: None if ``allow_im2col`` (what "auto" does), else 2."""
+    come to at most WINOGRAD_FILTER_BYTES_PER_TILE per output tile
+    (WINOGRAD_PANELS_FILTER_BYTES_PER_TILE with ``panels``, filters packed for the
+    blocked loop).  When F(2x2) does not qualify: None if ``allow_im2col`` (what
+    "auto" does), else 2."""
+    limit = WINOGRAD_PANELS_FILTER_BYTES_PER_TILE if panels else WINOGRAD_FILTER_BYTES_PER_TILE
     for m in (4, 2):
         tiles = n * -(-ho // m) * -(-wo // m)
         filter_bytes = 4 * (m + 2) ** 2 * in_channels * out_channels
-        if (m == 2 or tiles >= WINOGRAD4_MIN_TILES) and filter_bytes <= WINOGRAD_FILTER_BYTES_PER_TILE * tiles:
+        if (m == 2 or tiles >= WINOGRAD4_MIN_TILES) and filter_bytes <= limit * tiles:
             return m
     return None if allow_im2col else 2
 
@@ -368,14 +377,17 @@ class _WinogradKernel:
         self.weight = np.ascontiguousarray(weight)
         self.packed = {}
         self._im2col = None
+        # the per-position GEMMs by the blocked loop, which reads U in column panels
+        self.panels = (g.in_channels * g.out_channels >= _WINOGRAD_BLOCKED_MIN_FILTER
+                       and g.out_channels >= _gemm.blocked_min_cols() and _blocked_loop_pays())
         if tile is not None:
-            self.packed[tile] = self.module.winograd_pack(self.weight, tile)
+            self.packed[tile] = self.module.winograd_pack(self.weight, tile, self.panels)
             self.weight = None
 
     def tile_for(self, out_shape) -> Optional[int]:
         """The tile this kernel uses for ``out_shape`` (None: im2col)."""
         n, co, ho, wo = out_shape
-        return self.tile or winograd_tile_for(n, self.g.in_channels, co, ho, wo, self.allow_im2col)
+        return self.tile or winograd_tile_for(n, self.g.in_channels, co, ho, wo, self.allow_im2col, self.panels)
 
     def plan(self, x_shape, out_shape, nthreads):
         tile = self.tile_for(out_shape)
@@ -385,14 +397,12 @@ class _WinogradKernel:
             return self._im2col.plan(x_shape, out_shape, nthreads)
         packed = self.packed.get(tile)
         if packed is None:
-            packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile)
+            packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile, self.panels)
         args = (packed, tile, self.bias, self.g.pads, self.epilogue)
         conv = self.module.winograd_conv
-        blocked = (self.g.in_channels * self.g.out_channels >= _WINOGRAD_BLOCKED_MIN_FILTER
-                   and _blocked_loop_pays())
 
         def call(x, residual, out):   # the kernel keeps its own work buffers
-            conv(x, *args, residual, out, nthreads, blocked_gemm=blocked)
+            conv(x, *args, residual, out, nthreads)
         return _Run(call)
 
 
