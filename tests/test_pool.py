@@ -186,6 +186,24 @@ def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads):
         pyconv.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,ceil_mode", window_cases(True, 40))
+@pytest.mark.parametrize("channels", [16, 35])
+def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, padding, dilation, ceil_mode, channels):
+    # 16 or more small planes: blocks of 16 as vector lanes (window_pool_lanes), the
+    # last C % 16 planes by the flat kernel; padding-clipped and empty windows included
+    x = rand(shape[0], channels, *shape[2:])
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode),
+                                  ref.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode).astype(np.float32))
+    x[-1, 17 % channels, shape[2] // 2, shape[3] // 2] = np.nan
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode),
+                                  ref.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode).astype(np.float32))
+    x[-1, 17 % channels] = 1.0
+    if dilation == (1, 1):
+        for count_include_pad in (True, False):
+            assert_close(ops.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad),
+                         ref.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad), 1e-5)
+
+
 def test_max_pool2d_stride_defaults_to_kernel_and_accepts_float64():
     x = rand(1, 2, 6, 6).astype(np.float64)
     np.testing.assert_array_equal(ops.max_pool2d(x, 2), ref.max_pool2d(x, 2, 2).astype(np.float32))

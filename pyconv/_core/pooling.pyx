@@ -5,7 +5,8 @@
 # planes.  Windows are separable, so a window reduction is done in two passes:
 # the window's input rows are reduced into a one-row scratch buffer (unit-stride
 # loop over the columns), then each output column reduces its taps of that row.
-# Small planes run both passes over several whole planes at once (window_pool_flat_planes).
+# Small planes run both passes over several whole planes at once (window_pool_flat_planes),
+# or, 16 planes at a time, with the planes as the lanes of a vector (window_pool_lanes).
 # Padding is never materialised: window bounds are clipped to the input.
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
@@ -17,13 +18,24 @@ FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window schem
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.parallel cimport thread_stride
-from pyconv._core.simd cimport multiversion_void
+from pyconv._core.simd cimport inlined_void, multiversion_void
 
 
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
 cdef enum:
     VECTOR_SLACK = 16
     FLAT_CHUNK_MAX = 4096   # floats (16 KiB) of small planes pooled together by the flat scheme
+    LANES = 16              # planes per block of window_pool_lanes (one AVX-512 vector)
+
+
+cdef extern from "transpose16.h" nogil:
+    void pyconv_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride)
+
+
+cdef extern from "lanes.h" nogil:
+    void pyconv_pool_lanes(const float* lanes, Py_ssize_t W, const Py_ssize_t* rows, Py_ssize_t Ho, Py_ssize_t dh,
+                           const Py_ssize_t* cols, Py_ssize_t Wo, Py_ssize_t dw, int op, const float* scale,
+                           float* result)
 
 
 cdef struct Window2d:
@@ -38,7 +50,7 @@ cdef struct Window2d:
 # What a kernel reduces: sums, or maxima.  Max kernels first check their input for
 # NaN (one cheap pass); NaN-free input takes plain maxps loops, the rest the
 # NaN-propagating ones, whose unordered compares cost ~25 % of a 3x3 pool.
-cdef enum:
+cdef enum:             # (the values of lanes.h's PYCONV_LANES_SUM, _MAX, _MAX_NAN)
     OP_SUM = 0
     OP_MAX = 1          # input known to be NaN-free
     OP_MAX_NAN = 2      # NaN propagates (PyTorch)
@@ -441,6 +453,72 @@ cdef multiversion_void window_pool_flat_planes(const float* x, Py_ssize_t planes
                     o[ow] = scaled(reduce_clipped_window(xp, g, h0, ow * g.sw - g.pl, op), sc, ow)
 
 
+cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t step) noexcept nogil:
+    """The first of start, start + step, ... that is >= 0 (a window clipped by the padding)."""
+    return start if start >= 0 else start + (-start + step - 1) // step * step
+
+
+cdef inline inlined_void to_lanes(const float* planes, Py_ssize_t plane, float* lanes, Py_ssize_t n) noexcept nogil:
+    """lanes[i * LANES + c] = planes[c * plane + i] for c < LANES, i < n (n >= 16): in-register
+    16 x 16 transposes, the last one overlapping the one before it."""
+    cdef Py_ssize_t i = 0
+    while i < n:
+        i = min(i, n - 16)
+        pyconv_transpose16(planes + i, plane, lanes + i * LANES, LANES)
+        i += 16
+
+
+cdef inline inlined_void from_lanes(const float* lanes, float* planes, Py_ssize_t plane, Py_ssize_t n) noexcept nogil:
+    """The inverse of to_lanes: planes[c * plane + i] = lanes[i * LANES + c]."""
+    cdef Py_ssize_t i = 0
+    while i < n:
+        i = min(i, n - 16)
+        pyconv_transpose16(lanes + i * LANES, LANES, planes + i, plane)
+        i += 16
+
+
+cdef multiversion_void window_pool_lanes(const float* x, float* out, Py_ssize_t out_plane,
+                                         const Window2d* g, const Py_ssize_t* bounds, float* buf,
+                                         const float* scale, int op) noexcept nogil:
+    """LANES consecutive small planes (x contiguous over them) of the same pool as
+    window_pool_plane, with the planes as the lanes of a vector: transposed to
+    pixel-major (``buf``: H*W x LANES), every tap of every window is one vector
+    operation (lanes.h), whatever the window's size, stride or position; the Ho*Wo x
+    LANES results are transposed back to the output planes.  ``bounds``: the windows'
+    taps inside the plane (window_bounds).  Needs H*W >= 16 and Ho*Wo >= 16.  At
+    13x13 the flat scheme spent most of its time on the windows' scattered corners
+    (one scalar gather per output) and on sums of unused positions."""
+    cdef Py_ssize_t HW = g.H * g.W
+    to_lanes(x, HW, buf, HW)
+    # one inlined copy per op, so the op is a constant in the loops
+    if op == OP_SUM:
+        pyconv_pool_lanes(buf, g.W, bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_SUM, scale,
+                          buf + HW * LANES)
+    elif op == OP_MAX:
+        pyconv_pool_lanes(buf, g.W, bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_MAX, NULL,
+                          buf + HW * LANES)
+    else:
+        pyconv_pool_lanes(buf, g.W, bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_MAX_NAN, NULL,
+                          buf + HW * LANES)
+    from_lanes(buf + HW * LANES, out, out_plane, g.Ho * g.Wo)
+
+
+cdef void window_bounds(const Window2d* g, Py_ssize_t* bounds) noexcept nogil:
+    """First and end tap of each output row's window rows (2 * Ho), then of each output
+    column's window columns (2 * Wo), clipped to the plane: the taps are
+    first, first + dilation, ... < end."""
+    cdef Py_ssize_t o, start
+    for o in range(g.Ho):
+        start = o * g.sh - g.pt
+        bounds[2 * o] = first_tap(start, g.dh)
+        bounds[2 * o + 1] = min(start + (g.kh - 1) * g.dh + 1, g.H)
+    bounds += 2 * g.Ho
+    for o in range(g.Wo):
+        start = o * g.sw - g.pl
+        bounds[2 * o] = first_tap(start, g.dw)
+        bounds[2 * o + 1] = min(start + (g.kw - 1) * g.dw + 1, g.W)
+
+
 cdef void window_corners(const Window2d* g, int* corners) noexcept nogil:
     """Plane offset of each output's window top-left cell (Ho * Wo); 0 for windows
     clipped by the padding (computed separately)."""
@@ -463,13 +541,16 @@ cdef enum PlaneScheme:
     SCHEME_ROWS     # window_pool_plane: row by row
     SCHEME_PAIRS    # pool_2x2_plane: 2x2 stride 2, every window inside
     SCHEME_FLAT     # window_pool_flat_planes: chunks of small planes as one flat row
+    SCHEME_LANES    # window_pool_lanes: blocks of LANES small planes (the flat scheme for the rest)
 
 
 cdef void window_pool_task(const float* x, float* out, const Window2d* g, PlaneScheme scheme,
-                           Py_ssize_t planes, Py_ssize_t out_plane, const int* corners, float* buf,
-                           const float* scale, int op) noexcept nogil:
-    """``planes`` consecutive planes of one image (one plane unless SCHEME_FLAT)."""
-    if scheme == SCHEME_FLAT:
+                           Py_ssize_t planes, Py_ssize_t out_plane, const int* corners,
+                           const Py_ssize_t* bounds, float* buf, const float* scale, int op) noexcept nogil:
+    """``planes`` consecutive planes of one image (one plane unless SCHEME_FLAT or SCHEME_LANES)."""
+    if scheme == SCHEME_LANES and planes == LANES:
+        window_pool_lanes(x, out, out_plane, g, bounds, buf, scale, max_op_for(op, x, planes * g.H * g.W))
+    elif scheme == SCHEME_FLAT or scheme == SCHEME_LANES:
         window_pool_flat_planes(x, planes, out, out_plane, g, corners, buf, scale,
                                 max_op_for(op, x, planes * g.H * g.W))
     elif scheme == SCHEME_PAIRS:
@@ -506,34 +587,47 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     g.phase_len = (g.W + g.sw - 1) // g.sw
     if N == 0 or C == 0:
         return
-    # Small planes whose interior rows are narrower than a vector: flat scheme over
-    # chunks of up to FLAT_CHUNK_MAX floats of consecutive planes of one image.
+    # Small planes whose interior rows are narrower than a vector: blocks of LANES
+    # planes with the planes as vector lanes, when there are that many planes and the
+    # planes are no larger than the flat scheme takes; else (and for the last
+    # C % LANES planes) flat scheme over chunks of up to FLAT_CHUNK_MAX floats of
+    # consecutive planes of one image.
     cdef Py_ssize_t HW = g.H * g.W
     cdef PlaneScheme scheme = SCHEME_ROWS
     if (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
             and (C == 1 or x.strides[1] == HW * sizeof(float)) and g.out_row == g.Wo):
-        scheme = SCHEME_FLAT
+        scheme = SCHEME_LANES if C >= LANES and HW >= 16 and g.Ho * g.Wo >= 16 else SCHEME_FLAT
     elif (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1 and g.dw == 1 and g.pt == 0
           and g.pl == 0 and g.W == 2 * g.Wo and 2 * g.Ho <= g.H and g.x_row == g.W and g.out_row == g.Wo):
         scheme = SCHEME_PAIRS
-    cdef Py_ssize_t chunk = min(max(1, FLAT_CHUNK_MAX // HW), C) if scheme == SCHEME_FLAT else 1
+    cdef Py_ssize_t chunk = (LANES if scheme == SCHEME_LANES else
+                             min(max(1, FLAT_CHUNK_MAX // HW), C) if scheme == SCHEME_FLAT else 1)
     cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
     cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
-    cdef Py_ssize_t buf_len = (2 * chunk * HW + 3 * VECTOR_SLACK if scheme == SCHEME_FLAT else
+    cdef Py_ssize_t buf_len = ((HW + max(HW, g.Ho * g.Wo)) * LANES + 3 * VECTOR_SLACK if scheme == SCHEME_LANES else
+                               2 * chunk * HW + 3 * VECTOR_SLACK if scheme == SCHEME_FLAT else
                                g.H * g.Wo if scheme == SCHEME_PAIRS else
                                g.W + g.sw * g.phase_len + 2 * VECTOR_SLACK + g.Wo)
     nthreads = max(1, min(nthreads, N * chunks))
-    # zeroed: vector loops read (and discard) scratch lanes past the data, which must
-    # not hold denormals (slow) or signalling garbage
+    # zeroed where the flat scheme runs: its vector loops read (and discard) scratch
+    # lanes past the data, which must not hold denormals (slow) or signalling garbage.
+    # window_pool_lanes reads only what it wrote (zeroing cost 5 % of a 13x13 pool).
+    cdef bint flat = scheme == SCHEME_FLAT or (scheme == SCHEME_LANES and C % LANES != 0)
     buf_len = thread_stride(buf_len)
-    cdef float* bufs = <float*>calloc(nthreads * buf_len, sizeof(float))
-    cdef int* corners = <int*>malloc(max(1, g.Ho * g.Wo) * sizeof(int)) if scheme == SCHEME_FLAT else NULL
-    if bufs == NULL or (scheme == SCHEME_FLAT and corners == NULL):
+    cdef float* bufs = (<float*>calloc(nthreads * buf_len, sizeof(float)) if flat or scheme != SCHEME_LANES
+                        else <float*>malloc(nthreads * buf_len * sizeof(float)))
+    cdef int* corners = <int*>malloc(max(1, g.Ho * g.Wo) * sizeof(int)) if flat else NULL
+    cdef Py_ssize_t* bounds = (<Py_ssize_t*>malloc(2 * (g.Ho + g.Wo) * sizeof(Py_ssize_t))
+                               if scheme == SCHEME_LANES else NULL)
+    if bufs == NULL or (flat and corners == NULL) or (scheme == SCHEME_LANES and bounds == NULL):
         free(bufs)
         free(corners)
+        free(bounds)
         raise MemoryError()
-    if scheme == SCHEME_FLAT:
+    if flat:
         window_corners(&g, corners)
+    if scheme == SCHEME_LANES:
+        window_bounds(&g, bounds)
     cdef const float* x0 = &x[0, 0, 0, 0]
     cdef float* out0 = &out[0, 0, 0, 0]
     cdef Py_ssize_t x_image = x.strides[0] // sizeof(float), x_plane = x.strides[1] // sizeof(float)
@@ -544,17 +638,18 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
                 n = p // chunks
                 c = (p % chunks) * chunk
                 window_pool_task(x0 + n * x_image + c * x_plane, out0 + n * out_image + c * out_plane, &g,
-                                 scheme, min(chunk, C - c), out_plane, corners, bufs, scale_ptr, op)
+                                 scheme, min(chunk, C - c), out_plane, corners, bounds, bufs, scale_ptr, op)
         else:
             for p in prange(N * chunks, nogil=True, num_threads=nthreads, schedule="static"):
                 n = p // chunks
                 c = (p % chunks) * chunk
                 window_pool_task(x0 + n * x_image + c * x_plane, out0 + n * out_image + c * out_plane, &g,
-                                 scheme, min(chunk, C - c), out_plane, corners, bufs + threadid() * buf_len,
+                                 scheme, min(chunk, C - c), out_plane, corners, bounds, bufs + threadid() * buf_len,
                                  scale_ptr, op)
     finally:
         free(bufs)
         free(corners)
+        free(bounds)
 
 
 cdef multiversion_void bin_pool_plane(const float* x, Py_ssize_t x_row, float* out, Py_ssize_t out_row,

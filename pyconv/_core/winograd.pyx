@@ -53,7 +53,7 @@ cdef struct Geometry:
     Py_ssize_t panel_floats    # floats of one position's U in panels
 
 
-cdef extern from "winograd_layout.h" nogil:
+cdef extern from "transpose16.h" nogil:
     void pyconv_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride)
 
 
@@ -81,7 +81,7 @@ cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t im
     memset(dst + (g.left + W) * Ci, 0, (g.Wp - g.left - W) * Ci * sizeof(float))
     src = x + (image * Ci * g.H + y) * W
     dst += g.left * Ci
-    # 16 channels x 16 pixels per in-register transpose (winograd_layout.h)
+    # 16 channels x 16 pixels per in-register transpose (transpose16.h)
     while c0 + 16 <= Ci:
         i = 0
         while i < W and W >= 16:

@@ -1,5 +1,6 @@
 /* 16 x 16 float transpose for the NCHW <-> channels-innermost layout changes of
- * winograd.pyx:  dst[j * dst_stride + i] = src[i * src_stride + j],  i, j < 16.
+ * winograd.pyx and pooling.pyx:  dst[j * dst_stride + i] = src[i * src_stride + j],
+ * i, j < 16.
  *
  * Compilers turn the plain loop into 256 scalar loads and stores (gathers are
  * not profitable to them).  With the compiler's portable vector extension the
@@ -7,8 +8,8 @@
  * two-input shuffles that swap the off-diagonal 8x8, 4x4, 2x2 and 1x1 blocks
  * (64 shuffles, 16 loads, 16 stores; AVX-512: one vpermt2ps each).  No ISA
  * intrinsics: the caller's multiversioned clone picks the instructions. */
-#ifndef PYCONV_WINOGRAD_LAYOUT_H
-#define PYCONV_WINOGRAD_LAYOUT_H
+#ifndef PYCONV_TRANSPOSE16_H
+#define PYCONV_TRANSPOSE16_H
 #include <stddef.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@
 
 #ifdef PYCONV_HAVE_SHUFFLEVECTOR
 typedef float pyconv_f32x16 __attribute__((vector_size(64)));
+typedef float pyconv_f32x8 __attribute__((vector_size(32)));
 
 /* rows i and i + b (bit b of i clear) exchange their off-diagonal b x b blocks */
 #define PYCONV_SWAP_BLOCKS(r, i, b, LO, HI) do { \
@@ -45,10 +47,17 @@ PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_str
                                              float* dst, ptrdiff_t dst_stride)
 {
     pyconv_f32x16 r[16];
-    for (int i = 0; i < 16; i++)
-        memcpy(&r[i], src + i * src_stride, sizeof(r[i]));
-    for (int i = 0; i < 16; i++)
-        if (!(i & 8)) PYCONV_SWAP_BLOCKS(r, i, 8, PYCONV_LO8, PYCONV_HI8);
+    /* the first round (8 x 8 blocks) is done by the loads: half rows go straight into
+     * their registers' halves, so shuffles are left for three rounds only */
+    for (int i = 0; i < 8; i++) {
+        pyconv_f32x8 a0, a1, b0, b1;
+        memcpy(&a0, src + i * src_stride, sizeof(a0));
+        memcpy(&a1, src + i * src_stride + 8, sizeof(a1));
+        memcpy(&b0, src + (i + 8) * src_stride, sizeof(b0));
+        memcpy(&b1, src + (i + 8) * src_stride + 8, sizeof(b1));
+        r[i] = __builtin_shufflevector(a0, b0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        r[i + 8] = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    }
     for (int i = 0; i < 16; i++)
         if (!(i & 4)) PYCONV_SWAP_BLOCKS(r, i, 4, PYCONV_LO4, PYCONV_HI4);
     for (int i = 0; i < 16; i++)

@@ -1,0 +1,95 @@
+/* Window reductions over 16 small planes held as the lanes of one vector, for
+ * pooling.pyx's window_pool_lanes: planes transposed to pixel-major, lane c of
+ * pixel i at lanes[i * 16 + c], so each tap of a window is one vector load and
+ * one add or max, whatever the window's shape.
+ *
+ * GCC/Clang vector extension, no ISA intrinsics: the caller's multiversioned
+ * clone picks the instructions (one AVX-512 register, two AVX2 or four NEON).
+ * Written as plain lane loops, GCC kept the 16 partial results in scalar
+ * registers. */
+#ifndef PYCONV_LANES_H
+#define PYCONV_LANES_H
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define PYCONV_LANES_INLINE static inline __attribute__((always_inline))
+typedef float pyconv_lanes_f32 __attribute__((vector_size(64)));
+typedef int pyconv_lanes_i32 __attribute__((vector_size(64)));
+#define PYCONV_HAVE_LANE_VECTORS 1
+#else
+#define PYCONV_LANES_INLINE static inline
+#endif
+
+enum { PYCONV_LANES_SUM = 0, PYCONV_LANES_MAX = 1, PYCONV_LANES_MAX_NAN = 2 };
+
+#ifdef PYCONV_HAVE_LANE_VECTORS
+/* acc + v, or max(acc, v) lane by lane (NaN propagating for PYCONV_LANES_MAX_NAN) */
+PYCONV_LANES_INLINE pyconv_lanes_f32 pyconv_lanes_op(pyconv_lanes_f32 acc, pyconv_lanes_f32 v, int op)
+{
+    pyconv_lanes_i32 take;
+    if (op == PYCONV_LANES_SUM)
+        return acc + v;
+    take = v > acc;   /* v where it is larger (or NaN, when NaN propagates), else acc */
+    if (op == PYCONV_LANES_MAX_NAN)
+        take |= v != v;
+    return (pyconv_lanes_f32)(((pyconv_lanes_i32)acc & ~take) | ((pyconv_lanes_i32)v & take));
+}
+#endif
+
+/* dst[c] = scale * sum, or max, over the window's taps of lane c, c < 16.  The taps
+ * are rows h0, h0 + dh, ... < h1 by columns w0, w0 + dw, ... < w1 of a W-wide plane;
+ * a window with no tap gives 0 (sum) or -inf (max).  op: PYCONV_LANES_SUM, _MAX
+ * (NaN-free input) or _MAX_NAN (NaN propagates). */
+PYCONV_LANES_INLINE void pyconv_reduce_lanes(const float* lanes, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
+                                             ptrdiff_t dh, ptrdiff_t w0, ptrdiff_t w1, ptrdiff_t dw,
+                                             int op, float scale, float* dst)
+{
+#ifdef PYCONV_HAVE_LANE_VECTORS
+    /* starting from the op's identity, so a window with no tap needs no case of its own */
+    const float identity = op == PYCONV_LANES_SUM ? 0.0f : -INFINITY;
+    pyconv_lanes_f32 acc = {identity, identity, identity, identity, identity, identity, identity, identity,
+                            identity, identity, identity, identity, identity, identity, identity, identity};
+    pyconv_lanes_f32 v;
+    for (ptrdiff_t h = h0; h < h1; h += dh)
+        for (ptrdiff_t w = w0; w < w1; w += dw) {
+            memcpy(&v, lanes + (h * W + w) * 16, sizeof(v));
+            acc = pyconv_lanes_op(acc, v, op);
+        }
+    if (op == PYCONV_LANES_SUM)
+        acc *= scale;
+    memcpy(dst, &acc, sizeof(acc));
+#else
+    for (int c = 0; c < 16; c++) {
+        float acc = op == PYCONV_LANES_SUM ? 0.0f : -INFINITY;
+        int nan = 0;
+        for (ptrdiff_t h = h0; h < h1; h += dh)
+            for (ptrdiff_t w = w0; w < w1; w += dw) {
+                float x = lanes[(h * W + w) * 16 + c];
+                if (op == PYCONV_LANES_SUM)
+                    acc += x;
+                else {
+                    nan |= x != x;
+                    acc = x > acc ? x : acc;
+                }
+            }
+        dst[c] = op == PYCONV_LANES_SUM ? acc * scale : nan && op == PYCONV_LANES_MAX_NAN ? NAN : acc;
+    }
+#endif
+}
+
+/* result[(oh * Wo + ow) * 16 + c] = the pool of output (oh, ow) of lane c: rows
+ * rows[2 oh] .. < rows[2 oh + 1] step dh, columns cols[2 ow] .. < cols[2 ow + 1]
+ * step dw (the taps inside the plane); scale: Ho x Wo factors (sums) or NULL. */
+PYCONV_LANES_INLINE void pyconv_pool_lanes(const float* lanes, ptrdiff_t W, const ptrdiff_t* rows, ptrdiff_t Ho,
+                                           ptrdiff_t dh, const ptrdiff_t* cols, ptrdiff_t Wo, ptrdiff_t dw,
+                                           int op, const float* scale, float* result)
+{
+    for (ptrdiff_t oh = 0; oh < Ho; oh++)
+        for (ptrdiff_t ow = 0; ow < Wo; ow++, result += 16)
+            pyconv_reduce_lanes(lanes, W, rows[2 * oh], rows[2 * oh + 1], dh, cols[2 * ow], cols[2 * ow + 1], dw,
+                                op, scale ? scale[oh * Wo + ow] : 1.0f, result);
+}
+
+#endif
