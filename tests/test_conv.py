@@ -14,6 +14,7 @@ import scipy.signal
 
 import pyconv
 from pyconv import registry
+from pyconv._core import pointwise_panels as _panels
 from pyconv.ops import conv as C
 
 TOL = {"im2col": 1e-5, "1x1": 1e-5, "depthwise": 1e-5, "winograd": 2e-5, "winograd2": 1e-5, "winograd4": 2e-5,
@@ -264,7 +265,12 @@ def test_1x1_on_1x1_spatial_and_stride():
     (70, 16, 1, (9, 9), 1, (0, 0, 0, 0), True),     # large K, few output channels
     (12, 30, 1, (23, 19), 1, (0, 0, 0, 0), True),   # K < rows (column blocks inside), ragged rows and pixels
     (33, 40, 1, (9, 9), 1, (0, 0, 0, 0), False),    # an expansion above the loop's limits: sgemm
-    (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), True),    # no expansion, few weights
+    (116, 58, 1, (9, 9), 1, (0, 0, 0, 0), True),    # no expansion, few weights
+    (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), "panels"),   # a small plane: weights in panels
+    (40, 31, 1, (7, 7), 1, (0, 0, 0, 0), True),     # too few output channels for panels
+    (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), False),    # padded: not in panels; an expansion: sgemm
+    (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels
+    (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block
 ])
 def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, monkeypatch):
     # the rule in ops/conv.py sends these 1x1 convs to blocked_gemm_tile (or sgemm)
@@ -284,6 +290,11 @@ def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, 
     _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch)
 
 
+def _gemm_path(run):
+    """True (the blocked loop on NCHW), False (sgemm) or "panels" (pointwise_panels)."""
+    return "panels" if isinstance(run.call, _panels.PanelConv1x1) else run.call.blocked
+
+
 def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
     # the loop runs where the CPU has AVX-512; patched on, so it is tested on every CPU
     rng = np.random.default_rng([cig, cog, groups, kernel, threads])
@@ -294,13 +305,13 @@ def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, block
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: False)
     x_shape = (1, cig * groups, *hw)
     without = C.prepare_conv2d(w, b, **args, algorithm=algorithm)
-    assert not without._kernel.plan(x_shape, without.output_shape(x_shape), threads).call.blocked
+    assert _gemm_path(without._kernel.plan(x_shape, without.output_shape(x_shape), threads)) is False
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
     prepared = C.prepare_conv2d(w, b, **args, activation="relu6", algorithm=algorithm)
     for n in (1, 3):
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
         ref0 = C.conv2d_reference(x, w, b, **args)
-        assert prepared._kernel.plan(x.shape, ref0.shape, threads).call.blocked == blocked
+        assert _gemm_path(prepared._kernel.plan(x.shape, ref0.shape, threads)) == blocked
         # bias + clip applied in registers; with a residual, the shared epilogue on stored rows
         ref = C.conv2d_reference(x, w, b, **args, activation="relu6")
         assert rel_err(prepared(x), ref, np.max(np.abs(ref0))) <= TOL["1x1"]

@@ -4,7 +4,7 @@
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
 # decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
 from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_row
-from pyconv._core.simd cimport inlined_void
+from pyconv._core.simd cimport inlined_void, prefetch
 
 
 cdef enum:
@@ -18,11 +18,12 @@ cdef inline Py_ssize_t panel_start(Py_ssize_t block, Py_ssize_t ncols) noexcept 
     return min(block * BLOCK_COLS, ncols - BLOCK_COLS)
 
 
-cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t K, const float* b,
+cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K, const float* b,
                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                      Py_ssize_t ncols, const float* bias, const float* residual,
                                      Epilogue ep) noexcept nogil:
-    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, all row-major.
+    """c[rows x ncols] = epilogue(w[rows x K] @ b[K x ncols]) without BLAS, c and b row-major,
+    w[r, k] at w[r * ldw + k * w_kstep] (row-major: w_kstep 1; ldw 1 reads w transposed).
     bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs on
     each block's rows as they are stored (no second pass over c).
 
@@ -47,11 +48,12 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     # MobileNetV2's projections); with few inputs and many rows (expansions: 16 -> 96)
     # the column blocks go inside, writing each block of rows sequentially (that order
     # is 1-6 % faster there).
-    cdef bint rows_inside = K >= rows
+    cdef bint rows_inside = K >= rows or ldb == 0
     cdef Py_ssize_t b_step = ldb if ldb else BLOCK_COLS
     cdef float lo, hi, b_r
     cdef bint in_registers = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef const float* brow
+    cdef const float* next_panel
     cdef const float* wk
     cdef float* crow
     for block in range(row_blocks * col_blocks):
@@ -65,13 +67,22 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             for j in range(BLOCK_COLS):
                 acc[r][j] = 0.0
         brow = b + p0 if ldb else b + jb * K * BLOCK_COLS
+        # Panels stream from memory (megabytes of weights), each on its first row block,
+        # faster than the prefetchers ramp up: the second row block of a panel, which
+        # reads it from cache, fetches the next panel (its k-th row per k).
+        next_panel = NULL
+        if ldb == 0 and rows_inside and block % row_blocks == 1 and jb + 1 < col_blocks:
+            next_panel = brow + K * BLOCK_COLS
         wk = w + r0 * ldw
         for k in range(K):
+            if next_panel != NULL:
+                prefetch(next_panel + k * BLOCK_COLS)
+                prefetch(next_panel + k * BLOCK_COLS + 16)
             for r in range(BLOCK_ROWS):
                 for j in range(BLOCK_COLS):
                     acc[r][j] += wk[r * ldw] * brow[j]
             brow += b_step
-            wk += 1
+            wk += w_kstep
         for r in range(BLOCK_ROWS):
             crow = c + (r0 + r) * ldc + p0
             b_r = bias[r0 + r] if bias != NULL else 0.0

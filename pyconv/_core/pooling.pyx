@@ -17,6 +17,7 @@ import numpy as np
 FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
 
 from pyconv._core.blas cimport gemm_rowmajor
+from pyconv._core.channel_rows cimport pyconv_transpose16
 from pyconv._core.parallel cimport thread_stride
 from pyconv._core.simd cimport inlined_void, multiversion_void
 
@@ -26,10 +27,6 @@ cdef enum:
     VECTOR_SLACK = 16
     FLAT_CHUNK_MAX = 4096   # floats (16 KiB) of small planes pooled together by the flat scheme
     LANES = 16              # planes per block of window_pool_lanes (one AVX-512 vector)
-
-
-cdef extern from "transpose16.h" nogil:
-    void pyconv_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride)
 
 
 cdef extern from "lanes.h" nogil:

@@ -38,4 +38,12 @@
 #define PYCONV_ALWAYS_INLINE
 #endif
 
+/* Ask for the cache line at p ahead of its use (a hint: GCC/Clang's portable builtin,
+ * nothing elsewhere). */
+#if defined(__GNUC__) || defined(__clang__)
+#define PYCONV_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PYCONV_PREFETCH(p) ((void)(p))
+#endif
+
 #endif

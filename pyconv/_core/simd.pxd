@@ -6,3 +6,4 @@ cdef extern from "simd.h":
     # return type of helpers that must be inlined into each clone of their caller
     ctypedef void inlined_void "PYCONV_ALWAYS_INLINE void"
     bint wide_vectors "PYCONV_WIDE_VECTORS"() noexcept nogil
+    void prefetch "PYCONV_PREFETCH"(const void* p) noexcept nogil

@@ -28,10 +28,12 @@ import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
+from pyconv._core.channel_rows cimport gather_channel_rows, pyconv_transpose16, transpose_part
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
+from pyconv._core.aligned import aligned_copy, aligned_empty
 from pyconv._core.winograd_transforms import TILE_SIZES, transform_matrices
 
 __all__ = ["winograd_pack", "winograd_conv", "TILE_SIZES"]
@@ -51,21 +53,6 @@ cdef struct Geometry:
     Py_ssize_t Xw              # output-tile buffer width (TX * m)
     bint panels                # U in column panels: step 3 by blocked_gemm rather than sgemm
     Py_ssize_t panel_floats    # floats of one position's U in panels
-
-
-cdef extern from "transpose16.h" nogil:
-    void pyconv_transpose16(const float* src, Py_ssize_t src_stride, float* dst, Py_ssize_t dst_stride)
-
-
-cdef inline void transpose_part(const float* src, Py_ssize_t src_stride, float* dst,
-                                Py_ssize_t dst_stride, Py_ssize_t r0, Py_ssize_t r1,
-                                Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """dst[c * dst_stride + r] = src[r * src_stride + c] for r0 <= r < r1, c0 <= c < c1
-    (the edges that pyconv_transpose16 does not cover)."""
-    cdef Py_ssize_t r, c
-    for r in range(r0, r1):
-        for c in range(c0, c1):
-            dst[c * dst_stride + r] = src[r * src_stride + c]
 
 
 cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t image,
@@ -144,15 +131,8 @@ cdef multiversion_void output_tile_f6(const float* src, Py_ssize_t pos_stride, P
 cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float* dst,
                                           Py_ssize_t dst_stride, Py_ssize_t width,
                                           Py_ssize_t rows) noexcept nogil:
-    """dst[r * dst_stride + x] = src[x * C + r]: ``rows`` (<= 16) channels' output rows
-    out of the channels-innermost tile buffer."""
-    cdef Py_ssize_t x0 = 0
-    if rows == 16:
-        while x0 < width and width >= 16:
-            x0 = min(x0, width - 16)  # the last block overlaps the one before it
-            pyconv_transpose16(src + x0 * C, C, dst + x0, dst_stride)
-            x0 += 16
-    transpose_part(src, C, dst, dst_stride, x0, width, 0, rows)
+    """gather_channel_rows (channel_rows.pxd) in this module's ISA clones."""
+    gather_channel_rows(src, C, dst, dst_stride, width, rows)
 
 
 cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, Py_ssize_t T,
@@ -163,7 +143,7 @@ cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, 
     long as the multiplies.  Fewer than BLOCK_ROWS tiles: sgemm per panel."""
     cdef Py_ssize_t j
     if T >= BLOCK_ROWS:
-        blocked_gemm(v, Ci, Ci, u, 0, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+        blocked_gemm(v, Ci, 1, Ci, u, 0, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
         return
     for j in range((Co + BLOCK_COLS - 1) // BLOCK_COLS):
         gemm_rowmajor(False, False, <int>T, BLOCK_COLS, <int>Ci, 1.0, v, <int>Ci, u + j * Ci * BLOCK_COLS,
@@ -321,7 +301,8 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
 
     ``panels``: instead ``(P, ceil(Co / 32), Ci, 32)``, each position's columns in
     panels of 32 (the last one ending at Co, overlapping the one before), for
-    winograd_conv to run its GEMMs by the blocked loop.  Needs Co >= 32."""
+    winograd_conv to run its GEMMs by the blocked loop.  Needs Co >= 32.  Either
+    layout is cache-line aligned (aligned.py)."""
     m = _check_tile(tile)
     if not isinstance(weight, np.ndarray) or weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"weight must be a [Co, Ci, 3, 3] ndarray, got {getattr(weight, 'shape', weight)!r}")
@@ -338,7 +319,7 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
     # slower at times on a busy machine); extra memory: one copy of the weights.
     cdef const double[:, ::1] kron = np.ascontiguousarray(np.kron(g, g))
     cdef const float[:, :, ::1] by_input = np.ascontiguousarray(weight.reshape(co, ci * 9).T).reshape(ci, 9, co)
-    packed = np.empty((n * n, ci, co), dtype=np.float32)
+    packed = aligned_empty((n * n, ci, co))
     cdef float[:, :, ::1] packed_v = packed
     cdef Py_ssize_t positions = n * n, inputs = ci, outputs = co
     with nogil:
@@ -346,7 +327,7 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
     if not panels:
         return packed
     starts = [panel_start(j, co) for j in range((co + BLOCK_COLS - 1) // BLOCK_COLS)]
-    return np.ascontiguousarray(np.stack([packed[:, :, c:c + BLOCK_COLS] for c in starts], axis=1))
+    return aligned_copy(np.stack([packed[:, :, c:c + BLOCK_COLS] for c in starts], axis=1))
 
 
 def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,

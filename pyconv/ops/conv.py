@@ -24,6 +24,7 @@ from pyconv import _threads
 from pyconv._core import conv_gemm as _gemm
 from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
+from pyconv._core import pointwise_panels as _panels
 from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops._args import (
     apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
@@ -96,6 +97,11 @@ _BLOCKED_MAX_ROWS = 32
 # 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
 # with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2.
 _BLOCKED_MAX_WEIGHTS = 1 << 16
+
+
+# 1x1 convs (stride 1, unpadded, groups 1) on planes of at most this many pixels run
+# transposed on weights packed in panels (pointwise_panels.pyx), where the loop pays.
+_PANELS_MAX_PIXELS = 64
 
 
 def _blocked_loop_pays() -> bool:
@@ -277,6 +283,14 @@ class _GemmKernel:
         self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
+        self._panels = None   # pack_panels(wmat), made on first use
+
+    def takes_panels(self, pixels: int) -> bool:
+        """Whether a plane of ``pixels`` runs pointwise_panels (see _PANELS_MAX_PIXELS)."""
+        g = self.g
+        return (g.kernel == (1, 1) and g.stride == (1, 1) and not any(g.pads) and g.groups == 1
+                and g.out_channels >= _panels.MIN_OUT_CHANNELS
+                and _panels.MIN_PIXELS <= pixels <= _PANELS_MAX_PIXELS and _blocked_loop_pays())
 
     def split(self, pixels: int, nthreads: int) -> Tuple[int, int]:
         """(output pixels per GEMM task, output-channel blocks per tile).
@@ -305,6 +319,12 @@ class _GemmKernel:
         g = self.g
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
+        if self.takes_panels(ho * wo):
+            if self._panels is None:
+                self._panels = _panels.pack_panels(self.wmat)
+            conv = _panels.PanelConv1x1(tuple(x_shape), self._panels, self.bias, self.epilogue, tuple(out_shape),
+                                        nthreads)
+            return _Run(conv, (("panel_rows", (conv.scratch_floats(),)),), self._scratch)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
         tile, row_blocks = self.split(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
