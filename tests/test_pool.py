@@ -204,6 +204,19 @@ def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, paddin
                          ref.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad), 1e-5)
 
 
+@pytest.mark.parametrize("hw, padding, ceil_mode", [
+    ((27, 27), 0, False),   # above the lanes' plane limit, no window clipped: the flat scheme
+    ((28, 28), 0, True),    # the ceil-mode overhang clips the last windows: lanes
+    ((27, 25), 1, False),   # padding clips the first windows: lanes
+])
+def test_larger_small_planes_take_lanes_where_windows_are_clipped(hw, padding, ceil_mode):
+    x = rand(2, 35, *hw)
+    np.testing.assert_array_equal(ops.max_pool2d(x, 3, 2, padding, 1, ceil_mode),
+                                  ref.max_pool2d(x, 3, 2, padding, 1, ceil_mode).astype(np.float32))
+    assert_close(ops.avg_pool2d(x, 3, 2, padding, ceil_mode, False),
+                 ref.avg_pool2d(x, 3, 2, padding, ceil_mode, False), 1e-5)
+
+
 def test_max_pool2d_stride_defaults_to_kernel_and_accepts_float64():
     x = rand(1, 2, 6, 6).astype(np.float64)
     np.testing.assert_array_equal(ops.max_pool2d(x, 2), ref.max_pool2d(x, 2, 2).astype(np.float32))
