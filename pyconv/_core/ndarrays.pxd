@@ -38,3 +38,14 @@ cdef inline int check_floats(object arr, str name, Py_ssize_t need) except -1:
 cdef inline float* data_of(object arr):
     """The first float of an ndarray already checked by the functions above."""
     return <float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+
+cdef inline int check_float_rows(object arr, str name, int ndim, bint writable) except -1:
+    """``arr`` must be a float32 ndarray of ``ndim`` dimensions whose rows are contiguous
+    (unit last stride: channel slices of larger arrays pass), writable if asked."""
+    if (not isinstance(arr, cnp.ndarray) or cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32
+            or cnp.PyArray_NDIM(arr) != ndim or cnp.PyArray_STRIDE(arr, ndim - 1) != sizeof(float)):
+        raise ValueError(f"{name} must be a {ndim}-D float32 array whose rows are contiguous")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be writable")
+    return 0

@@ -14,10 +14,15 @@ from libc.stdlib cimport calloc, free, malloc
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()   # the NumPy C API behind ndarrays.pxd
+
 FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.channel_rows cimport pyconv_transpose16
+from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
 from pyconv._core.simd cimport inlined_void, multiversion_void
 
@@ -568,31 +573,35 @@ cdef void window_pool_task(const float* x, float* out, const Window2d* g, PlaneS
         window_pool_plane(x, out, g, buf, scale, op)
 
 
-def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, tuple stride,
-                Py_ssize_t pad_top, Py_ssize_t pad_left, tuple dilation, scale, bint is_max, int nthreads):
+def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                tuple dilation, scale, bint is_max, int nthreads):
     """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of
-    every plane into ``out``.
+    every plane of ``x`` (float32 N x C x H x W) into ``out`` (N x C x Ho x Wo).
 
     ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous).
-    Scratch and tables live on the C heap: at 13x13 a NumPy allocation per call cost
-    as much as pooling a tenth of the planes."""
+    They are read through the NumPy C API (ndarrays.pxd): typed memoryviews cost
+    ~1 us each with cold caches, a tenth of a 13x13 pool.  Scratch and tables live on
+    the C heap: at 13x13 a NumPy allocation per call cost as much as pooling a tenth
+    of the planes."""
     cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Window2d g
-    cdef const float[:, ::1] scale_view
     cdef const float* scale_ptr = NULL
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], p, n, c
-    check_unit_columns(x, out)
-    g.H, g.W, g.Ho, g.Wo = x.shape[2], x.shape[3], out.shape[2], out.shape[3]
+    check_float_rows(x, "x", 4, False)
+    check_float_rows(out, "out", 4, True)
+    cdef Py_ssize_t N = cnp.PyArray_DIM(x, 0), C = cnp.PyArray_DIM(x, 1), p, n, c
+    if cnp.PyArray_DIM(out, 0) != N or cnp.PyArray_DIM(out, 1) != C:
+        raise ValueError(f"out {out.shape} must have the images and channels of x {x.shape}")
+    g.H, g.W, g.Ho, g.Wo = cnp.PyArray_DIM(x, 2), cnp.PyArray_DIM(x, 3), cnp.PyArray_DIM(out, 2), cnp.PyArray_DIM(out, 3)
     g.kh, g.kw = kernel
     g.sh, g.sw = stride
     g.dh, g.dw = dilation
     g.pt, g.pl = pad_top, pad_left
-    g.x_row, g.out_row = x.strides[2] // sizeof(float), out.strides[2] // sizeof(float)
+    g.x_row, g.out_row = cnp.PyArray_STRIDE(x, 2) // sizeof(float), cnp.PyArray_STRIDE(out, 2) // sizeof(float)
     g.ow_lo = min((g.pl + g.sw - 1) // g.sw, g.Wo)
     g.ow_hi = min(max(floor_div(g.W - 1 + g.pl - (g.kw - 1) * g.dw, g.sw) + 1, g.ow_lo), g.Wo)
     if scale is not None:
-        scale_view = scale
-        scale_ptr = &scale_view[0, 0]
+        check_array(scale, "scale", (g.Ho, g.Wo))
+        scale_ptr = data_of(scale)
     g.phase_len = (g.W + g.sw - 1) // g.sw
     if N == 0 or C == 0:
         return
@@ -604,7 +613,7 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     cdef Py_ssize_t HW = g.H * g.W
     cdef PlaneScheme scheme = SCHEME_ROWS
     if (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
-            and (C == 1 or x.strides[1] == HW * sizeof(float)) and g.out_row == g.Wo):
+            and (C == 1 or cnp.PyArray_STRIDE(x, 1) == HW * sizeof(float)) and g.out_row == g.Wo):
         scheme = SCHEME_LANES if (C >= LANES and HW >= 16 and g.Ho * g.Wo >= 16
                                   and (HW <= LANES_PLANE_MAX or windows_clipped(&g))) else SCHEME_FLAT
     elif (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1 and g.dw == 1 and g.pt == 0
@@ -613,7 +622,7 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
     cdef Py_ssize_t chunk = (LANES if scheme == SCHEME_LANES else
                              min(max(1, FLAT_CHUNK_MAX // HW), C) if scheme == SCHEME_FLAT else 1)
     cdef Py_ssize_t chunks = (C + chunk - 1) // chunk
-    cdef Py_ssize_t out_plane = out.strides[1] // sizeof(float)
+    cdef Py_ssize_t out_plane = cnp.PyArray_STRIDE(out, 1) // sizeof(float)
     cdef Py_ssize_t buf_len = ((HW + max(HW, g.Ho * g.Wo)) * LANES + 3 * VECTOR_SLACK if scheme == SCHEME_LANES else
                                2 * chunk * HW + 3 * VECTOR_SLACK if scheme == SCHEME_FLAT else
                                g.H * g.Wo if scheme == SCHEME_PAIRS else
@@ -638,10 +647,11 @@ def window_pool(const float[:, :, :, :] x, float[:, :, :, :] out, tuple kernel, 
         window_corners(&g, corners)
     if scheme == SCHEME_LANES:
         window_bounds(&g, bounds)
-    cdef const float* x0 = &x[0, 0, 0, 0]
-    cdef float* out0 = &out[0, 0, 0, 0]
-    cdef Py_ssize_t x_image = x.strides[0] // sizeof(float), x_plane = x.strides[1] // sizeof(float)
-    cdef Py_ssize_t out_image = out.strides[0] // sizeof(float)
+    cdef const float* x0 = data_of(x)
+    cdef float* out0 = data_of(out)
+    cdef Py_ssize_t x_image = cnp.PyArray_STRIDE(x, 0) // sizeof(float)
+    cdef Py_ssize_t x_plane = cnp.PyArray_STRIDE(x, 1) // sizeof(float)
+    cdef Py_ssize_t out_image = cnp.PyArray_STRIDE(out, 0) // sizeof(float)
     try:
         if nthreads == 1:   # no OpenMP region: it costs as much as a small pool
             for p in range(N * chunks):
