@@ -25,16 +25,20 @@ typedef int pyconv_lanes_i32 __attribute__((vector_size(64)));
 enum { PYCONV_LANES_SUM = 0, PYCONV_LANES_MAX = 1, PYCONV_LANES_MAX_NAN = 2 };
 
 #ifdef PYCONV_HAVE_LANE_VECTORS
-/* acc + v, or max(acc, v) lane by lane (NaN propagating for PYCONV_LANES_MAX_NAN) */
-PYCONV_LANES_INLINE pyconv_lanes_f32 pyconv_lanes_op(pyconv_lanes_f32 acc, pyconv_lanes_f32 v, int op)
+/* *acc + *v, or max(*acc, *v) lane by lane (NaN propagating for PYCONV_LANES_MAX_NAN), into
+ * *acc.  (Vectors through pointers: a vector argument or result by value makes GCC warn
+ * that the ABI differs between the ISA clones, although this is always inlined.) */
+PYCONV_LANES_INLINE void pyconv_lanes_op(pyconv_lanes_f32* acc, const pyconv_lanes_f32* v, int op)
 {
     pyconv_lanes_i32 take;
-    if (op == PYCONV_LANES_SUM)
-        return acc + v;
-    take = v > acc;   /* v where it is larger (or NaN, when NaN propagates), else acc */
+    if (op == PYCONV_LANES_SUM) {
+        *acc += *v;
+        return;
+    }
+    take = *v > *acc;   /* v where it is larger (or NaN, when NaN propagates), else acc */
     if (op == PYCONV_LANES_MAX_NAN)
-        take |= v != v;
-    return (pyconv_lanes_f32)(((pyconv_lanes_i32)acc & ~take) | ((pyconv_lanes_i32)v & take));
+        take |= *v != *v;
+    *acc = (pyconv_lanes_f32)(((pyconv_lanes_i32)*acc & ~take) | ((pyconv_lanes_i32)*v & take));
 }
 #endif
 
@@ -55,7 +59,7 @@ PYCONV_LANES_INLINE void pyconv_reduce_lanes(const float* lanes, ptrdiff_t W, pt
     for (ptrdiff_t h = h0; h < h1; h += dh)
         for (ptrdiff_t w = w0; w < w1; w += dw) {
             memcpy(&v, lanes + (h * W + w) * 16, sizeof(v));
-            acc = pyconv_lanes_op(acc, v, op);
+            pyconv_lanes_op(&acc, &v, op);
         }
     if (op == PYCONV_LANES_SUM)
         acc *= scale;

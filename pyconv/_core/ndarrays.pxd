@@ -44,7 +44,7 @@ cdef inline int check_float_rows(object arr, str name, int ndim, bint writable) 
     """``arr`` must be a float32 ndarray of ``ndim`` dimensions whose rows are contiguous
     (unit last stride: channel slices of larger arrays pass), writable if asked."""
     if (not isinstance(arr, cnp.ndarray) or cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32
-            or cnp.PyArray_NDIM(arr) != ndim or cnp.PyArray_STRIDE(arr, ndim - 1) != sizeof(float)):
+            or cnp.PyArray_NDIM(arr) != ndim or cnp.PyArray_STRIDE(arr, ndim - 1) != <Py_ssize_t>sizeof(float)):
         raise ValueError(f"{name} must be a {ndim}-D float32 array whose rows are contiguous")
     if writable and not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{name} must be writable")

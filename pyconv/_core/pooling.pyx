@@ -607,13 +607,13 @@ def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize
         return
     # Small planes whose interior rows are narrower than a vector: blocks of LANES
     # planes with the planes as vector lanes, when there are that many planes and the
-    # planes are no larger than the flat scheme takes; else (and for the last
+    # planes fit LANES_PLANE_MAX or have clipped windows; else (and for the last
     # C % LANES planes) flat scheme over chunks of up to FLAT_CHUNK_MAX floats of
     # consecutive planes of one image.
     cdef Py_ssize_t HW = g.H * g.W
     cdef PlaneScheme scheme = SCHEME_ROWS
     if (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
-            and (C == 1 or cnp.PyArray_STRIDE(x, 1) == HW * sizeof(float)) and g.out_row == g.Wo):
+            and (C == 1 or cnp.PyArray_STRIDE(x, 1) == HW * <Py_ssize_t>sizeof(float)) and g.out_row == g.Wo):
         scheme = SCHEME_LANES if (C >= LANES and HW >= 16 and g.Ho * g.Wo >= 16
                                   and (HW <= LANES_PLANE_MAX or windows_clipped(&g))) else SCHEME_FLAT
     elif (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1 and g.dw == 1 and g.pt == 0

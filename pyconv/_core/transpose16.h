@@ -4,10 +4,12 @@
  *
  * Compilers turn the plain loop into 256 scalar loads and stores (gathers are
  * not profitable to them).  With the compiler's portable vector extension the
- * 16 rows are loaded as vectors and transposed in registers by four rounds of
- * two-input shuffles that swap the off-diagonal 8x8, 4x4, 2x2 and 1x1 blocks
- * (64 shuffles, 16 loads, 16 stores; AVX-512: one vpermt2ps each).  No ISA
- * intrinsics: the caller's multiversioned clone picks the instructions. */
+ * 16 rows are loaded as half rows straight into the registers' halves, which
+ * swaps the off-diagonal 8x8 blocks, then transposed in registers by three
+ * rounds of two-input shuffles that swap the 4x4, 2x2 and 1x1 blocks (48
+ * shuffles, AVX-512: one vpermt2ps each; the fourth round as shuffles made
+ * Winograd's 64 @56 and 128 @28 convs 7-8 % slower).  No ISA intrinsics: the
+ * caller's multiversioned clone picks the instructions. */
 #ifndef PYCONV_TRANSPOSE16_H
 #define PYCONV_TRANSPOSE16_H
 #include <stddef.h>
@@ -34,8 +36,6 @@ typedef float pyconv_f32x8 __attribute__((vector_size(32)));
         pyconv_f32x16 lo_ = __builtin_shufflevector(r[i], r[i + b], LO); \
         pyconv_f32x16 hi_ = __builtin_shufflevector(r[i], r[i + b], HI); \
         r[i] = lo_; r[i + b] = hi_; } while (0)
-#define PYCONV_LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
-#define PYCONV_HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define PYCONV_LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
 #define PYCONV_HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
 #define PYCONV_LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
