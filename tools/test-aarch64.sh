@@ -45,7 +45,7 @@ done
 # The subset: every kernel family and whole networks, in well under 15 minutes
 # emulated.  The rest (CLI, ONNX import, the model zoo's counts) is
 # architecture-independent Python over the same kernels.
-subset=(tests/test_config.py tests/test_conv.py tests/test_winograd.py tests/test_pool.py
+subset=(tests/test_config.py tests/test_conv.py tests/test_winograd.py tests/test_pointwise_panels.py tests/test_pool.py
         tests/test_activation.py tests/test_norm.py tests/test_tensor.py
         tests/test_shift.py tests/test_adder.py tests/test_executor.py)
 
