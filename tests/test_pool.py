@@ -11,6 +11,7 @@ import pytest
 import pyconv
 from pyconv import ops, registry
 from pyconv.ops import _pool_reference as ref
+from pyconv.ops import pool as pool_ops
 from pyconv.ops.pool import pool_output_size
 
 RNG = np.random.default_rng(1234)
@@ -162,7 +163,7 @@ def test_max_pool2d_propagates_nan():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads):
+def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads, lanes):
     # Small planes are pooled in chunks of planes, each checked for NaN first (plain
     # maxima when it holds none): a NaN in one chunk must reach exactly its windows,
     # whatever the other chunks took.
@@ -186,9 +187,18 @@ def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads):
         pyconv.set_num_threads(previous)
 
 
+@pytest.fixture(params=[True, False], ids=["lanes", "flat"])
+def lanes(request, monkeypatch):
+    """Small planes pooled as vector lanes (where the CPU has AVX-512), or by the flat
+    scheme: both, on every CPU."""
+    monkeypatch.setattr(pool_ops, "_lanes_pay", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape,kernel,stride,padding,dilation,ceil_mode", window_cases(True, 40))
 @pytest.mark.parametrize("channels", [16, 35])
-def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, padding, dilation, ceil_mode, channels):
+def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, padding, dilation, ceil_mode, channels,
+                                                   lanes):
     # 16 or more small planes: blocks of 16 as vector lanes (window_pool_lanes), the
     # last C % 16 planes by the flat kernel; padding-clipped and empty windows included
     x = rand(shape[0], channels, *shape[2:])
@@ -209,7 +219,7 @@ def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, paddin
     ((28, 28), 0, True),    # the ceil-mode overhang clips the last windows: lanes
     ((27, 25), 1, False),   # padding clips the first windows: lanes
 ])
-def test_larger_small_planes_take_lanes_where_windows_are_clipped(hw, padding, ceil_mode):
+def test_larger_small_planes_take_lanes_where_windows_are_clipped(hw, padding, ceil_mode, lanes):
     x = rand(2, 35, *hw)
     np.testing.assert_array_equal(ops.max_pool2d(x, 3, 2, padding, 1, ceil_mode),
                                   ref.max_pool2d(x, 3, 2, padding, 1, ceil_mode).astype(np.float32))

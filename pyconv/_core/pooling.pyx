@@ -24,7 +24,7 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.channel_rows cimport pyconv_transpose16
 from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
-from pyconv._core.simd cimport inlined_void, multiversion_void
+from pyconv._core.simd cimport inlined_void, multiversion_void, wide_vectors
 
 
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
@@ -573,10 +573,18 @@ cdef void window_pool_task(const float* x, float* out, const Window2d* g, PlaneS
         window_pool_plane(x, out, g, buf, scale, op)
 
 
+def lanes_pay() -> bool:
+    """Whether window_pool_lanes runs with 512-bit vectors (AVX-512), one per lane
+    vector.  Elsewhere GCC lowers its 16-float vectors through the stack: an AVX2 build
+    pooled 256x13x13 5-10x slower than with the flat scheme."""
+    return wide_vectors()
+
+
 def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                tuple dilation, scale, bint is_max, int nthreads):
+                tuple dilation, scale, bint is_max, int nthreads, bint lanes=False):
     """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of
     every plane of ``x`` (float32 N x C x H x W) into ``out`` (N x C x Ho x Wo).
+    ``lanes``: small planes may take window_pool_lanes (where lanes_pay()).
 
     ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous).
     They are read through the NumPy C API (ndarrays.pxd): typed memoryviews cost
@@ -614,7 +622,7 @@ def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize
     cdef PlaneScheme scheme = SCHEME_ROWS
     if (g.ow_hi - g.ow_lo < VECTOR_SLACK and g.x_row == g.W and HW <= FLAT_CHUNK_MAX
             and (C == 1 or cnp.PyArray_STRIDE(x, 1) == HW * <Py_ssize_t>sizeof(float)) and g.out_row == g.Wo):
-        scheme = SCHEME_LANES if (C >= LANES and HW >= 16 and g.Ho * g.Wo >= 16
+        scheme = SCHEME_LANES if (lanes and C >= LANES and HW >= 16 and g.Ho * g.Wo >= 16
                                   and (HW <= LANES_PLANE_MAX or windows_clipped(&g))) else SCHEME_FLAT
     elif (g.kh == 2 and g.kw == 2 and g.sh == 2 and g.sw == 2 and g.dh == 1 and g.dw == 1 and g.pt == 0
           and g.pl == 0 and g.W == 2 * g.Wo and 2 * g.Ho <= g.H and g.x_row == g.W and g.out_row == g.Wo):

@@ -169,10 +169,17 @@ def _check_p(op: str, p) -> float:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _lanes_pay() -> bool:
+    """Whether small planes may be pooled 16 at a time as vector lanes (AVX-512 only, see
+    pooling.lanes_pay); tests patch it to run the lanes on every CPU."""
+    return _kernels.lanes_pay()
+
+
 def _run_window_pool(x: np.ndarray, y: np.ndarray, geo: _WindowGeometry, scale: Optional[np.ndarray],
                      is_max: bool) -> np.ndarray:
     _kernels.window_pool(x, y, geo.kernel, geo.stride, geo.pads[0], geo.pads[1], geo.dilation, scale, is_max,
-                         threads_for(y.size * geo.taps))
+                         threads_for(y.size * geo.taps), _lanes_pay())
     return y
 
 
