@@ -191,7 +191,7 @@ def test_max_pools_of_small_planes_propagate_nan_per_chunk(threads, lanes):
 def lanes(request, monkeypatch):
     """Small planes pooled as vector lanes (where the CPU has AVX-512), or by the flat
     scheme: both, on every CPU."""
-    monkeypatch.setattr(pool_ops, "_lanes_pay", lambda: request.param)
+    monkeypatch.setattr(pool_ops, "_LANES", request.param)
     return request.param
 
 
@@ -212,6 +212,29 @@ def test_blocks_of_16_small_planes_match_reference(shape, kernel, stride, paddin
         for count_include_pad in (True, False):
             assert_close(ops.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad),
                          ref.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad), 1e-5)
+
+
+@pytest.mark.parametrize("hw, kernel, stride, dilation", [
+    ((13, 13), 3, 2, 1),              # adaptive 6x6 of 13x13: window rows reduced first
+    ((7, 7), 2, 1, 1),
+    ((19, 17), (3, 2), (2, 1), (2, 1)),   # dilated rows, non-square
+    ((16, 16), 3, 1, 1),              # rows exactly one transpose wide
+    ((11, 20), (2, 3), (3, 2), 1),    # rows wider than a transpose: two, overlapping
+    ((21, 5), (4, 1), (1, 1), 1),     # narrow rows: each transpose overhangs into the next rows
+])
+@pytest.mark.parametrize("channels", [32, 35])
+def test_lanes_reduce_window_rows_first(hw, kernel, stride, dilation, channels, lanes):
+    # no padding, no ceil overhang: every window's rows inside, so window_pool_lanes
+    # reduces the rows over the planes first and transposes only the rows windows start on
+    x = rand(2, channels, *hw)
+    np.testing.assert_array_equal(ops.max_pool2d(x, kernel, stride, 0, dilation),
+                                  ref.max_pool2d(x, kernel, stride, 0, dilation).astype(np.float32))
+    if dilation == 1:
+        assert_close(ops.avg_pool2d(x, kernel, stride), ref.avg_pool2d(x, kernel, stride), 1e-5)
+    x[1, 20, 0, 0] = np.nan   # the first window of each row of windows starts at column 0
+    y = ops.max_pool2d(x, kernel, stride, 0, dilation)
+    np.testing.assert_array_equal(y, ref.max_pool2d(x, kernel, stride, 0, dilation).astype(np.float32))
+    assert np.isnan(y[1, 20, 0, 0]) and np.isnan(y).sum() == np.isnan(y[1, 20]).sum()
 
 
 @pytest.mark.parametrize("hw, padding, ceil_mode", [

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from pyconv._core import pooling as _kernels
+from pyconv import _threads
 from pyconv._threads import threads_for
 from pyconv.ops import _pool_reference as _reference
 from pyconv.ops._args import IntPair, as_nchw, check_out, int_pair, padding4
@@ -78,7 +79,7 @@ def _stride_pair(stride, kernel: Tuple[int, int]) -> Tuple[int, int]:
 class _WindowGeometry:
     """Kernel, stride, dilation, padding (top, left, bottom, right) and output size of a windowed pool."""
 
-    __slots__ = ("kernel", "stride", "dilation", "pads", "out_hw", "taps")
+    __slots__ = ("kernel", "stride", "dilation", "pads", "out_hw", "taps", "kernel_args")
 
     def __init__(self, op: str, in_hw: Sequence[int], kernel_size: IntPair, stride: Optional[IntPair],
                  padding, dilation: IntPair, ceil_mode: bool):
@@ -105,6 +106,8 @@ class _WindowGeometry:
             )
         self.out_hw = (Ho, Wo)
         self.taps = self.kernel[0] * self.kernel[1]
+        # window_pool's geometry arguments, in its order
+        self.kernel_args = (self.kernel, self.stride, pt, pl, self.dilation)
 
 
 @functools.lru_cache(maxsize=512)
@@ -169,17 +172,17 @@ def _check_p(op: str, p) -> float:
     return value
 
 
-@functools.lru_cache(maxsize=None)
-def _lanes_pay() -> bool:
-    """Whether small planes may be pooled 16 at a time as vector lanes (AVX-512 only, see
-    pooling.lanes_pay); tests patch it to run the lanes on every CPU."""
-    return _kernels.lanes_pay()
+# Whether small planes may be pooled 16 at a time as vector lanes (AVX-512 only, see
+# pooling.lanes_pay); tests patch it to run the lanes on every CPU.
+_LANES = _kernels.lanes_pay()
 
 
 def _run_window_pool(x: np.ndarray, y: np.ndarray, geo: _WindowGeometry, scale: Optional[np.ndarray],
                      is_max: bool) -> np.ndarray:
-    _kernels.window_pool(x, y, geo.kernel, geo.stride, geo.pads[0], geo.pads[1], geo.dilation, scale, is_max,
-                         threads_for(y.size * geo.taps), _lanes_pay())
+    # Few Python calls on the way: at 13x13 each costs ~0.5 us once other work has left
+    # the interpreter's caches cold, against a ~9 us kernel (measured interleaved).
+    threads = 1 if _threads._num_threads == 1 else threads_for(y.size * geo.taps)
+    _kernels.window_pool(x, y, *geo.kernel_args, scale, is_max, threads, _LANES)
     return y
 
 
@@ -303,7 +306,9 @@ def _adaptive_call(op: str, in_hw: Tuple[int, int], output_size):
 
 def _pool_adaptive(op: str, x, output_size, out: Optional[np.ndarray], mode: str) -> np.ndarray:
     x = _as_input(x)
-    out_hw, (kind, a, b) = _adaptive_call(op, x.shape[2:], _hashable(output_size))
+    if isinstance(output_size, (list, np.ndarray)):   # _hashable, without a call on the way
+        output_size = tuple(output_size)
+    out_hw, (kind, a, b) = _adaptive_call(op, x.shape[2:], output_size)
     y = check_out(out, x.shape[:2] + out_hw)
     if kind == "window":
         return _run_window_pool(x, y, a, b if mode == "avg" else None, mode == "max")
