@@ -14,7 +14,6 @@ import scipy.signal
 
 import pyconv
 from pyconv import registry
-from pyconv._core import pointwise_panels as _panels
 from pyconv.ops import conv as C
 
 TOL = {"im2col": 1e-5, "1x1": 1e-5, "depthwise": 1e-5, "winograd": 2e-5, "winograd2": 1e-5, "winograd4": 2e-5,
@@ -268,7 +267,9 @@ def test_1x1_on_1x1_spatial_and_stride():
     (116, 58, 1, (9, 9), 1, (0, 0, 0, 0), True),    # no expansion, few weights
     (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), "panels"),   # a small plane: weights in panels
     (40, 31, 1, (7, 7), 1, (0, 0, 0, 0), True),     # too few output channels for panels
-    (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), False),    # padded: not in panels; an expansion: sgemm
+    (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), "panels"),  # padded: panels on the im2col matrix
+    (40, 64, 1, (13, 15), 2, (0, 0, 0, 0), "panels"),  # strided: panels on the phase planes' matrix
+    (40, 64, 1, (17, 17), 1, (0, 0, 0, 0), False),   # above the panels' 64 pixels; an expansion: sgemm
     (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels
     (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block
 ])
@@ -283,7 +284,9 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, 
     (5, 12, 2, 5, (17, 19), 1, (2, 1, 3, 0), 2, True),  # groups, dilation, asymmetric padding
     (9, 20, 1, 3, (40, 37), 2, 1, 1, True),          # several tiles, stride 2, ragged rows
     (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm
-    (64, 128, 1, 3, (9, 9), 2, 1, 1, False),         # 73728 weights: sgemm
+    (64, 128, 1, 3, (9, 9), 2, 1, 1, "panels"),      # 5x5 out: panels on the im2col matrix
+    (64, 128, 1, 3, (17, 17), 2, 1, 1, False),       # 9x9 out, 73728 weights: sgemm
+    (16, 40, 1, 3, (8, 9), 1, (1, 0, 2, 1), 2, "panels"),  # dilated, asymmetric padding
 ])
 def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
     # im2col convs with K > 32 and at most 64K weights per group run blocked_gemm_tile on the tiles
@@ -292,7 +295,7 @@ def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, 
 
 def _gemm_path(run):
     """True (the blocked loop on NCHW), False (sgemm) or "panels" (pointwise_panels)."""
-    return "panels" if isinstance(run.call, _panels.PanelConv1x1) else run.call.blocked
+    return "panels" if "panel_rows" in dict(run.scratch) else run.call.blocked
 
 
 def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):

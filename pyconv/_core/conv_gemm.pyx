@@ -178,6 +178,65 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
 
 
+cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, int kw, stride, pads,
+                            dilation) except *:
+    """The geometry GemmConv and Im2col share (phase planes, direct or not)."""
+    cdef ConvGeom g
+    if len(x_shape) != 4 or len(out_shape) != 4 or x_shape[0] != out_shape[0]:
+        raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
+    if groups < 1:
+        raise ValueError("groups must be >= 1")
+    g.C, g.Co = x_shape[1], out_shape[1]
+    g.Ho, g.Wo = out_shape[2], out_shape[3]
+    g.groups = groups
+    g.ph = phase_geometry(x_shape[2], x_shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
+    g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
+                and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)
+    return g
+
+
+cdef class Im2col:
+    """B = im2col(x) of whole images, groups 1: ``cols[n]`` is the (C*kh*kw) x (Ho*Wo)
+    matrix of image n, as GemmConv gathers it per tile (one memcpy per B row and output
+    row, from the phase planes).  For kernels that take B whole (pointwise_panels on
+    small planes).  Called as ``im2col(x, phases, cols)``: phases
+    float32[phase_floats(...)], zeroed when allocated; cols float32[N, C*kh*kw, Ho, Wo]."""
+    cdef ConvGeom g
+    cdef tuple x_shape, cols_shape
+    cdef Py_ssize_t phase_need
+
+    def __init__(self, tuple x_shape, int kh, int kw, stride, pads, dilation, tuple out_hw):
+        self.x_shape = tuple(int(d) for d in x_shape)
+        self.g = conv_geometry(self.x_shape, (self.x_shape[0], 1) + tuple(int(d) for d in out_hw), 1, kh, kw,
+                               stride, pads, dilation)
+        self.cols_shape = (self.x_shape[0], self.g.C * kh * kw, self.g.Ho, self.g.Wo)
+        self.phase_need = phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
+
+    @property
+    def shape(self):
+        """Shape of ``cols``."""
+        return self.cols_shape
+
+    def phase_floats(self) -> int:
+        """Floats of the ``phases`` buffer."""
+        return self.phase_need
+
+    def __call__(self, x, phases, cols):
+        check_array(x, "x", self.x_shape)
+        check_floats(phases, "phases", self.phase_need)
+        check_array(cols, "cols", self.cols_shape)
+        cdef const float* xp = data_of(x)
+        cdef float* ph = data_of(phases)
+        cdef float* cp = data_of(cols)
+        cdef Py_ssize_t n, c, P = <Py_ssize_t>self.g.Ho * self.g.Wo, K = self.cols_shape[1]
+        cdef Py_ssize_t plane = <Py_ssize_t>self.g.ph.H * self.g.ph.W, N = self.x_shape[0]
+        with nogil:
+            for n in range(N):
+                for c in range(self.g.C):
+                    phase_split_channel(xp + (n * self.g.C + c) * plane, ph + c * self.g.ph.channel, &self.g.ph)
+                im2col_tile(ph, cp + n * K * P, 0, <int>P, &self.g)
+
+
 cdef class GemmConv:
     """out = epilogue(conv2d(x, W)) for one input shape, W given as wmat[Co, Ci/groups*kh*kw].
 
@@ -205,17 +264,9 @@ cdef class GemmConv:
                  tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint blocked=False,
                  int row_blocks=1):
         self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
-        if len(self.x_shape) != 4 or len(self.out_shape) != 4 or self.x_shape[0] != self.out_shape[0]:
-            raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
-        if groups < 1 or tile_cols < 1 or nthreads < 1 or row_blocks < 1:
-            raise ValueError("groups, tile_cols, nthreads and row_blocks must be >= 1")
-        self.g.C, self.g.Co = self.x_shape[1], self.out_shape[1]
-        self.g.Ho, self.g.Wo = self.out_shape[2], self.out_shape[3]
-        self.g.groups = groups
-        self.g.ph = phase_geometry(self.x_shape[2], self.x_shape[3], self.g.Ho, self.g.Wo, kh, kw, stride, pads,
-                                   dilation)
-        self.g.direct = (kh == 1 and kw == 1 and self.g.ph.sh == 1 and self.g.ph.sw == 1 and self.g.ph.pt == 0
-                         and self.g.ph.pl == 0 and self.g.ph.Hq == self.g.ph.H and self.g.ph.Wq == self.g.ph.W)
+        if tile_cols < 1 or nthreads < 1 or row_blocks < 1:
+            raise ValueError("tile_cols, nthreads and row_blocks must be >= 1")
+        self.g = conv_geometry(self.x_shape, self.out_shape, groups, kh, kw, stride, pads, dilation)
         self.cig, self.cog = self.g.C // groups, self.g.Co // groups
         self.K = self.cig * kh * kw
         check_array(wmat, "wmat", (self.g.Co, self.K))

@@ -99,8 +99,9 @@ _BLOCKED_MAX_ROWS = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
 
 
-# 1x1 convs (stride 1, unpadded, groups 1) on planes of at most this many pixels run
-# transposed on weights packed in panels (pointwise_panels.pyx), where the loop pays.
+# GEMM convs (groups 1) with outputs of at most this many pixels run transposed on
+# weights packed in panels (pointwise_panels.pyx; other than 1x1 stride-1 unpadded
+# ones on their whole im2col matrix, conv_gemm.Im2col), where the loop pays.
 _PANELS_MAX_PIXELS = 64
 
 
@@ -286,10 +287,9 @@ class _GemmKernel:
         self._panels = None   # pack_panels(wmat), made on first use
 
     def takes_panels(self, pixels: int) -> bool:
-        """Whether a plane of ``pixels`` runs pointwise_panels (see _PANELS_MAX_PIXELS)."""
+        """Whether an output plane of ``pixels`` runs pointwise_panels (see _PANELS_MAX_PIXELS)."""
         g = self.g
-        return (g.kernel == (1, 1) and g.stride == (1, 1) and not any(g.pads) and g.groups == 1
-                and g.out_channels >= _panels.MIN_OUT_CHANNELS
+        return (g.groups == 1 and g.out_channels >= _panels.MIN_OUT_CHANNELS
                 and _panels.MIN_PIXELS <= pixels <= _PANELS_MAX_PIXELS and _blocked_loop_pays())
 
     def split(self, pixels: int, nthreads: int) -> Tuple[int, int]:
@@ -320,11 +320,7 @@ class _GemmKernel:
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
         if self.takes_panels(ho * wo):
-            if self._panels is None:
-                self._panels = _panels.pack_panels(self.wmat)
-            conv = _panels.PanelConv1x1(tuple(x_shape), self._panels, self.bias, self.epilogue, tuple(out_shape),
-                                        nthreads)
-            return _Run(conv, (("panel_rows", (conv.scratch_floats(),)),), self._scratch)
+            return self._plan_panels(tuple(x_shape), tuple(out_shape), nthreads)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
         tile, row_blocks = self.split(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
@@ -341,6 +337,28 @@ class _GemmKernel:
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
+
+
+    def _plan_panels(self, x_shape, out_shape, nthreads):
+        """pointwise_panels on x itself (1x1, stride 1, unpadded) or on its im2col matrix."""
+        g = self.g
+        if self._panels is None:
+            self._panels = _panels.pack_panels(self.wmat)
+        direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, *out_shape[2:])[2]
+        im2col = None if direct else _gemm.Im2col(x_shape, *g.kernel, g.stride, g.pads, g.dilation, out_shape[2:])
+        cols_shape = x_shape if direct else im2col.shape
+        conv = _panels.PanelConv1x1(cols_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
+        scratch = (("panel_rows", (conv.scratch_floats(),)),)
+        if direct:
+            return _Run(conv, scratch, self._scratch)
+
+        size = int(np.prod(cols_shape))
+
+        def call(x, residual, out, rows, phases, cols):
+            cols = cols[:size].reshape(cols_shape)   # the buffer may be larger (kept across shapes)
+            im2col(x, phases, cols)
+            conv(cols, residual, out, rows)
+        return _Run(call, scratch + (("phases", (im2col.phase_floats(),)), ("cols", (size,))), self._scratch)
 
 
 class _DepthwiseKernel:
