@@ -96,3 +96,24 @@ def test_bad_call_arrays_raise():
                  (x, out[:, :1], out, scratch), (x, None, out, scratch[:-1]), ([[0.0]], None, out, scratch)]:
         with pytest.raises((ValueError, TypeError)):
             conv(*args)
+
+
+def test_im2col_matrix_and_bad_arrays():
+    # conv_gemm.Im2col: the whole-image B of a kxk conv, as pointwise_panels takes it
+    from pyconv._core import conv_gemm
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    im2col = conv_gemm.Im2col(x.shape, 3, 2, (2, 1), (1, 0, 1, 1), (1, 2), (4, 5))
+    assert im2col.shape == (2, 3 * 3 * 2, 4, 5)
+    cols = np.full(im2col.shape, np.nan, np.float32)
+    im2col(x, np.zeros(im2col.phase_floats(), np.float32), cols)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 1)))
+    for c in range(3):
+        for i in range(3):
+            for j in range(2):
+                tap = xp[:, c, i:i + 7:2, 2 * j:2 * j + 5]
+                np.testing.assert_array_equal(cols[:, (c * 3 + i) * 2 + j], tap)
+    with pytest.raises(ValueError):
+        im2col(x, np.zeros(im2col.phase_floats(), np.float32), cols[:1])
+    with pytest.raises(ValueError):
+        im2col(x, np.zeros(1, np.float32), cols)

@@ -1,5 +1,6 @@
 # 1x1 convolution (stride 1, unpadded, groups 1) of small planes with the
-# weights packed in column panels, computed transposed:
+# weights packed in column panels, computed transposed (any other GEMM conv of a
+# small output runs as this on its im2col matrix, conv_gemm.Im2col):
 #
 #     M (P x Co) = X^T (P x Ci) @ W^T (Ci x Co),   then   out (Co x P) = epilogue(M^T)
 #
