@@ -100,8 +100,9 @@ _BLOCKED_MAX_WEIGHTS = 1 << 16
 
 
 # GEMM convs (groups 1) with outputs of at most this many pixels run transposed on
-# weights packed in panels (pointwise_panels.pyx; other than 1x1 stride-1 unpadded
-# ones on their whole im2col matrix, conv_gemm.Im2col), where the loop pays.
+# weights packed in panels (pointwise_panels.pyx), where the loop pays: 1x1 stride-1
+# unpadded convs on their input, the others on their whole im2col matrix
+# (conv_gemm.Im2col).  Measured in docs/kernels.md.
 _PANELS_MAX_PIXELS = 64
 
 
@@ -337,7 +338,6 @@ class _GemmKernel:
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
-
 
     def _plan_panels(self, x_shape, out_shape, nthreads):
         """pointwise_panels on x itself (1x1, stride 1, unpadded) or on its im2col matrix."""
