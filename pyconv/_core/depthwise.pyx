@@ -43,7 +43,7 @@ from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_from_sp
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
-from pyconv._core.simd cimport inlined_void, multiversion_void
+from pyconv._core.simd cimport inlined_void, multiversion_void, prefetch, prefetch_write
 
 cimport numpy as cnp
 
@@ -55,8 +55,6 @@ cdef extern from *:
     # so the compiler vectorizes them without run-time overlap checks
     ctypedef float* float_out "float * __restrict__"
     ctypedef const float* float_in "const float * __restrict__"
-    void prefetch "__builtin_prefetch"(const void* address) noexcept nogil
-    void prefetch_write "__builtin_prefetch"(const void* address, int rw) noexcept nogil
 
 
 cdef enum:
@@ -223,7 +221,7 @@ cdef inline inlined_void rows_3x3(const RowGeom* g, float* out, const float* rin
         a = ring + ((oh * g.sh) & g.ring_mask) * g.slot
         o_off = <Py_ssize_t>oh * g.Wo
         for j in range(0, g.Wo, 16):
-            prefetch_write(out + o_off + PREFETCH_ROWS * g.Wo + j, 1)
+            prefetch_write(out + o_off + PREFETCH_ROWS * g.Wo + j)
         if o_off + g.run <= plane:
             row_3x3(out + o_off, a, ring + ((oh * g.sh + g.dh) & g.ring_mask) * g.slot,
                     ring + ((oh * g.sh + 2 * g.dh) & g.ring_mask) * g.slot,

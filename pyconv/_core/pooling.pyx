@@ -22,10 +22,10 @@ cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.channel_rows cimport pyconv_transpose16
+from pyconv._core.channel_rows cimport gather_channel_rows, pyconv_transpose16, scatter_channel_rows
 from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
-from pyconv._core.simd cimport inlined_void, multiversion_void, wide_vectors
+from pyconv._core.simd cimport multiversion_void, wide_vectors
 
 
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
@@ -42,6 +42,10 @@ cdef enum:
 
 
 cdef extern from "lanes.h" nogil:
+    enum:
+        PYCONV_LANES_SUM
+        PYCONV_LANES_MAX
+        PYCONV_LANES_MAX_NAN
     void pyconv_pool_lanes(const float* lanes, Py_ssize_t W, const Py_ssize_t* rows, Py_ssize_t Ho, Py_ssize_t dh,
                            const Py_ssize_t* cols, Py_ssize_t Wo, Py_ssize_t dw, int op, const float* scale,
                            float* result)
@@ -59,7 +63,7 @@ cdef struct Window2d:
 # What a kernel reduces: sums, or maxima.  Max kernels first check their input for
 # NaN (one cheap pass); NaN-free input takes plain maxps loops, the rest the
 # NaN-propagating ones, whose unordered compares cost ~25 % of a 3x3 pool.
-cdef enum:             # (the values of lanes.h's PYCONV_LANES_SUM, _MAX, _MAX_NAN)
+cdef enum:
     OP_SUM = 0
     OP_MAX = 1          # input known to be NaN-free
     OP_MAX_NAN = 2      # NaN propagates (PyTorch)
@@ -467,25 +471,6 @@ cdef inline Py_ssize_t first_tap(Py_ssize_t start, Py_ssize_t step) noexcept nog
     return start if start >= 0 else start + (-start + step - 1) // step * step
 
 
-cdef inline inlined_void to_lanes(const float* planes, Py_ssize_t plane, float* lanes, Py_ssize_t n) noexcept nogil:
-    """lanes[i * LANES + c] = planes[c * plane + i] for c < LANES, i < n (n >= 16): in-register
-    16 x 16 transposes, the last one overlapping the one before it."""
-    cdef Py_ssize_t i = 0
-    while i < n:
-        i = min(i, n - 16)
-        pyconv_transpose16(planes + i, plane, lanes + i * LANES, LANES)
-        i += 16
-
-
-cdef inline inlined_void from_lanes(const float* lanes, float* planes, Py_ssize_t plane, Py_ssize_t n) noexcept nogil:
-    """The inverse of to_lanes: planes[c * plane + i] = lanes[i * LANES + c]."""
-    cdef Py_ssize_t i = 0
-    while i < n:
-        i = min(i, n - 16)
-        pyconv_transpose16(lanes + i * LANES, LANES, planes + i, plane)
-        i += 16
-
-
 cdef inline bint rows_inside(const Window2d* g) noexcept nogil:
     """Whether every window's rows lie inside the plane (no padding clips them)."""
     return g.pt == 0 and (g.Ho - 1) * g.sh + (g.kh - 1) * g.dh < g.H
@@ -535,16 +520,19 @@ cdef multiversion_void window_pool_lanes(const float* x, float* out, Py_ssize_t 
                     break
         row_bounds = bounds + 2 * (g.Ho + g.Wo)   # window oh reads lane row oh
     else:
-        to_lanes(x, HW, lanes, HW)
+        scatter_channel_rows(x, HW, lanes, LANES, HW, LANES)
     # one inlined copy per op, so the op is a constant in the loops
+    cdef const Py_ssize_t* col_bounds = bounds + 2 * g.Ho
     if op == OP_SUM:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_SUM, scale, result)
-    elif op == OP_MAX:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_MAX, NULL, result)
-    else:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, OP_MAX_NAN, NULL,
+        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_SUM, scale,
                           result)
-    from_lanes(result, out, out_plane, HoWo)
+    elif op == OP_MAX:
+        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_MAX, NULL,
+                          result)
+    else:
+        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_MAX_NAN, NULL,
+                          result)
+    gather_channel_rows(result, LANES, out, out_plane, HoWo, LANES)
 
 
 cdef void window_bounds(const Window2d* g, Py_ssize_t* bounds) noexcept nogil:

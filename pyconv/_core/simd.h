@@ -38,12 +38,14 @@
 #define PYCONV_ALWAYS_INLINE
 #endif
 
-/* Ask for the cache line at p ahead of its use (a hint: GCC/Clang's portable builtin,
- * nothing elsewhere). */
+/* Ask for the cache line at p ahead of its use, to read or to write (a hint:
+ * GCC/Clang's portable builtin, nothing elsewhere). */
 #if defined(__GNUC__) || defined(__clang__)
 #define PYCONV_PREFETCH(p) __builtin_prefetch(p)
+#define PYCONV_PREFETCH_WRITE(p) __builtin_prefetch((p), 1)
 #else
 #define PYCONV_PREFETCH(p) ((void)(p))
+#define PYCONV_PREFETCH_WRITE(p) ((void)(p))
 #endif
 
 #endif

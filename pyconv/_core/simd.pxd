@@ -7,3 +7,4 @@ cdef extern from "simd.h":
     ctypedef void inlined_void "PYCONV_ALWAYS_INLINE void"
     bint wide_vectors "PYCONV_WIDE_VECTORS"() noexcept nogil
     void prefetch "PYCONV_PREFETCH"(const void* p) noexcept nogil
+    void prefetch_write "PYCONV_PREFETCH_WRITE"(const void* p) noexcept nogil

@@ -28,7 +28,7 @@ import numpy as np
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
-from pyconv._core.channel_rows cimport gather_channel_rows, pyconv_transpose16, transpose_part
+from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
@@ -59,7 +59,7 @@ cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t im
                                        Py_ssize_t yp, const Geometry* g) noexcept nogil:
     """Padded input row ``yp`` of one image as NHWC (Wp x Ci floats), zeros outside the input."""
     cdef Py_ssize_t y = yp - g.top
-    cdef Py_ssize_t c0 = 0, i, Ci = g.Ci, W = g.W, plane = g.H * g.W
+    cdef Py_ssize_t c0 = 0, Ci = g.Ci, W = g.W, plane = g.H * g.W
     cdef const float* src
     if y < 0 or y >= g.H:
         memset(dst, 0, g.Wp * Ci * sizeof(float))
@@ -69,15 +69,9 @@ cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t im
     src = x + (image * Ci * g.H + y) * W
     dst += g.left * Ci
     # 16 channels x 16 pixels per in-register transpose (transpose16.h)
-    while c0 + 16 <= Ci:
-        i = 0
-        while i < W and W >= 16:
-            i = min(i, W - 16)  # the last block overlaps the one before it
-            pyconv_transpose16(src + c0 * plane + i, plane, dst + i * Ci + c0, Ci)
-            i += 16
-        transpose_part(src + c0 * plane, plane, dst + c0, Ci, 0, 16, i, W)
+    while c0 < Ci:
+        scatter_channel_rows(src + c0 * plane, plane, dst + c0, Ci, W, min(16, Ci - c0))
         c0 += 16
-    transpose_part(src + c0 * plane, plane, dst + c0, Ci, 0, Ci - c0, 0, W)
 
 
 # Generated straight-line transforms (see winograd_transforms.kernels_source):
