@@ -5,18 +5,14 @@ import numpy as np
 import pytest
 
 from pyconv._core import pointwise_panels as pp
-from pyconv.ops._args import apply_activation_reference, parse_activation
+from pyconv.ops._args import parse_activation
+from pyconv.ops.conv import conv2d_reference
 
 TOL = 1e-5
 
 
 def reference(x, wmat, bias, residual, activation):
-    y = np.einsum("oc,nchw->nohw", wmat.astype(np.float64), x.astype(np.float64))
-    if bias is not None:
-        y += bias[None, :, None, None]
-    if residual is not None:
-        y += residual
-    return apply_activation_reference(y, activation)
+    return conv2d_reference(x, wmat[:, :, None, None], bias, residual=residual, activation=activation)
 
 
 def run(x, wmat, bias=None, residual=None, activation=None, nthreads=1):

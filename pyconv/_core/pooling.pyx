@@ -499,30 +499,27 @@ cdef multiversion_void window_pool_lanes(const float* x, float* out, Py_ssize_t 
     lane row: at 13x13, 3x3 stride 2, 6 transposes instead of 11 and 3 taps per output
     instead of 9.  At 13x13 the flat scheme alone spent most of its time on the windows'
     scattered corners (one scalar gather per output) and on sums of unused positions."""
-    cdef Py_ssize_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, oh, i, n
+    cdef Py_ssize_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, oh, n
     cdef float* lanes = buf
     cdef float* result = buf + (HW + 16) * LANES
     cdef float* rows = result + HoWo * LANES
     cdef const Py_ssize_t* row_bounds = bounds
+    cdef const Py_ssize_t* col_bounds = bounds + 2 * g.Ho
     cdef const float* row
     if g.kh > 1 and rows_inside(g):
         n = LANES * HW - (g.kh - 1) * g.dh * g.W
         reduce_rows(rows, x, g.kh, g.dh * g.W, n, op)
         memset(rows + n, 0, (LANES * HW + 16 - n) * sizeof(float))   # read (and never used) by the overhang
-        for oh in range(g.Ho):   # in order: a row's overhang is overwritten by the next row
+        for oh in range(g.Ho):
             row = rows + oh * g.sh * g.W
-            i = 0
-            while True:
-                i = min(i, g.W - 16) if g.W >= 16 else 0
-                pyconv_transpose16(row + i, HW, lanes + (oh * g.W + i) * LANES, LANES)
-                i += 16
-                if i >= g.W:
-                    break
+            if g.W >= 16:
+                scatter_channel_rows(row, HW, lanes + oh * g.W * LANES, LANES, g.W, LANES)
+            else:   # one transpose overhanging into the next rows, which overwrite it in turn
+                pyconv_transpose16(row, HW, lanes + oh * g.W * LANES, LANES)
         row_bounds = bounds + 2 * (g.Ho + g.Wo)   # window oh reads lane row oh
     else:
         scatter_channel_rows(x, HW, lanes, LANES, HW, LANES)
     # one inlined copy per op, so the op is a constant in the loops
-    cdef const Py_ssize_t* col_bounds = bounds + 2 * g.Ho
     if op == OP_SUM:
         pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_SUM, scale,
                           result)

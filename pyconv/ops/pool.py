@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pyconv._core import pooling as _kernels
 from pyconv import _threads
+from pyconv._core import pooling as _kernels
 from pyconv._threads import threads_for
 from pyconv.ops import _pool_reference as _reference
 from pyconv.ops._args import IntPair, as_nchw, check_out, int_pair, padding4
@@ -306,9 +306,7 @@ def _adaptive_call(op: str, in_hw: Tuple[int, int], output_size):
 
 def _pool_adaptive(op: str, x, output_size, out: Optional[np.ndarray], mode: str) -> np.ndarray:
     x = _as_input(x)
-    if isinstance(output_size, (list, np.ndarray)):   # _hashable, without a call on the way
-        output_size = tuple(output_size)
-    out_hw, (kind, a, b) = _adaptive_call(op, x.shape[2:], output_size)
+    out_hw, (kind, a, b) = _adaptive_call(op, x.shape[2:], _hashable(output_size))
     y = check_out(out, x.shape[:2] + out_hw)
     if kind == "window":
         return _run_window_pool(x, y, a, b if mode == "avg" else None, mode == "max")
