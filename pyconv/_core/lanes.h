@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "transpose16.h"
+
 #if defined(__GNUC__)
 #define PYCONV_LANES_INLINE static inline __attribute__((always_inline))
 typedef float pyconv_lanes_f32 __attribute__((vector_size(64)));
@@ -81,6 +83,66 @@ PYCONV_LANES_INLINE void pyconv_reduce_lanes(const float* lanes, ptrdiff_t W, pt
         dst[c] = op == PYCONV_LANES_SUM ? acc * scale : nan && op == PYCONV_LANES_MAX_NAN ? NAN : acc;
     }
 #endif
+}
+
+#if defined(__clang__)
+#define PYCONV_UNROLL8 _Pragma("clang loop unroll_count(8)")
+#elif defined(__GNUC__)
+#define PYCONV_UNROLL8 _Pragma("GCC unroll 8")
+#else
+#define PYCONV_UNROLL8
+#endif
+
+/* One row of windows' rows, reduced and transposed to lanes in one pass:
+ * dst[w * 16 + c] = sum or max over t < taps of src[c * plane_stride + t * tap_step + w],
+ * w < W, c < 16 (W >= 8).  The rows are read in 8-pixel halves, the last one ending at
+ * the row's end (overlapping the half before it, whose lanes it rewrites with the same
+ * values), so nothing past a row is read and no reduced row goes through memory. */
+PYCONV_LANES_INLINE void pyconv_reduce_rows_to_lanes(const float* src, ptrdiff_t plane_stride, ptrdiff_t W,
+                                                     ptrdiff_t taps, ptrdiff_t tap_step, int op, float* dst)
+{
+    for (ptrdiff_t x0 = 0; x0 < W; x0 += 16) {
+        const ptrdiff_t c0 = x0 < W - 8 ? x0 : W - 8, c1 = x0 + 8 < W - 8 ? x0 + 8 : W - 8;
+#if defined(PYCONV_HAVE_LANE_VECTORS) && defined(PYCONV_HAVE_SHUFFLEVECTOR)
+        pyconv_f32x16 r[16];
+        /* unrolled, so that r stays in registers (a runtime loop inside keeps GCC from it) */
+        PYCONV_UNROLL8
+        for (int i = 0; i < 8; i++) {   /* planes i and i + 8, loaded as pyconv_transpose16 does */
+            pyconv_f32x16 lo, hi;
+            pyconv_load_half_rows(src + i * plane_stride, 8 * plane_stride, c0, c1, &lo, &hi);
+            for (ptrdiff_t t = 1; t < taps; t++) {
+                pyconv_f32x16 lo_t, hi_t;
+                pyconv_load_half_rows(src + i * plane_stride + t * tap_step, 8 * plane_stride, c0, c1, &lo_t, &hi_t);
+                pyconv_lanes_op(&lo, &lo_t, op);
+                pyconv_lanes_op(&hi, &hi_t, op);
+            }
+            r[i] = lo;
+            r[i + 8] = hi;
+        }
+        pyconv_transpose16_rounds(r);
+        for (int j = 0; j < 8; j++) {
+            memcpy(dst + (c0 + j) * 16, &r[j], sizeof(r[j]));
+            memcpy(dst + (c1 + j) * 16, &r[j + 8], sizeof(r[j + 8]));
+        }
+#else
+        for (ptrdiff_t w = c0; w < c1 + 8; w++)
+            for (int c = 0; c < 16; c++) {
+                const float* p = src + c * plane_stride + w;
+                float acc = p[0];
+                int nan = acc != acc;
+                for (ptrdiff_t t = 1; t < taps; t++) {
+                    float x = p[t * tap_step];
+                    if (op == PYCONV_LANES_SUM)
+                        acc += x;
+                    else {
+                        nan |= x != x;
+                        acc = x > acc ? x : acc;
+                    }
+                }
+                dst[w * 16 + c] = nan && op == PYCONV_LANES_MAX_NAN ? NAN : acc;
+            }
+#endif
+    }
 }
 
 /* result[(oh * Wo + ow) * 16 + c] = the pool of output (oh, ow) of lane c: rows

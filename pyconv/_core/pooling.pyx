@@ -25,7 +25,7 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.channel_rows cimport gather_channel_rows, pyconv_transpose16, scatter_channel_rows
 from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
-from pyconv._core.simd cimport multiversion_void, wide_vectors
+from pyconv._core.simd cimport inlined_void, multiversion_void, wide_vectors
 
 
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
@@ -46,6 +46,8 @@ cdef extern from "lanes.h" nogil:
         PYCONV_LANES_SUM
         PYCONV_LANES_MAX
         PYCONV_LANES_MAX_NAN
+    void pyconv_reduce_rows_to_lanes(const float* src, Py_ssize_t plane_stride, Py_ssize_t W, Py_ssize_t taps,
+                                     Py_ssize_t tap_step, int op, float* dst)
     void pyconv_pool_lanes(const float* lanes, Py_ssize_t W, const Py_ssize_t* rows, Py_ssize_t Ho, Py_ssize_t dh,
                            const Py_ssize_t* cols, Py_ssize_t Wo, Py_ssize_t dw, int op, const float* scale,
                            float* result)
@@ -477,10 +479,29 @@ cdef inline bint rows_inside(const Window2d* g) noexcept nogil:
 
 
 cdef inline Py_ssize_t lanes_floats(const Window2d* g) noexcept nogil:
-    """Scratch of window_pool_lanes: the lanes (plus a transpose's overhang), the results,
-    and the rows' vertical reductions over the planes (plus a transpose's overhang)."""
-    cdef Py_ssize_t HW = g.H * g.W
-    return (HW + 16) * LANES + g.Ho * g.Wo * LANES + LANES * HW + 16
+    """Scratch of window_pool_lanes: the lanes (plus a transpose's overhang) and the results."""
+    return (g.H * g.W + 16) * LANES + g.Ho * g.Wo * LANES
+
+
+cdef inline bint rows_first(const Window2d* g) noexcept nogil:
+    """Whether window_pool_lanes reduces the windows' rows on the way to the lanes."""
+    return g.kh > 1 and g.W >= 8 and rows_inside(g)
+
+
+cdef inline inlined_void pool_lanes_block(const float* x, const Window2d* g, const Py_ssize_t* bounds,
+                                          float* lanes, const float* scale, float* result,
+                                          int lanes_op) noexcept nogil:
+    """window_pool_lanes's work up to the results, for one lanes.h op (a constant once inlined)."""
+    cdef Py_ssize_t HW = g.H * g.W, oh
+    cdef const Py_ssize_t* row_bounds = bounds
+    if rows_first(g):
+        for oh in range(g.Ho):
+            pyconv_reduce_rows_to_lanes(x + oh * g.sh * g.W, HW, g.W, g.kh, g.dh * g.W, lanes_op,
+                                        lanes + oh * g.W * LANES)
+        row_bounds = bounds + 2 * (g.Ho + g.Wo)   # window oh reads lane row oh
+    else:
+        scatter_channel_rows(x, HW, lanes, LANES, HW, LANES)
+    pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, bounds + 2 * g.Ho, g.Wo, g.dw, lanes_op, scale, result)
 
 
 cdef multiversion_void window_pool_lanes(const float* x, float* out, Py_ssize_t out_plane,
@@ -493,43 +514,23 @@ cdef multiversion_void window_pool_lanes(const float* x, float* out, Py_ssize_t 
     to the output planes.  ``bounds``: window_bounds; ``buf``: lanes_floats(g) floats.
     Needs H*W >= 16 and Ho*Wo >= 16.
 
-    When no window's rows are clipped, the windows' rows are reduced first, over the
-    planes as one flat row (reduce_rows, as the flat scheme), and only the Ho reduced
-    rows the windows start on are transposed to lanes, each window then reducing one
-    lane row: at 13x13, 3x3 stride 2, 6 transposes instead of 11 and 3 taps per output
-    instead of 9.  At 13x13 the flat scheme alone spent most of its time on the windows'
-    scattered corners (one scalar gather per output) and on sums of unused positions."""
-    cdef Py_ssize_t HW = g.H * g.W, HoWo = g.Ho * g.Wo, oh, n
+    When no window's rows are clipped (and rows are at least 8 wide), each row of
+    windows has its rows reduced as they are loaded for the transpose
+    (pyconv_reduce_rows_to_lanes), so only Ho lane rows are made and each window then
+    reduces one of them: at 13x13, 3x3 stride 2, 6 transposes instead of 11, 3 taps per
+    output instead of 9, and no pass over a scratch copy of the planes (which cost
+    half the kernel).  At 13x13 the flat scheme alone spent most of its time on the
+    windows' scattered corners (one scalar gather per output) and on sums of unused
+    positions."""
     cdef float* lanes = buf
-    cdef float* result = buf + (HW + 16) * LANES
-    cdef float* rows = result + HoWo * LANES
-    cdef const Py_ssize_t* row_bounds = bounds
-    cdef const Py_ssize_t* col_bounds = bounds + 2 * g.Ho
-    cdef const float* row
-    if g.kh > 1 and rows_inside(g):
-        n = LANES * HW - (g.kh - 1) * g.dh * g.W
-        reduce_rows(rows, x, g.kh, g.dh * g.W, n, op)
-        memset(rows + n, 0, (LANES * HW + 16 - n) * sizeof(float))   # read (and never used) by the overhang
-        for oh in range(g.Ho):
-            row = rows + oh * g.sh * g.W
-            if g.W >= 16:
-                scatter_channel_rows(row, HW, lanes + oh * g.W * LANES, LANES, g.W, LANES)
-            else:   # one transpose overhanging into the next rows, which overwrite it in turn
-                pyconv_transpose16(row, HW, lanes + oh * g.W * LANES, LANES)
-        row_bounds = bounds + 2 * (g.Ho + g.Wo)   # window oh reads lane row oh
-    else:
-        scatter_channel_rows(x, HW, lanes, LANES, HW, LANES)
-    # one inlined copy per op, so the op is a constant in the loops
+    cdef float* result = buf + (g.H * g.W + 16) * LANES
     if op == OP_SUM:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_SUM, scale,
-                          result)
+        pool_lanes_block(x, g, bounds, lanes, scale, result, PYCONV_LANES_SUM)
     elif op == OP_MAX:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_MAX, NULL,
-                          result)
+        pool_lanes_block(x, g, bounds, lanes, NULL, result, PYCONV_LANES_MAX)
     else:
-        pyconv_pool_lanes(lanes, g.W, row_bounds, g.Ho, g.dh, col_bounds, g.Wo, g.dw, PYCONV_LANES_MAX_NAN, NULL,
-                          result)
-    gather_channel_rows(result, LANES, out, out_plane, HoWo, LANES)
+        pool_lanes_block(x, g, bounds, lanes, NULL, result, PYCONV_LANES_MAX_NAN)
+    gather_channel_rows(result, LANES, out, out_plane, g.Ho * g.Wo, LANES)
 
 
 cdef void window_bounds(const Window2d* g, Py_ssize_t* bounds) noexcept nogil:

@@ -43,27 +43,41 @@ typedef float pyconv_f32x8 __attribute__((vector_size(32)));
 #define PYCONV_LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
 #define PYCONV_HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
 
-PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_stride,
-                                             float* dst, ptrdiff_t dst_stride)
+/* The last three rounds of the transpose, in registers: afterwards r[j] holds column j
+ * of the 16 x 16 block whose row i was loaded as r[i] = (row i, cols 0-7 | row i + 8,
+ * cols 0-7) and r[i + 8] = (row i, cols 8-15 | row i + 8, cols 8-15), i < 8. */
+PYCONV_LAYOUT_INLINE void pyconv_transpose16_rounds(pyconv_f32x16 r[16])
 {
-    pyconv_f32x16 r[16];
-    /* the first round (8 x 8 blocks) is done by the loads: half rows go straight into
-     * their registers' halves, so shuffles are left for three rounds only */
-    for (int i = 0; i < 8; i++) {
-        pyconv_f32x8 a0, a1, b0, b1;
-        memcpy(&a0, src + i * src_stride, sizeof(a0));
-        memcpy(&a1, src + i * src_stride + 8, sizeof(a1));
-        memcpy(&b0, src + (i + 8) * src_stride, sizeof(b0));
-        memcpy(&b1, src + (i + 8) * src_stride + 8, sizeof(b1));
-        r[i] = __builtin_shufflevector(a0, b0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        r[i + 8] = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    }
     for (int i = 0; i < 16; i++)
         if (!(i & 4)) PYCONV_SWAP_BLOCKS(r, i, 4, PYCONV_LO4, PYCONV_HI4);
     for (int i = 0; i < 16; i++)
         if (!(i & 2)) PYCONV_SWAP_BLOCKS(r, i, 2, PYCONV_LO2, PYCONV_HI2);
     for (int i = 0; i < 16; i += 2)
         PYCONV_SWAP_BLOCKS(r, i, 1, PYCONV_LO1, PYCONV_HI1);
+}
+
+/* *lo = (a[c0 .. c0 + 8) | a[step + c0 .. + 8)), *hi the same at c1: the half rows of
+ * two rows going straight into a register's halves (the transpose's first round) */
+PYCONV_LAYOUT_INLINE void pyconv_load_half_rows(const float* a, ptrdiff_t step, ptrdiff_t c0, ptrdiff_t c1,
+                                                pyconv_f32x16* lo, pyconv_f32x16* hi)
+{
+    pyconv_f32x8 a0, a1, b0, b1;
+    memcpy(&a0, a + c0, sizeof(a0));
+    memcpy(&b0, a + step + c0, sizeof(b0));
+    memcpy(&a1, a + c1, sizeof(a1));
+    memcpy(&b1, a + step + c1, sizeof(b1));
+    *lo = __builtin_shufflevector(a0, b0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    *hi = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_stride,
+                                             float* dst, ptrdiff_t dst_stride)
+{
+    pyconv_f32x16 r[16];
+    /* the first round (8 x 8 blocks) is done by the loads, so shuffles are left for three rounds only */
+    for (int i = 0; i < 8; i++)
+        pyconv_load_half_rows(src + i * src_stride, 8 * src_stride, 0, 8, &r[i], &r[i + 8]);
+    pyconv_transpose16_rounds(r);
     for (int j = 0; j < 16; j++)
         memcpy(dst + j * dst_stride, &r[j], sizeof(r[j]));
 }
