@@ -11,7 +11,6 @@
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY, NAN, fabsf, powf, sqrtf
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
 
 import numpy as np
 
@@ -22,7 +21,7 @@ cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 FLAT_PLANE_MAX = FLAT_CHUNK_MAX   # largest plane (floats) the flat window scheme takes
 
 from pyconv._core.blas cimport gemm_rowmajor
-from pyconv._core.channel_rows cimport gather_channel_rows, pyconv_transpose16, scatter_channel_rows
+from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
 from pyconv._core.simd cimport inlined_void, multiversion_void, wide_vectors
