@@ -24,7 +24,7 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.ndarrays cimport check_array, check_float_rows, data_of
 from pyconv._core.parallel cimport thread_stride
-from pyconv._core.simd cimport inlined_void, multiversion_void, wide_vectors
+from pyconv._core.simd cimport inlined_void, multiversion_void, prefetch, wide_vectors
 
 
 # Floats in the widest vector (AVX-512); loops over scratch rows are rounded up to it.
@@ -38,6 +38,7 @@ cdef enum:
     # Warm, 1 thread, lanes / flat: 3x3 s2 on 13x13 0.77-0.81, on 27x27 (no window
     # clipped) 1.15-1.18, on 28x28 ceil mode 0.48-0.50.
     LANES_PLANE_MAX = 400
+    PREFETCH_ROWS_AHEAD = 2   # output rows whose input rows window_pool_plane prefetches ahead
 
 
 cdef extern from "lanes.h" nogil:
@@ -302,8 +303,14 @@ cdef multiversion_void window_pool_plane(const float* x, float* out, const Windo
     cdef const float* phases = row_buf if g.sw == 1 else row_buf + g.W
     cdef float* acc = row_buf + g.W + g.sw * g.phase_len + VECTOR_SLACK
     cdef const float* run
+    cdef const float* ahead
     for oh in range(g.Ho):
         h0 = oh * g.sh - g.pt
+        # the rows that PREFETCH_ROWS_AHEAD output rows on adds to its window (planes larger
+        # than L2 stream from memory; past the plane, the next plane's first rows: harmless)
+        ahead = x + (h0 + (PREFETCH_ROWS_AHEAD * g.sh + (g.kh - 1) * g.dh - min(g.sh, g.kh) + 1)) * g.x_row
+        for tap in range(0, min(g.sh, g.kh) * g.x_row, 16):
+            prefetch(ahead + tap)
         if g.dh == 1:                              # no divisions (they are slow) in the common case
             ky0 = 0 if h0 >= 0 else -h0
             ky1 = g.H - h0
