@@ -450,6 +450,42 @@ def test_out_buffers_are_written_in_place():
         ops.max_pool2d(x, 2, out=np.empty((2, 3, 3, 3), np.float32))
 
 
+@pytest.mark.parametrize("call", [lambda x, out: ops.max_pool2d(x, 3, 2, 1, out=out),
+                                  lambda x, out: ops.avg_pool2d(x, 3, 2, 1, out=out),
+                                  lambda x, out: ops.adaptive_avg_pool2d(x, 4, out=out)],
+                         ids=["max", "avg", "adaptive"])
+def test_window_pools_check_out_in_the_kernel(call):
+    """The windowed pools check ``out`` in C (pooling.WindowPool): every mismatch is a
+    ValueError naming out, and a channel slice of a larger array (rows contiguous) is
+    written in place."""
+    x = rand(2, 3, 8, 8)
+    expected = call(x, None)
+    assert expected.shape == (2, 3, 4, 4)
+    bad = [np.empty((2, 3, 4, 5), np.float32), np.empty((2, 3, 5, 4), np.float32),   # planes
+           np.empty((1, 3, 4, 4), np.float32), np.empty((2, 4, 4, 4), np.float32),   # images, channels
+           np.empty((2, 3, 4, 4), np.float64), np.empty((2, 3, 16), np.float32),      # dtype, rank
+           np.empty((2, 3, 4, 8), np.float32)[..., ::2]]                              # strided rows
+    readonly = np.empty((2, 3, 4, 4), np.float32)
+    readonly.setflags(write=False)
+    for out in bad + [readonly, [[0.0]]]:
+        with pytest.raises(ValueError, match="out"):
+            call(x, out)
+    wide = np.full((2, 5, 4, 4), 7.0, np.float32)
+    assert call(x, wide[:, 1:4]).base is wide
+    np.testing.assert_array_equal(wide[:, 1:4], expected)
+    np.testing.assert_array_equal(wide[:, [0, 4]], 7.0)
+
+
+def test_window_pool_object_checks_x_planes():
+    pool = pool_ops._kernels.WindowPool((8, 8), (4, 4), (3, 3), (2, 2), 1, 1, (1, 1))
+    with pytest.raises(ValueError, match="8x8 planes"):
+        pool(rand(1, 2, 8, 9), None, None, True, 1, False)
+    with pytest.raises(ValueError, match="x must be a 4-D float32"):
+        pool(rand(1, 2, 8, 8).astype(np.float64), None, None, True, 1, False)
+    y = pool(rand(1, 2, 8, 8), None, None, True, 1, False)
+    assert y.shape == (1, 2, 4, 4) and y.dtype == np.float32
+
+
 POOL_OPS = ["max_pool2d", "avg_pool2d", "lp_pool2d", "global_max_pool2d", "global_avg_pool2d", "global_lp_pool2d",
             "adaptive_max_pool2d", "adaptive_avg_pool2d", "spatial_pyramid_pool", "sppf", "roi_pool", "roi_align"]
 

@@ -624,19 +624,63 @@ def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize
     ~1 us each with cold caches, a tenth of a 13x13 pool.  Scratch and tables live on
     the C heap: at 13x13 a NumPy allocation per call cost as much as pooling a tenth
     of the planes."""
-    cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Window2d g
-    cdef const float* scale_ptr = NULL
-    check_float_rows(x, "x", 4, False)
-    check_float_rows(out, "out", 4, True)
-    cdef Py_ssize_t N = cnp.PyArray_DIM(x, 0), C = cnp.PyArray_DIM(x, 1), p, n, c
-    if cnp.PyArray_DIM(out, 0) != N or cnp.PyArray_DIM(out, 1) != C:
-        raise ValueError(f"out {out.shape} must have the images and channels of x {x.shape}")
-    g.H, g.W, g.Ho, g.Wo = cnp.PyArray_DIM(x, 2), cnp.PyArray_DIM(x, 3), cnp.PyArray_DIM(out, 2), cnp.PyArray_DIM(out, 3)
     g.kh, g.kw = kernel
     g.sh, g.sw = stride
     g.dh, g.dw = dilation
     g.pt, g.pl = pad_top, pad_left
+    check_float_rows(out, "out", 4, True)
+    pool_windows(x, out, &g, scale, is_max, nthreads, lanes)
+
+
+cdef class WindowPool:
+    """A window geometry (kernel, stride, padding, dilation) bound once to H x W planes:
+    ``pool(x, out, scale, is_max, nthreads, lanes)`` is window_pool on ``x`` (float32
+    N x C x H x W, rows contiguous) into ``out`` (N x C x Ho x Wo; allocated when None),
+    and returns ``out``.  The ops' cached path: at 13x13, Python-level checks of out and
+    window_pool's twelve arguments cost a third of the call once other work has left the
+    interpreter's caches cold (measured interleaved); here both are C."""
+    cdef Window2d g
+    cdef readonly tuple out_hw
+    cdef readonly Py_ssize_t taps
+
+    def __init__(self, tuple in_hw, tuple out_hw, tuple kernel, tuple stride, Py_ssize_t pad_top,
+                 Py_ssize_t pad_left, tuple dilation):
+        self.g.H, self.g.W = in_hw
+        self.g.Ho, self.g.Wo = out_hw
+        self.g.kh, self.g.kw = kernel
+        self.g.sh, self.g.sw = stride
+        self.g.dh, self.g.dw = dilation
+        self.g.pt, self.g.pl = pad_top, pad_left
+        self.out_hw, self.taps = (self.g.Ho, self.g.Wo), self.g.kh * self.g.kw
+
+    def __call__(self, x, out, scale, bint is_max, int nthreads, bint lanes):
+        check_float_rows(x, "x", 4, False)
+        if cnp.PyArray_DIM(x, 2) != self.g.H or cnp.PyArray_DIM(x, 3) != self.g.W:
+            raise ValueError(f"x {x.shape} must have {self.g.H}x{self.g.W} planes")
+        if out is None:
+            out = cnp.PyArray_EMPTY(4, [cnp.PyArray_DIM(x, 0), cnp.PyArray_DIM(x, 1), self.g.Ho, self.g.Wo],
+                                    cnp.NPY_FLOAT32, 0)
+        else:
+            check_float_rows(out, "out", 4, True)
+            if cnp.PyArray_DIM(out, 2) != self.g.Ho or cnp.PyArray_DIM(out, 3) != self.g.Wo:
+                raise ValueError(f"out {out.shape} must have the {self.g.Ho}x{self.g.Wo} planes of the pool's output")
+        pool_windows(x, out, &self.g, scale, is_max, nthreads, lanes)
+        return out
+
+
+cdef int pool_windows(object x, object out, Window2d* gp, object scale, bint is_max, int nthreads,
+                      bint lanes) except -1:
+    """window_pool's work, its window (kernel, stride, dilation, pads) in ``gp``, the
+    rest of it worked out here from x and out (checked but for out's rank and type)."""
+    cdef int op = OP_MAX_NAN if is_max else OP_SUM
+    cdef Window2d g = gp[0]
+    cdef const float* scale_ptr = NULL
+    check_float_rows(x, "x", 4, False)
+    cdef Py_ssize_t N = cnp.PyArray_DIM(x, 0), C = cnp.PyArray_DIM(x, 1), p, n, c
+    if cnp.PyArray_DIM(out, 0) != N or cnp.PyArray_DIM(out, 1) != C:
+        raise ValueError(f"out {out.shape} must have the images and channels of x {x.shape}")
+    g.H, g.W, g.Ho, g.Wo = cnp.PyArray_DIM(x, 2), cnp.PyArray_DIM(x, 3), cnp.PyArray_DIM(out, 2), cnp.PyArray_DIM(out, 3)
     g.x_row, g.out_row = cnp.PyArray_STRIDE(x, 2) // sizeof(float), cnp.PyArray_STRIDE(out, 2) // sizeof(float)
     g.ow_lo = min((g.pl + g.sw - 1) // g.sw, g.Wo)
     g.ow_hi = min(max(floor_div(g.W - 1 + g.pl - (g.kw - 1) * g.dw, g.sw) + 1, g.ow_lo), g.Wo)
@@ -645,7 +689,7 @@ def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize
         scale_ptr = data_of(scale)
     g.phase_len = (g.W + g.sw - 1) // g.sw
     if N == 0 or C == 0:
-        return
+        return 0
     # Small planes whose interior rows are narrower than a vector: blocks of LANES
     # planes with the planes as vector lanes, when there are that many planes and the
     # planes fit LANES_PLANE_MAX or have clipped windows; else (and for the last
