@@ -613,33 +613,21 @@ def lanes_pay() -> bool:
     return wide_vectors()
 
 
-def window_pool(x, out, tuple kernel, tuple stride, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                tuple dilation, scale, bint is_max, int nthreads, bint lanes=False):
-    """Max pool (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo) of
-    every plane of ``x`` (float32 N x C x H x W) into ``out`` (N x C x Ho x Wo).
-    ``lanes``: small planes may take window_pool_lanes (where lanes_pay()).
-
-    ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be contiguous).
-    They are read through the NumPy C API (ndarrays.pxd): typed memoryviews cost
-    ~1 us each with cold caches, a tenth of a 13x13 pool.  Scratch and tables live on
-    the C heap: at 13x13 a NumPy allocation per call cost as much as pooling a tenth
-    of the planes."""
-    cdef Window2d g
-    g.kh, g.kw = kernel
-    g.sh, g.sw = stride
-    g.dh, g.dw = dilation
-    g.pt, g.pl = pad_top, pad_left
-    check_float_rows(out, "out", 4, True)
-    pool_windows(x, out, &g, scale, is_max, nthreads, lanes)
-
-
 cdef class WindowPool:
-    """A window geometry (kernel, stride, padding, dilation) bound once to H x W planes:
-    ``pool(x, out, scale, is_max, nthreads, lanes)`` is window_pool on ``x`` (float32
-    N x C x H x W, rows contiguous) into ``out`` (N x C x Ho x Wo; allocated when None),
-    and returns ``out``.  The ops' cached path: at 13x13, Python-level checks of out and
-    window_pool's twelve arguments cost a third of the call once other work has left the
-    interpreter's caches cold (measured interleaved); here both are C."""
+    """A windowed pool's geometry (kernel, stride, top and left padding, dilation) bound
+    once to H x W planes.  ``pool(x, out, scale, is_max, nthreads, lanes)``: max pool
+    (``is_max``, NaN propagating) or window sum times ``scale`` (float32 Ho x Wo, or None)
+    of every plane of ``x`` (float32 N x C x H x W) into ``out`` (N x C x Ho x Wo,
+    allocated when None), which it returns; ``lanes``: small planes may take
+    window_pool_lanes (where lanes_pay()).
+
+    ``x`` and ``out`` may be channel slices of larger arrays (only their rows must be
+    contiguous).  Both are checked and read through the NumPy C API (ndarrays.pxd): at
+    13x13, Python-level checks of out and a call parsing the geometry's tuples cost a
+    third of the pool once other work has left the interpreter's caches cold, and
+    typed memoryviews ~1 us each (measured interleaved).  Scratch and tables live on
+    the C heap: a NumPy allocation per call cost as much as pooling a tenth of the
+    planes."""
     cdef Window2d g
     cdef readonly tuple out_hw
     cdef readonly Py_ssize_t taps
@@ -671,12 +659,12 @@ cdef class WindowPool:
 
 cdef int pool_windows(object x, object out, Window2d* gp, object scale, bint is_max, int nthreads,
                       bint lanes) except -1:
-    """window_pool's work, its window (kernel, stride, dilation, pads) in ``gp``, the
-    rest of it worked out here from x and out (checked but for out's rank and type)."""
+    """WindowPool's work, its window (kernel, stride, dilation, pads) in ``gp``, the
+    rest of it worked out here from x and out (both checked already, but for out's images
+    and channels)."""
     cdef int op = OP_MAX_NAN if is_max else OP_SUM
     cdef Window2d g = gp[0]
     cdef const float* scale_ptr = NULL
-    check_float_rows(x, "x", 4, False)
     cdef Py_ssize_t N = cnp.PyArray_DIM(x, 0), C = cnp.PyArray_DIM(x, 1), p, n, c
     if cnp.PyArray_DIM(out, 0) != N or cnp.PyArray_DIM(out, 1) != C:
         raise ValueError(f"out {out.shape} must have the images and channels of x {x.shape}")
@@ -903,7 +891,7 @@ def pyramid_pool(const float[:, :, :, ::1] x, float[:, ::1] out, const Py_ssize_
         width = max(width, 2 * chunk * levels[l, 0] * levels[l, 0] + 3 * VECTOR_SLACK)
     nthreads = max(1, min(nthreads, N * chunks))
     width = thread_stride(width)
-    cdef float* bufs = <float*>calloc(nthreads * width, sizeof(float))   # zeroed: see window_pool
+    cdef float* bufs = <float*>calloc(nthreads * width, sizeof(float))   # zeroed: see pool_windows
     if bufs == NULL:
         raise MemoryError()
     try:
