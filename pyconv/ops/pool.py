@@ -42,10 +42,14 @@ Pads = Tuple[int, int, int, int]
 
 # ----------------------------------------------------------------------------- geometry
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 def _as_input(x) -> np.ndarray:
     """``as_nchw`` with a fast exit for what the executor passes (pooling is often cheaper
-    than the checks)."""
-    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 4 and x.flags.c_contiguous:
+    than the checks).  NumPy's float32 dtype is one object (a dtype that is not goes the
+    slow way, and as_nchw keeps it unless it has to convert)."""
+    if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 4 and x.flags.c_contiguous:
         return x
     return as_nchw(x)
 
