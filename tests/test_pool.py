@@ -129,6 +129,24 @@ def test_2x2_stride_2_pool(H, W, ceil_mode):
     np.testing.assert_array_equal(ops.max_pool2d(view, 2), ops.max_pool2d(np.ascontiguousarray(view), 2))
 
 
+@pytest.mark.parametrize("H,W,padding,ceil_mode", [(40, 37, 0, False), (40, 37, 0, True), (39, 66, 1, False),
+                                                    (41, 112, (1, 0, 0, 1), True)])
+def test_3x3_stride_2_rows_in_one_pass(H, W, padding, ceil_mode):
+    # 3-wide stride-2 windows on rows of >= 16 outputs take one fused pass per row (the
+    # rows holding a NaN the general NaN-propagating path); clipped columns stay apart
+    x = rand(2, 3, H, W, scale=10.0)
+    x[0, 0, 7, 20] = np.nan           # on an even column: the first tap of one window, the last of another
+    x[1, 2, H - 1, W - 1] = np.nan    # in the last row and column
+    x[1, 1, 3, 5] = -np.inf
+    x[1, 1, 4, 6] = np.inf
+    np.testing.assert_array_equal(ops.max_pool2d(x, 3, 2, padding, ceil_mode=ceil_mode),
+                                  ref.max_pool2d(x, 3, 2, padding, 1, ceil_mode).astype(np.float32))
+    y = np.where(np.isnan(x) | np.isinf(x), 1.0, x).astype(np.float32)
+    for include in (True, False):
+        assert_close(ops.avg_pool2d(y, 3, 2, padding, ceil_mode, include),
+                     ref.avg_pool2d(y, 3, 2, padding, ceil_mode, include), 1e-5)
+
+
 def test_large_plane_with_narrow_output_takes_the_row_path():
     # a plane above the flat-plane size limit whose interior rows are narrower than a vector
     x = rand(1, 2, 70, 70)
