@@ -267,8 +267,9 @@ def test_1x1_on_1x1_spatial_and_stride():
     (116, 58, 1, (9, 9), 1, (0, 0, 0, 0), True),    # no expansion, few weights
     (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), "panels"),   # a small plane: weights in panels
     (40, 31, 1, (7, 7), 1, (0, 0, 0, 0), True),     # too few output channels for panels
-    (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), "panels"),  # padded: panels on the im2col matrix
-    (40, 64, 1, (13, 15), 2, (0, 0, 0, 0), "panels"),  # strided: panels on the phase planes' matrix
+    (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), "implicit"),  # padded: implicit GEMM on the phase planes
+    (40, 64, 1, (13, 15), 2, (0, 0, 0, 0), "implicit"),  # strided: implicit GEMM on the phase planes
+    (15, 64, 1, (13, 15), 2, (0, 0, 0, 0), True),      # too few input channels for the implicit GEMM
     (40, 64, 1, (17, 17), 1, (0, 0, 0, 0), False),   # above the panels' 64 pixels; an expansion: sgemm
     (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels
     (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block
@@ -284,9 +285,11 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, 
     (5, 12, 2, 5, (17, 19), 1, (2, 1, 3, 0), 2, True),  # groups, dilation, asymmetric padding
     (9, 20, 1, 3, (40, 37), 2, 1, 1, True),          # several tiles, stride 2, ragged rows
     (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm
-    (64, 128, 1, 3, (9, 9), 2, 1, 1, "panels"),      # 5x5 out: panels on the im2col matrix
-    (64, 128, 1, 3, (17, 17), 2, 1, 1, False),       # 9x9 out, 73728 weights: sgemm
-    (16, 40, 1, 3, (8, 9), 1, (1, 0, 2, 1), 2, "panels"),  # dilated, asymmetric padding
+    (64, 128, 1, 3, (9, 9), 2, 1, 1, "implicit"),    # 5x5 out: implicit GEMM on the phase planes
+    (64, 128, 1, 3, (17, 17), 2, 1, 1, "implicit"),  # 9x9 out (a wide grid of 10 columns)
+    (16, 40, 1, 3, (8, 9), 1, (1, 0, 2, 1), 2, "implicit"),  # dilated, asymmetric padding
+    (20, 33, 1, 5, (30, 27), 3, (2, 1, 0, 2), 1, "implicit"),  # stride 3: nine phase planes, two panels
+    (15, 40, 1, 3, (8, 9), 1, 1, 1, True),           # too few input channels for the implicit GEMM
 ])
 def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
     # im2col convs with K > 32 and at most 64K weights per group run blocked_gemm_tile on the tiles
@@ -294,8 +297,12 @@ def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, 
 
 
 def _gemm_path(run):
-    """True (the blocked loop on NCHW), False (sgemm) or "panels" (pointwise_panels)."""
-    return "panels" if "panel_rows" in dict(run.scratch) else run.call.blocked
+    """True (the blocked loop on NCHW), False (sgemm), "panels" (PanelConv1x1) or
+    "implicit" (PanelConv)."""
+    from pyconv._core import pointwise_panels
+    if isinstance(run.call, pointwise_panels.PanelConv1x1):
+        return "panels"
+    return "implicit" if isinstance(run.call, pointwise_panels.PanelConv) else run.call.blocked
 
 
 def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):

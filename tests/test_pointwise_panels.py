@@ -1,6 +1,7 @@
-"""pyconv._core.pointwise_panels (1x1 convs of small planes on weights packed in panels)
+"""pyconv._core.pointwise_panels (GEMM convs on weights packed in panels: 1x1 convs of
+small planes, and any kernel as an implicit GEMM on channels-innermost phase planes)
 against a float64 reference.  Tolerance: 1e-5 of the output's magnitude (float32
-accumulation over at most a few hundred input channels)."""
+accumulation over at most a few thousand products)."""
 import numpy as np
 import pytest
 
@@ -94,22 +95,57 @@ def test_bad_call_arrays_raise():
             conv(*args)
 
 
-def test_im2col_matrix_and_bad_arrays():
-    # conv_gemm.Im2col: the whole-image B of a kxk conv, as pointwise_panels takes it
-    from pyconv._core import conv_gemm
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
-    im2col = conv_gemm.Im2col(x.shape, 3, 2, (2, 1), (1, 0, 1, 1), (1, 2), (4, 5))
-    assert im2col.shape == (2, 3 * 3 * 2, 4, 5)
-    cols = np.full(im2col.shape, np.nan, np.float32)
-    im2col(x, np.zeros(im2col.phase_floats(), np.float32), cols)
-    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 1)))
-    for c in range(3):
-        for i in range(3):
-            for j in range(2):
-                tap = xp[:, c, i:i + 7:2, 2 * j:2 * j + 5]
-                np.testing.assert_array_equal(cols[:, (c * 3 + i) * 2 + j], tap)
-    with pytest.raises(ValueError):
-        im2col(x, np.zeros(im2col.phase_floats(), np.float32), cols[:1])
-    with pytest.raises(ValueError):
-        im2col(x, np.zeros(1, np.float32), cols)
+def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1, pads=(0, 0, 0, 0), dilation=1,
+                 nthreads=1):
+    args = dict(stride=stride, padding=pads, dilation=dilation)
+    out_shape = conv2d_reference(x[:1, :1], weight[:1, :1], **args).shape
+    out_shape = (x.shape[0], weight.shape[0]) + out_shape[2:]
+    pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    conv = pp.PanelConv(x.shape, pp.pack_panels(pp.tap_major(weight)), bias, parse_activation(activation),
+                        out_shape, weight.shape[2:], pair(stride), pads, pair(dilation), nthreads)
+    out = np.full(out_shape, np.nan, np.float32)
+    conv(x, residual, out, np.full(conv.scratch_floats(), np.nan, np.float32))   # any scratch content
+    return out
+
+
+@pytest.mark.parametrize("n, ci, co, hw, kernel, stride, pads, dilation", [
+    (1, 64, 128, (28, 28), (3, 3), 2, (1, 1, 1, 1), 1),   # ResNet's 3x3 stride 2 (a wide grid of 15 columns)
+    (2, 16, 40, (11, 9), (3, 2), (1, 2), (1, 0, 2, 1), (2, 1)),   # batch, asymmetric everything
+    (1, 17, 33, (9, 10), (1, 1), 2, (0, 0, 0, 0), 1),     # 1x1 stride 2: one phase plane of four
+    (3, 20, 64, (7, 7), (3, 3), 1, (1, 1, 1, 1), 1),      # stride 1 (one phase), Wq > Wo
+    (1, 24, 32, (13, 12), (5, 5), 3, (2, 2, 1, 0), 1),    # stride 3: nine phases, one panel
+    (1, 19, 70, (4, 5), (2, 2), 1, (0, 0, 0, 0), 1),      # 3 overlapping panels, 12 wide pixels
+])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_implicit_gemm_matches_reference(n, ci, co, hw, kernel, stride, pads, dilation, nthreads):
+    rng = np.random.default_rng([n, ci, co, *hw, nthreads])
+    x = rng.standard_normal((n, ci) + hw).astype(np.float32)
+    weight = (rng.standard_normal((co, ci) + kernel) / np.sqrt(ci * kernel[0] * kernel[1])).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    args = dict(stride=stride, padding=pads, dilation=dilation)
+    ref0 = conv2d_reference(x, weight, bias, **args)
+    residual = rng.standard_normal(ref0.shape).astype(np.float32)
+    for b, res, act in ((None, None, None), (bias, None, "relu6"), (bias, residual, ("leaky_relu", 0.1))):
+        ref = conv2d_reference(x, weight, b, residual=res, activation=act, **args)
+        got = run_implicit(x, weight, b, res, act, stride, pads, dilation, nthreads)
+        assert np.abs(got - ref).max() <= TOL * max(1.0, np.abs(ref).max())
+
+
+def test_implicit_gemm_bad_construction_and_arrays():
+    w = np.zeros((40, 4, 3, 3), np.float32)
+    panels = pp.pack_panels(pp.tap_major(w))
+    args = dict(x_shape=(1, 4, 6, 6), panels=panels, bias=None, epilogue=parse_activation(None),
+                out_shape=(1, 40, 3, 3), kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), dilation=(1, 1),
+                nthreads=1)
+    conv = pp.PanelConv(**args)
+    x, out = np.zeros((1, 4, 6, 6), np.float32), np.zeros((1, 40, 3, 3), np.float32)
+    scratch = np.zeros(conv.scratch_floats(), np.float32)
+    conv(x, None, out, scratch)
+    for change in [dict(out_shape=(2, 40, 3, 3)), dict(out_shape=(1, 40, 1, 1)), dict(kernel=(3, 2)),
+                   dict(x_shape=(1, 5, 6, 6)), dict(bias=np.zeros(39, np.float32)), dict(nthreads=0)]:
+        with pytest.raises(ValueError):
+            pp.PanelConv(**{**args, **change})
+    for bad in [(x.astype(np.float64), None, out, scratch), (x, None, out[:, :, :2], scratch),
+                (x, out[:, :1], out, scratch), (x, None, out, scratch[:-1])]:
+        with pytest.raises((ValueError, TypeError)):
+            conv(*bad)

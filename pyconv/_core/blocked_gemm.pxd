@@ -18,7 +18,8 @@ cdef inline Py_ssize_t panel_start(Py_ssize_t block, Py_ssize_t ncols) noexcept 
     return min(block * BLOCK_COLS, ncols - BLOCK_COLS)
 
 
-cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K, const float* b,
+cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K,
+                                     const Py_ssize_t* taps, Py_ssize_t ntaps, const float* b,
                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                      Py_ssize_t ncols, const float* bias, const float* residual,
                                      Epilogue ep) noexcept nogil:
@@ -26,6 +27,10 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     w[r, k] at w[r * ldw + k * w_kstep] (row-major: w_kstep 1; ldw 1 reads w transposed).
     bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs on
     each block's rows as they are stored (no second pass over c).
+
+    taps (ntaps offsets, or NULL with ntaps 1) makes it an implicit GEMM: k = t * (K /
+    ntaps) + i reads w[taps[t] + r * ldw + i * w_kstep], so a convolution reads its
+    input in place, one offset per kernel tap, instead of an im2col copy.
 
     ldb == 0 says b is packed in panels instead: column block j (columns
     panel_start(j, ncols) ...) is the row-major K x BLOCK_COLS matrix at b + j * K *
@@ -40,7 +45,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     a remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
     weight addresses per k outnumbered the FMAs."""
     cdef float acc[BLOCK_ROWS][BLOCK_COLS]
-    cdef Py_ssize_t r, r0, k, j, block, jb, p0
+    cdef Py_ssize_t r, r0, k, j, block, jb, p0, t, tap_k = K // ntaps
     cdef Py_ssize_t row_blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
     cdef Py_ssize_t col_blocks = (ncols + BLOCK_COLS - 1) // BLOCK_COLS
     # Block order: with K >= rows (projections: 144 -> 24) the K x BLOCK_COLS panel of b is
@@ -73,16 +78,17 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
         next_panel = NULL
         if ldb == 0 and rows_inside and block % row_blocks == 1 and jb + 1 < col_blocks:
             next_panel = brow + K * BLOCK_COLS
-        wk = w + r0 * ldw
-        for k in range(K):
-            if next_panel != NULL:
-                prefetch(next_panel + k * BLOCK_COLS)
-                prefetch(next_panel + k * BLOCK_COLS + 16)
-            for r in range(BLOCK_ROWS):
-                for j in range(BLOCK_COLS):
-                    acc[r][j] += wk[r * ldw] * brow[j]
-            brow += b_step
-            wk += w_kstep
+        for t in range(ntaps):
+            wk = w + r0 * ldw + (taps[t] if taps != NULL else 0)
+            for k in range(t * tap_k, (t + 1) * tap_k):
+                if next_panel != NULL:
+                    prefetch(next_panel + k * BLOCK_COLS)
+                    prefetch(next_panel + k * BLOCK_COLS + 16)
+                for r in range(BLOCK_ROWS):
+                    for j in range(BLOCK_COLS):
+                        acc[r][j] += wk[r * ldw] * brow[j]
+                brow += b_step
+                wk += w_kstep
         for r in range(BLOCK_ROWS):
             crow = c + (r0 + r) * ldc + p0
             b_r = bias[r0 + r] if bias != NULL else 0.0

@@ -103,7 +103,7 @@ cdef multiversion_void blocked_gemm_tile(const float* w, Py_ssize_t ldw, Py_ssiz
                                          Py_ssize_t ncols, const float* bias, const float* residual,
                                          Epilogue ep) noexcept nogil:
     """blocked_gemm (blocked_gemm.pxd) for one tile, in this module's ISA clones."""
-    blocked_gemm(w, ldw, 1, K, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
+    blocked_gemm(w, ldw, 1, K, NULL, 1, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
 
 
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
@@ -180,7 +180,7 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
 
 cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, int kw, stride, pads,
                             dilation) except *:
-    """The geometry GemmConv and Im2col share (phase planes, direct or not)."""
+    """GemmConv's geometry (phase planes, direct or not)."""
     cdef ConvGeom g
     if len(x_shape) != 4 or len(out_shape) != 4 or x_shape[0] != out_shape[0]:
         raise ValueError(f"x {x_shape} and out {out_shape} must be NCHW shapes of one batch")
@@ -193,48 +193,6 @@ cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, 
     g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
                 and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)
     return g
-
-
-cdef class Im2col:
-    """B = im2col(x) of whole images, groups 1: ``cols[n]`` is the (C*kh*kw) x (Ho*Wo)
-    matrix of image n, as GemmConv gathers it per tile (one memcpy per B row and output
-    row, from the phase planes).  For kernels that take B whole (pointwise_panels on
-    small planes).  Called as ``im2col(x, phases, cols)``: phases
-    float32[phase_floats(...)], zeroed when allocated; cols float32[N, C*kh*kw, Ho, Wo]."""
-    cdef ConvGeom g
-    cdef tuple x_shape, cols_shape
-    cdef Py_ssize_t phase_need
-
-    def __init__(self, tuple x_shape, int kh, int kw, stride, pads, dilation, tuple out_hw):
-        self.x_shape = tuple(int(d) for d in x_shape)
-        self.g = conv_geometry(self.x_shape, (self.x_shape[0], 1) + tuple(int(d) for d in out_hw), 1, kh, kw,
-                               stride, pads, dilation)
-        self.cols_shape = (self.x_shape[0], self.g.C * kh * kw, self.g.Ho, self.g.Wo)
-        self.phase_need = phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
-
-    @property
-    def shape(self):
-        """Shape of ``cols``."""
-        return self.cols_shape
-
-    def phase_floats(self) -> int:
-        """Floats of the ``phases`` buffer."""
-        return self.phase_need
-
-    def __call__(self, x, phases, cols):
-        check_array(x, "x", self.x_shape)
-        check_floats(phases, "phases", self.phase_need)
-        check_array(cols, "cols", self.cols_shape)
-        cdef const float* xp = data_of(x)
-        cdef float* ph = data_of(phases)
-        cdef float* cp = data_of(cols)
-        cdef Py_ssize_t n, c, P = <Py_ssize_t>self.g.Ho * self.g.Wo, K = self.cols_shape[1]
-        cdef Py_ssize_t plane = <Py_ssize_t>self.g.ph.H * self.g.ph.W, N = self.x_shape[0]
-        with nogil:
-            for n in range(N):
-                for c in range(self.g.C):
-                    phase_split_channel(xp + (n * self.g.C + c) * plane, ph + c * self.g.ph.channel, &self.g.ph)
-                im2col_tile(ph, cp + n * K * P, 0, <int>P, &self.g)
 
 
 cdef class GemmConv:

@@ -99,11 +99,18 @@ _BLOCKED_MAX_ROWS = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
 
 
-# GEMM convs (groups 1) with outputs of at most this many pixels run transposed on
-# weights packed in panels (pointwise_panels.pyx), where the loop pays: 1x1 stride-1
-# unpadded convs on their input, the others on their whole im2col matrix
-# (conv_gemm.Im2col).  Measured in docs/kernels.md.
+# GEMM convs (groups 1, C_out >= 32) run transposed on weights packed in panels
+# (pointwise_panels.pyx), where the blocked loop pays: 1x1 stride-1 unpadded convs
+# with outputs of at most _PANELS_MAX_PIXELS pixels on their input (PanelConv1x1);
+# the others, whatever their size, with at least _PANEL_CONV_MIN_IN input channels,
+# as implicit GEMMs on their phase planes made channels-innermost (PanelConv).
+# Alone, 1 thread, PanelConv against im2col + sgemm: 3x3 s2 64->128 @56, 128->256
+# @28, 256->512 @14 1.29 -> 1.07, 1.27 -> 1.02, 1.34 -> 1.14 ms (onnxruntime 0.87,
+# 0.88, 0.97).  With 3 input channels (first layers) a tap is 3 multiplies per
+# loop set-up: ResNet's 7x7 conv1 ran 2.47 -> 2.72 ms, so they stay on GemmConv.
+# Measured in docs/kernels.md.
 _PANELS_MAX_PIXELS = 64
+_PANEL_CONV_MIN_IN = 16
 
 
 def _blocked_loop_pays() -> bool:
@@ -285,13 +292,21 @@ class _GemmKernel:
         self.wmat = np.ascontiguousarray(weight.reshape(g.out_channels, -1))
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
+        self.weight = weight
         self._panels = None   # pack_panels(wmat), made on first use
+        self._tap_panels = None   # pack_panels(tap_major(weight)), made on first use
 
-    def takes_panels(self, pixels: int) -> bool:
-        """Whether an output plane of ``pixels`` runs pointwise_panels (see _PANELS_MAX_PIXELS)."""
+    def panel_route(self, out_hw: Tuple[int, int]) -> Optional[str]:
+        """"1x1" (PanelConv1x1), "implicit" (PanelConv) or None (GemmConv) for an output
+        plane of ``out_hw`` (see _PANELS_MAX_PIXELS)."""
         g = self.g
-        return (g.groups == 1 and g.out_channels >= _panels.MIN_OUT_CHANNELS
-                and _panels.MIN_PIXELS <= pixels <= _PANELS_MAX_PIXELS and _blocked_loop_pays())
+        if g.groups != 1 or g.out_channels < _panels.MIN_OUT_CHANNELS or not _blocked_loop_pays():
+            return None
+        ho, wo = out_hw
+        hq, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
+        if direct:
+            return "1x1" if _panels.MIN_PIXELS <= ho * wo <= _PANELS_MAX_PIXELS else None
+        return "implicit" if g.in_channels >= _PANEL_CONV_MIN_IN and ho * wq >= _panels.MIN_PIXELS else None
 
     def split(self, pixels: int, nthreads: int) -> Tuple[int, int]:
         """(output pixels per GEMM task, output-channel blocks per tile).
@@ -320,8 +335,9 @@ class _GemmKernel:
         g = self.g
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
-        if self.takes_panels(ho * wo):
-            return self._plan_panels(tuple(x_shape), tuple(out_shape), nthreads)
+        route = self.panel_route((ho, wo))
+        if route is not None:
+            return self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
         tile, row_blocks = self.split(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
@@ -339,26 +355,19 @@ class _GemmKernel:
                               self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
 
-    def _plan_panels(self, x_shape, out_shape, nthreads):
-        """pointwise_panels on x itself (1x1, stride 1, unpadded) or on its im2col matrix."""
+    def _plan_panels(self, route: str, x_shape, out_shape, nthreads):
+        """PanelConv1x1 on x itself (1x1, stride 1, unpadded) or PanelConv on its phase planes."""
         g = self.g
-        if self._panels is None:
-            self._panels = _panels.pack_panels(self.wmat)
-        direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, *out_shape[2:])[2]
-        im2col = None if direct else _gemm.Im2col(x_shape, *g.kernel, g.stride, g.pads, g.dilation, out_shape[2:])
-        cols_shape = x_shape if direct else im2col.shape
-        conv = _panels.PanelConv1x1(cols_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
-        scratch = (("panel_rows", (conv.scratch_floats(),)),)
-        if direct:
-            return _Run(conv, scratch, self._scratch)
-
-        size = int(np.prod(cols_shape))
-
-        def call(x, residual, out, rows, phases, cols):
-            cols = cols[:size].reshape(cols_shape)   # the buffer may be larger (kept across shapes)
-            im2col(x, phases, cols)
-            conv(cols, residual, out, rows)
-        return _Run(call, scratch + (("phases", (im2col.phase_floats(),)), ("cols", (size,))), self._scratch)
+        if route == "1x1":
+            if self._panels is None:
+                self._panels = _panels.pack_panels(self.wmat)
+            conv = _panels.PanelConv1x1(x_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
+        else:
+            if self._tap_panels is None:
+                self._tap_panels = _panels.pack_panels(_panels.tap_major(self.weight))
+            conv = _panels.PanelConv(x_shape, self._tap_panels, self.bias, self.epilogue, out_shape, g.kernel,
+                                     g.stride, g.pads, g.dilation, nthreads)
+        return _Run(conv, (("panel_work", (conv.scratch_floats(),)),), self._scratch)
 
 
 class _DepthwiseKernel:
