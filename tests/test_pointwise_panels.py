@@ -31,6 +31,7 @@ def run(x, wmat, bias=None, residual=None, activation=None, nthreads=1):
     (2, 1, 33, 1, 8),       # one input channel, exactly one register block of pixels
     (1, 64, 32, 8, 8),      # exactly one panel
     (2, 96, 100, 9, 7),     # 4 panels, the last one overlapping
+    (1, 16, 40, 70, 70),    # a large plane: M in blocks of 23 rows (chunk_rows)
 ])
 @pytest.mark.parametrize("activation", [None, "relu6", ("leaky_relu", 0.1)], ids=str)
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
@@ -53,6 +54,12 @@ def test_panels_layout():
     assert panels.shape == (2, 3, 32) and panels.ctypes.data % 64 == 0
     np.testing.assert_array_equal(panels[0], wmat[:32].T)
     np.testing.assert_array_equal(panels[1], wmat[8:].T)   # the last panel ends at Co
+    # a kernel: K runs tap by tap, the input channels inside
+    weight = np.arange(40 * 3 * 2 * 2, dtype=np.float32).reshape(40, 3, 2, 2)
+    panels = pp.pack_panels(weight)
+    assert panels.shape == (2, 12, 32) and panels.ctypes.data % 64 == 0
+    for tap, (ki, kj) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        np.testing.assert_array_equal(panels[1, tap * 3:tap * 3 + 3], weight[8:, :, ki, kj].T)
 
 
 @pytest.mark.parametrize("wmat", [np.zeros((31, 4), np.float32), np.zeros((40, 4), np.float64),
@@ -101,7 +108,7 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     out_shape = conv2d_reference(x[:1, :1], weight[:1, :1], **args).shape
     out_shape = (x.shape[0], weight.shape[0]) + out_shape[2:]
     pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
-    conv = pp.PanelConv(x.shape, pp.pack_panels(pp.tap_major(weight)), bias, parse_activation(activation),
+    conv = pp.PanelConv(x.shape, pp.pack_panels(weight), bias, parse_activation(activation),
                         out_shape, weight.shape[2:], pair(stride), pads, pair(dilation), nthreads)
     out = np.full(out_shape, np.nan, np.float32)
     conv(x, residual, out, np.full(conv.scratch_floats(), np.nan, np.float32))   # any scratch content
@@ -115,6 +122,8 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     (3, 20, 64, (7, 7), (3, 3), 1, (1, 1, 1, 1), 1),      # stride 1 (one phase), Wq > Wo
     (1, 24, 32, (13, 12), (5, 5), 3, (2, 2, 1, 0), 1),    # stride 3: nine phases, one panel
     (1, 19, 70, (4, 5), (2, 2), 1, (0, 0, 0, 0), 1),      # 3 overlapping panels, 12 wide pixels
+    (2, 16, 32, (64, 60), (3, 3), 1, (1, 1, 1, 1), 1),    # M in two blocks of output rows, Wq > Wo
+    (1, 16, 32, (293, 5), (3, 3), 1, (1, 1, 1, 1), 1),    # a last row too short for a block joins the one before
 ])
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_implicit_gemm_matches_reference(n, ci, co, hw, kernel, stride, pads, dilation, nthreads):
@@ -133,7 +142,7 @@ def test_implicit_gemm_matches_reference(n, ci, co, hw, kernel, stride, pads, di
 
 def test_implicit_gemm_bad_construction_and_arrays():
     w = np.zeros((40, 4, 3, 3), np.float32)
-    panels = pp.pack_panels(pp.tap_major(w))
+    panels = pp.pack_panels(w)
     args = dict(x_shape=(1, 4, 6, 6), panels=panels, bias=None, epilogue=parse_activation(None),
                 out_shape=(1, 40, 3, 3), kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), dilation=(1, 1),
                 nthreads=1)

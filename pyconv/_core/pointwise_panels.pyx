@@ -27,7 +27,7 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from pyconv._core.aligned import aligned_copy
+from pyconv._core.aligned import aligned_empty
 
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from libc.string cimport memcpy, memset
@@ -43,33 +43,34 @@ cimport numpy as cnp
 
 cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 
-__all__ = ["pack_panels", "tap_major", "PanelConv1x1", "PanelConv", "MIN_PIXELS", "MIN_OUT_CHANNELS"]
+__all__ = ["pack_panels", "PanelConv1x1", "PanelConv", "MIN_PIXELS", "MIN_OUT_CHANNELS"]
 
 cdef enum:
     LINE_FLOATS = 16            # floats per cache line
+    M_BLOCK_FLOATS = 1 << 16    # floats of M computed before they are gathered out (256 KiB)
 
 MIN_PIXELS = BLOCK_ROWS         # pixels per image the register block needs
 MIN_OUT_CHANNELS = BLOCK_COLS   # output channels the panels need
 
 
-def pack_panels(wmat: np.ndarray) -> np.ndarray:
-    """W^T of a ``[Co, Ci]`` float32 weight matrix in panels: ``(ceil(Co / 32), Ci, 32)``,
-    panel j holding output channels ``min(32 j, Co - 32) ...`` (the last panel ends at
-    Co, overlapping the one before), cache-line aligned.  Needs Co >= 32."""
-    if not isinstance(wmat, np.ndarray) or wmat.ndim != 2 or wmat.dtype != np.float32:
-        raise ValueError(f"wmat must be a float32 [Co, Ci] array, got {getattr(wmat, 'shape', wmat)!r}")
-    co = wmat.shape[0]
-    if co < BLOCK_COLS or wmat.shape[1] < 1:
-        raise ValueError(f"panels need at least {BLOCK_COLS} output channels and one input, got {wmat.shape}")
+def pack_panels(weight: np.ndarray) -> np.ndarray:
+    """W^T of a float32 weight in panels, ``(ceil(Co / 32), K, 32)``: panel j holds output
+    channels ``min(32 j, Co - 32) ...`` (the last panel ends at Co, overlapping the one
+    before), cache-line aligned.  A ``[Co, Ci]`` matrix gives K = Ci; a ``[Co, Ci, kh, kw]``
+    kernel gives K = kh*kw*Ci, tap by tap with the input channels inside (PanelConv's
+    order).  Built panel by panel: no whole-weight temporary.  Needs Co >= 32."""
+    if not isinstance(weight, np.ndarray) or weight.ndim not in (2, 4) or weight.dtype != np.float32:
+        raise ValueError("weight must be a float32 [Co, Ci] or [Co, Ci, kh, kw] array, "
+                         f"got {getattr(weight, 'shape', weight)!r}")
+    co, k = weight.shape[0], int(np.prod(weight.shape[1:]))
+    if co < BLOCK_COLS or k < 1:
+        raise ValueError(f"panels need at least {BLOCK_COLS} output channels and one input, got {weight.shape}")
+    rows = weight if weight.ndim == 2 else weight.transpose(0, 2, 3, 1)   # [Co, (kh, kw,) Ci]
     starts = [panel_start(j, co) for j in range((co + BLOCK_COLS - 1) // BLOCK_COLS)]
-    return aligned_copy(np.stack([wmat[c:c + BLOCK_COLS].T for c in starts]))
-
-
-def tap_major(weight: np.ndarray) -> np.ndarray:
-    """A ``[Co, Ci, kh, kw]`` weight as the ``[Co, kh*kw*Ci]`` matrix whose columns run
-    tap by tap, the input channels inside (PanelConv's order of K)."""
-    co = weight.shape[0]
-    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(co, -1))
+    panels = aligned_empty((len(starts), k, BLOCK_COLS))
+    for j, c in enumerate(starts):
+        panels[j] = rows[c:c + BLOCK_COLS].reshape(BLOCK_COLS, k).T
+    return panels
 
 
 cdef struct PanelCall:
@@ -82,8 +83,8 @@ cdef struct PanelCall:
     # A: w[r, k] of blocked_gemm at a + taps[t] + r * ldw + i * kstep, k = t * (K / ntaps) + i
     Py_ssize_t ldw, kstep, K, ntaps
     const Py_ssize_t* taps
-    Py_ssize_t rows      # M's rows: the output pixels, on the wide Ho x Wq grid
-    Py_ssize_t Ho, Wo, Wq
+    Py_ssize_t Ho, Wo, Wq   # M's rows: the output pixels on the wide Ho x Wq grid
+    Py_ssize_t chunk        # output rows per M block (chunk_rows)
 
 
 cdef inline void panel_group(Py_ssize_t g, Py_ssize_t ngroups, Py_ssize_t Co, Py_ssize_t* c0,
@@ -98,31 +99,57 @@ cdef inline void panel_group(Py_ssize_t g, Py_ssize_t ngroups, Py_ssize_t Co, Py
     ncols[0] = (j1 * BLOCK_COLS if j1 < npanels else Co) - c0[0]
 
 
+cdef inline Py_ssize_t chunk_end(Py_ssize_t oh0, Py_ssize_t chunk, Py_ssize_t Ho, Py_ssize_t Wq) noexcept nogil:
+    """End of the M block of output rows from oh0: ``chunk`` rows, or all the rest when
+    fewer than a register block's pixels would be left after them."""
+    cdef Py_ssize_t oh1 = min(Ho, oh0 + chunk)
+    return Ho if (Ho - oh1) * Wq < BLOCK_ROWS else oh1
+
+
+cdef Py_ssize_t chunk_rows(Py_ssize_t Ho, Py_ssize_t Wq, Py_ssize_t K, Py_ssize_t ncols):
+    """Output rows per M block: about M_BLOCK_FLOATS of M, which then stays in L2 until it
+    is gathered out, but at least 2 K pixels (each block streams all of the group's
+    weights: small planes with large weights take one block) and a register block."""
+    cdef Py_ssize_t pixels = max(M_BLOCK_FLOATS // ncols, 2 * K)
+    return min(Ho, max(pixels // Wq, (BLOCK_ROWS + Wq - 1) // Wq, 1))
+
+
+cdef inline Py_ssize_t m_block_rows(Py_ssize_t Ho, Py_ssize_t Wq, Py_ssize_t chunk) noexcept nogil:
+    """The most output rows chunk_end gives a block (the last one takes a short rest)."""
+    return min(Ho, chunk + (BLOCK_ROWS + Wq - 1) // Wq)
+
+
 cdef multiversion_void panel_task(const PanelCall* c, Py_ssize_t n, Py_ssize_t group, const float* a,
                                   float* m, float* wide_rows) noexcept nogil:
-    """Panel group ``group`` of image n: M = A @ panels into ``m`` (rows x ncols), then its
-    channel rows into the output with the epilogue (through ``wide_rows``, 16 x rows
-    floats, when the wide grid has columns to drop)."""
-    cdef Py_ssize_t c0, j0, ncols, r0, r, co, i, oh, P = c.Ho * c.Wo
+    """Panel group ``group`` of image n, a block of output rows at a time (chunk_end):
+    M = A @ panels into ``m`` (block pixels x ncols), then its channel rows into the output
+    with the epilogue (through ``wide_rows``, 16 x block pixels floats, when the wide grid
+    has columns to drop)."""
+    cdef Py_ssize_t c0, j0, ncols, r0, r, co, i, oh, oh0 = 0, oh1, rows, P = c.Ho * c.Wo
     panel_group(group, c.groups, c.Co, &c0, &j0, &ncols)
     cdef float* plane = c.out + n * c.Co * P
-    blocked_gemm(a, c.ldw, c.kstep, c.K, c.taps, c.ntaps, c.panels + j0 * c.K * BLOCK_COLS, 0, m, ncols, c.rows,
-                 ncols, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
-    r0 = 0
-    while r0 < ncols:
-        r = min(16, ncols - r0)
-        if c.Wq == c.Wo:
-            gather_channel_rows(m + r0, ncols, plane + (c0 + r0) * P, P, P, r)
-        else:
-            gather_channel_rows(m + r0, ncols, wide_rows, c.rows, c.rows, r)
-            for i in range(r):
-                for oh in range(c.Ho):
-                    memcpy(plane + (c0 + r0 + i) * P + oh * c.Wo, wide_rows + i * c.rows + oh * c.Wq,
-                           c.Wo * sizeof(float))
-        for co in range(c0 + r0, c0 + r0 + r):
-            epilogue_row(plane + co * P, P, c.bias[co] if c.bias != NULL else 0.0,
-                         c.residual + n * c.Co * P + co * P if c.residual != NULL else NULL, c.ep)
-        r0 += r
+    cdef const float* residual = c.residual + n * c.Co * P if c.residual != NULL else NULL
+    while oh0 < c.Ho:
+        oh1 = chunk_end(oh0, c.chunk, c.Ho, c.Wq)
+        rows = (oh1 - oh0) * c.Wq
+        blocked_gemm(a + oh0 * c.Wq * c.ldw, c.ldw, c.kstep, c.K, c.taps, c.ntaps, c.panels + j0 * c.K * BLOCK_COLS,
+                     0, m, ncols, rows, ncols, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+        r0 = 0
+        while r0 < ncols:
+            r = min(16, ncols - r0)
+            if c.Wq == c.Wo:
+                gather_channel_rows(m + r0, ncols, plane + (c0 + r0) * P + oh0 * c.Wo, P, rows, r)
+            else:
+                gather_channel_rows(m + r0, ncols, wide_rows, rows, rows, r)
+                for i in range(r):
+                    for oh in range(oh0, oh1):
+                        memcpy(plane + (c0 + r0 + i) * P + oh * c.Wo, wide_rows + i * rows + (oh - oh0) * c.Wq,
+                               c.Wo * sizeof(float))
+            for co in range(c0 + r0, c0 + r0 + r):
+                epilogue_row(plane + co * P + oh0 * c.Wo, (oh1 - oh0) * c.Wo, c.bias[co] if c.bias != NULL else 0.0,
+                             residual + co * P + oh0 * c.Wo if residual != NULL else NULL, c.ep)
+            r0 += r
+        oh0 = oh1
 
 
 cdef inline Py_ssize_t widest_group(Py_ssize_t groups, Py_ssize_t Co) noexcept nogil:
@@ -149,7 +176,7 @@ cdef class PanelConv1x1:
     cdef tuple x_shape, out_shape
     cdef object panels, bias
     cdef Epilogue ep
-    cdef Py_ssize_t groups, per_thread
+    cdef Py_ssize_t groups, chunk, per_thread
     cdef int nthreads
 
     def __init__(self, tuple x_shape, panels, bias, tuple epilogue, tuple out_shape, int nthreads):
@@ -170,7 +197,9 @@ cdef class PanelConv1x1:
         # enough tasks for the threads: split the channels of each image into groups of panels
         self.groups = max(1, min(-(-nthreads // N), Co // BLOCK_COLS))
         self.nthreads = max(1, min(nthreads, N * self.groups))
-        self.per_thread = thread_stride(H * W * widest_group(self.groups, Co))
+        cdef Py_ssize_t widest = widest_group(self.groups, Co)
+        self.chunk = chunk_rows(H, W, Ci, widest)
+        self.per_thread = thread_stride(m_block_rows(H, W, self.chunk) * W * widest)
 
     def scratch_floats(self) -> int:
         """Floats of the scratch array: one M block per thread, from the first cache line
@@ -191,7 +220,7 @@ cdef class PanelConv1x1:
         call.ep = self.ep
         call.Co, call.groups = self.out_shape[1], self.groups
         call.ldw, call.kstep, call.K, call.ntaps, call.taps = 1, P, Ci, 1, NULL   # A = X^T, in place
-        call.rows, call.Ho, call.Wo, call.Wq = P, self.x_shape[2], self.x_shape[3], self.x_shape[3]
+        call.Ho, call.Wo, call.Wq, call.chunk = self.x_shape[2], self.x_shape[3], self.x_shape[3], self.chunk
         cdef const float* x0 = data_of(x)
         cdef float* m = line_aligned(data_of(scratch))
         cdef Py_ssize_t ntasks = self.x_shape[0] * self.groups, task, per_thread = self.per_thread
@@ -225,7 +254,7 @@ cdef multiversion_void channels_innermost(const float* split, const PhaseGeom* g
 cdef class PanelConv:
     """out = epilogue(conv2d(x, W)) for one input shape, groups 1, any kernel, stride,
     padding (top, left, bottom, right) and dilation, W given as
-    ``pack_panels(tap_major(weight))``: an implicit GEMM over the input's phase planes made
+    ``pack_panels(weight)`` (4-D): an implicit GEMM over the input's phase planes made
     channels-innermost (see the top of this module).
 
     Built once per input shape, called per run as ``conv(x, residual, out, scratch)``
@@ -237,7 +266,7 @@ cdef class PanelConv:
     cdef object panels, bias, taps
     cdef Epilogue ep
     cdef PhaseGeom ph
-    cdef Py_ssize_t groups, rows, phase_stride, split_floats, nhwc_floats, m_floats, per_thread
+    cdef Py_ssize_t groups, chunk, phase_stride, split_floats, nhwc_floats, m_floats, per_thread
     cdef int nthreads
 
     def __init__(self, tuple x_shape, panels, bias, tuple epilogue, tuple out_shape, kernel, stride, pads,
@@ -249,8 +278,7 @@ cdef class PanelConv:
         Co, Ho, Wo = self.out_shape[1:]
         kh, kw = kernel
         self.ph = phase_geometry(H, W, Ho, Wo, kh, kw, stride, pads, dilation)
-        self.rows = Ho * self.ph.Wq
-        if self.rows < MIN_PIXELS or Co < MIN_OUT_CHANNELS or nthreads < 1:
+        if Ho * self.ph.Wq < MIN_PIXELS or Co < MIN_OUT_CHANNELS or nthreads < 1:
             raise ValueError(f"PanelConv needs >= {MIN_PIXELS} wide-grid pixels, >= {MIN_OUT_CHANNELS} output "
                              f"channels and nthreads >= 1, got x {x_shape}, out {out_shape}, nthreads={nthreads}")
         check_array(panels, "panels", ((Co + BLOCK_COLS - 1) // BLOCK_COLS, kh * kw * Ci, BLOCK_COLS))
@@ -269,12 +297,16 @@ cdef class PanelConv:
         self.nhwc_floats = thread_stride(g.sh * g.sw * self.phase_stride)
         self.groups = max(1, min(nthreads, Co // BLOCK_COLS))
         self.nthreads = max(1, min(nthreads, self.groups))
-        self.m_floats = self.rows * widest_group(self.groups, Co)
-        self.per_thread = thread_stride(self.m_floats + 16 * self.rows)
+        cdef Py_ssize_t widest = widest_group(self.groups, Co)
+        self.chunk = chunk_rows(Ho, g.Wq, kh * kw * Ci, widest)
+        cdef Py_ssize_t block_pixels = m_block_rows(Ho, g.Wq, self.chunk) * g.Wq
+        self.m_floats = block_pixels * widest
+        self.per_thread = thread_stride(self.m_floats + 16 * block_pixels)
 
     def scratch_floats(self) -> int:
-        """Floats of the scratch array: the phase planes, both layouts, then an M block and
-        16 wide rows per thread, from the first cache line of the array."""
+        """Floats of the scratch array: the phase planes, both layouts, then an M block (some
+        output rows' worth, chunk_rows) and 16 wide rows of it per thread, from the first
+        cache line of the array."""
         return self.split_floats + self.nhwc_floats + self.nthreads * self.per_thread + LINE_FLOATS
 
     def __call__(self, x, residual, out, scratch):
@@ -292,7 +324,7 @@ cdef class PanelConv:
         call.Co, call.groups = self.out_shape[1], self.groups
         call.ldw, call.kstep, call.K = Ci, 1, self.ph.kh * self.ph.kw * Ci
         call.ntaps, call.taps = self.ph.kh * self.ph.kw, <const Py_ssize_t*>cnp.PyArray_DATA(self.taps)
-        call.rows, call.Ho, call.Wo, call.Wq = self.rows, self.out_shape[2], self.out_shape[3], self.ph.Wq
+        call.Ho, call.Wo, call.Wq, call.chunk = self.out_shape[2], self.out_shape[3], self.ph.Wq, self.chunk
         cdef const float* x0 = data_of(x)
         cdef float* split = line_aligned(data_of(scratch))
         cdef float* nhwc = split + self.split_floats

@@ -294,7 +294,7 @@ class _GemmKernel:
         self._scratch = _Scratch()
         self.weight = weight
         self._panels = None   # pack_panels(wmat), made on first use
-        self._tap_panels = None   # pack_panels(tap_major(weight)), made on first use
+        self._tap_panels = None   # pack_panels(weight), tap-major, made on first use
 
     def panel_route(self, out_hw: Tuple[int, int]) -> Optional[str]:
         """"1x1" (PanelConv1x1), "implicit" (PanelConv) or None (GemmConv) for an output
@@ -364,7 +364,7 @@ class _GemmKernel:
             conv = _panels.PanelConv1x1(x_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
         else:
             if self._tap_panels is None:
-                self._tap_panels = _panels.pack_panels(_panels.tap_major(self.weight))
+                self._tap_panels = _panels.pack_panels(self.weight)
             conv = _panels.PanelConv(x_shape, self._tap_panels, self.bias, self.epilogue, out_shape, g.kernel,
                                      g.stride, g.pads, g.dilation, nthreads)
         return _Run(conv, (("panel_work", (conv.scratch_floats(),)),), self._scratch)
