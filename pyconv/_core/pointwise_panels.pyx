@@ -36,7 +36,7 @@ from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
-from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, phase_used
+from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, phase_used, tap_offset
 from pyconv._core.simd cimport multiversion_void
 
 cimport numpy as cnp
@@ -290,9 +290,11 @@ cdef class PanelConv:
         # of the wide grid's dropped columns (phase_planes.pxd)
         self.phase_stride = (self.ph.plane + self.ph.Wq) * Ci
         cdef PhaseGeom* g = &self.ph
-        self.taps = np.array([(((ki * g.dh) % g.sh) * g.sw + (kj * g.dw) % g.sw) * self.phase_stride
-                              + (((ki * g.dh) // g.sh) * g.Wq + (kj * g.dw) // g.sw) * Ci
-                              for ki in range(kh) for kj in range(kw)], dtype=np.intp)
+        # tap_offset counts floats of channel-major planes: its phase (the quotient) and
+        # pixel (the remainder; always inside the plane) move to this layout
+        offsets = [tap_offset(g, ki, kj) for ki in range(kh) for kj in range(kw)]
+        self.taps = np.array([off // g.plane * self.phase_stride + off % g.plane * Ci for off in offsets],
+                             dtype=np.intp)
         self.split_floats = thread_stride(Ci * g.channel + g.Wq)
         self.nhwc_floats = thread_stride(g.sh * g.sw * self.phase_stride)
         self.groups = max(1, min(nthreads, Co // BLOCK_COLS))

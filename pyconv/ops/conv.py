@@ -293,8 +293,7 @@ class _GemmKernel:
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
         self.weight = weight
-        self._panels = None   # pack_panels(wmat), made on first use
-        self._tap_panels = None   # pack_panels(weight), tap-major, made on first use
+        self._panels = None   # pack_panels(weight), tap-major (1x1: wmat's order), made on first use
 
     def panel_route(self, out_hw: Tuple[int, int]) -> Optional[str]:
         """"1x1" (PanelConv1x1), "implicit" (PanelConv) or None (GemmConv) for an output
@@ -358,14 +357,12 @@ class _GemmKernel:
     def _plan_panels(self, route: str, x_shape, out_shape, nthreads):
         """PanelConv1x1 on x itself (1x1, stride 1, unpadded) or PanelConv on its phase planes."""
         g = self.g
+        if self._panels is None:   # one packing for both (a 1x1 conv may take either, by shape)
+            self._panels = _panels.pack_panels(self.weight)
         if route == "1x1":
-            if self._panels is None:
-                self._panels = _panels.pack_panels(self.wmat)
             conv = _panels.PanelConv1x1(x_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
         else:
-            if self._tap_panels is None:
-                self._tap_panels = _panels.pack_panels(self.weight)
-            conv = _panels.PanelConv(x_shape, self._tap_panels, self.bias, self.epilogue, out_shape, g.kernel,
+            conv = _panels.PanelConv(x_shape, self._panels, self.bias, self.epilogue, out_shape, g.kernel,
                                      g.stride, g.pads, g.dilation, nthreads)
         return _Run(conv, (("panel_work", (conv.scratch_floats(),)),), self._scratch)
 
