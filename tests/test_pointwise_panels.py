@@ -48,6 +48,18 @@ def test_matches_reference(shape, activation, nthreads):
         assert np.abs(got - ref).max() <= TOL * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.parametrize("pixels", range(8, 41))
+def test_every_row_count_is_covered(pixels):
+    """Each pixel count from the least to 40 has its own mix of 12- and 8-row register
+    blocks (blocked_gemm.pxd's row_blocks, overlapping at the end): a row no block
+    covers stays NaN, a row two blocks cover must agree."""
+    rng = np.random.default_rng(pixels)
+    x = rng.standard_normal((1, 24, 1, pixels)).astype(np.float32)
+    wmat = (rng.standard_normal((40, 24)) / 5).astype(np.float32)
+    ref = reference(x, wmat, None, None, None)
+    assert np.abs(run(x, wmat) - ref).max() <= TOL * max(1.0, np.abs(ref).max())
+
+
 def test_panels_layout():
     wmat = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     panels = pp.pack_panels(wmat)

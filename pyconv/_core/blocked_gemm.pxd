@@ -4,18 +4,54 @@
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
 # decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
 from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_row
-from pyconv._core.simd cimport inlined_void, prefetch
+from pyconv._core.simd cimport inlined_void
 
 
-cdef enum:
-    BLOCK_ROWS = 8    # rows of c per register block of blocked_gemm
-    BLOCK_COLS = 32   # columns of c per register block (8 x 32 floats: 16 of AVX-512's 32 registers)
+cdef extern from "blocked_gemm.h" nogil:
+    enum:
+        BLOCK_COLS "PYCONV_BLOCK_COLS"     # columns of c per register block
+        WIDE_ROWS "PYCONV_WIDE_ROWS"       # rows of c per wide register block
+        BLOCK_ROWS "PYCONV_NARROW_ROWS"    # rows per narrow block: the least blocked_gemm needs
+    void block_products "pyconv_block_products"(float* out, const int nrows, const float* w, Py_ssize_t ldw,
+                                                Py_ssize_t w_kstep, const Py_ssize_t* taps, Py_ssize_t ntaps,
+                                                Py_ssize_t tap_k, const float* b, Py_ssize_t b_step,
+                                                const float* prefetch_next)
 
 
 cdef inline Py_ssize_t panel_start(Py_ssize_t block, Py_ssize_t ncols) noexcept nogil:
     """First column of column block ``block`` of an ncols-wide c (ncols >= BLOCK_COLS):
     the last block ends at ncols, overlapping the one before it."""
     return min(block * BLOCK_COLS, ncols - BLOCK_COLS)
+
+
+cdef inline Py_ssize_t row_blocks(Py_ssize_t rows, Py_ssize_t* wide) noexcept nogil:
+    """How many register blocks cover rows (>= BLOCK_ROWS): the first ``wide[0]`` of
+    WIDE_ROWS rows, the rest of BLOCK_ROWS (row_block_start).  A wide block costs
+    about 12 % less per row; a remainder of 1-4 rows after wide blocks is cheaper as
+    two narrow blocks (16 rows) in place of one wide one plus a narrow one (20)."""
+    cdef Py_ssize_t full = rows // WIDE_ROWS, rest = rows % WIDE_ROWS
+    if rest == 0:
+        wide[0] = full
+        return full
+    if full == 0:   # 8 .. 11 rows
+        wide[0] = 0
+        return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    if rest <= 4:
+        wide[0] = full - 1
+        return full + 1
+    if rest <= BLOCK_ROWS:
+        wide[0] = full
+        return full + 1
+    wide[0] = full + 1
+    return full + 1
+
+
+cdef inline Py_ssize_t row_block_start(Py_ssize_t block, Py_ssize_t wide, Py_ssize_t rows) noexcept nogil:
+    """First row of register block ``block`` (row_blocks): the last wide or narrow block
+    ends at rows, overlapping the one before it instead of running a remainder loop."""
+    if block < wide:
+        return min(block * WIDE_ROWS, rows - WIDE_ROWS)
+    return min(wide * WIDE_ROWS + (block - wide) * BLOCK_ROWS, rows - BLOCK_ROWS)
 
 
 cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K,
@@ -38,15 +74,16 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     strided pieces (one per k, each on its own cache lines; slow for large K and ncols).
 
     sgemm packs both operands and zeroes C in a pass of its own, which for small
-    weight matrices costs as much as the multiplies.  Here each BLOCK_ROWS x BLOCK_COLS
-    block of c is accumulated over all of K in a local array and stored once.  Needs
-    rows >= BLOCK_ROWS and ncols >= BLOCK_COLS: the last blocks overlap the previous
-    ones (recomputing a few values from acc, so also the epilogue) instead of running
-    a remainder loop.  Indices are Py_ssize_t: with C ints, sign extensions of the eight
-    weight addresses per k outnumbered the FMAs."""
-    cdef float acc[BLOCK_ROWS][BLOCK_COLS]
-    cdef Py_ssize_t r, r0, k, j, block, jb, p0, t, tap_k = K // ntaps
-    cdef Py_ssize_t row_blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    weight matrices costs as much as the multiplies.  Here each register block of c
+    (WIDE_ROWS or BLOCK_ROWS x BLOCK_COLS: row_blocks) is accumulated over all of K
+    (blocked_gemm.h) and stored once.  Needs rows >= BLOCK_ROWS and ncols >=
+    BLOCK_COLS: the last blocks overlap the previous ones (recomputing a few values,
+    so also the epilogue) instead of running a remainder loop.  Indices are
+    Py_ssize_t: with C ints, sign extensions of the weight addresses per k
+    outnumbered the FMAs."""
+    cdef float acc[WIDE_ROWS * BLOCK_COLS]
+    cdef Py_ssize_t r, r0, nrows, j, block, rb, jb, p0, wide
+    cdef Py_ssize_t nrow_blocks = row_blocks(rows, &wide)
     cdef Py_ssize_t col_blocks = (ncols + BLOCK_COLS - 1) // BLOCK_COLS
     # Block order: with K >= rows (projections: 144 -> 24) the K x BLOCK_COLS panel of b is
     # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
@@ -59,45 +96,39 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     cdef bint in_registers = clip_bounds(ep, residual != NULL, &lo, &hi)
     cdef const float* brow
     cdef const float* next_panel
-    cdef const float* wk
+    cdef const float* wr
     cdef float* crow
-    for block in range(row_blocks * col_blocks):
+    for block in range(nrow_blocks * col_blocks):
         if rows_inside:
-            r0, jb = block % row_blocks * BLOCK_ROWS, block // row_blocks
+            rb, jb = block % nrow_blocks, block // nrow_blocks
         else:
-            r0, jb = block // col_blocks * BLOCK_ROWS, block % col_blocks
-        r0 = min(r0, rows - BLOCK_ROWS)
+            rb, jb = block // col_blocks, block % col_blocks
+        r0 = row_block_start(rb, wide, rows)
         p0 = panel_start(jb, ncols)
-        for r in range(BLOCK_ROWS):
-            for j in range(BLOCK_COLS):
-                acc[r][j] = 0.0
         brow = b + p0 if ldb else b + jb * K * BLOCK_COLS
         # Panels stream from memory (megabytes of weights), each on its first row block,
         # faster than the prefetchers ramp up: the second row block of a panel, which
         # reads it from cache, fetches the next panel (its k-th row per k).
         next_panel = NULL
-        if ldb == 0 and rows_inside and block % row_blocks == 1 and jb + 1 < col_blocks:
+        if ldb == 0 and rows_inside and rb == 1 and jb + 1 < col_blocks:
             next_panel = brow + K * BLOCK_COLS
-        for t in range(ntaps):
-            wk = w + r0 * ldw + (taps[t] if taps != NULL else 0)
-            for k in range(t * tap_k, (t + 1) * tap_k):
-                if next_panel != NULL:
-                    prefetch(next_panel + k * BLOCK_COLS)
-                    prefetch(next_panel + k * BLOCK_COLS + 16)
-                for r in range(BLOCK_ROWS):
-                    for j in range(BLOCK_COLS):
-                        acc[r][j] += wk[r * ldw] * brow[j]
-                brow += b_step
-                wk += w_kstep
-        for r in range(BLOCK_ROWS):
+        wr = w + r0 * ldw
+        # nrows a constant per call: each call is a register block of its own size
+        if rb < wide:
+            nrows = WIDE_ROWS
+            block_products(acc, WIDE_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow, b_step, next_panel)
+        else:
+            nrows = BLOCK_ROWS
+            block_products(acc, BLOCK_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow, b_step, next_panel)
+        for r in range(nrows):
             crow = c + (r0 + r) * ldc + p0
             b_r = bias[r0 + r] if bias != NULL else 0.0
             if in_registers:
-                # bias and clip on the block while it is in registers: one store per output
+                # bias and clip on the block while it is in L1: one store per output
                 for j in range(BLOCK_COLS):
-                    crow[j] = clip(acc[r][j] + b_r, lo, hi)
+                    crow[j] = clip(acc[r * BLOCK_COLS + j] + b_r, lo, hi)
             else:
                 for j in range(BLOCK_COLS):
-                    crow[j] = acc[r][j]
+                    crow[j] = acc[r * BLOCK_COLS + j]
                 epilogue_row(crow, BLOCK_COLS, b_r, residual + (r0 + r) * ldc + p0 if residual != NULL else NULL,
                              ep)
