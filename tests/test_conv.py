@@ -208,9 +208,9 @@ def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci
     assert rel_err(out, ref, np.max(np.abs(ref0 + res))) <= 1e-5
 
 
-@pytest.mark.parametrize("channels, blocked", [(192, True), (96, False)])
+@pytest.mark.parametrize("channels, blocked", [(96, True), (64, False)])
 def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, monkeypatch):
-    # >= 32K filters per position: the per-position GEMMs by the blocked loop (where it pays)
+    # >= 8K filters per position: the per-position GEMMs by the blocked loop (where it pays)
     module = C._winograd_kernels()
     if module is None:
         pytest.skip("winograd kernel not built")
@@ -393,6 +393,8 @@ def test_auto_algorithm_rule():
     # filters in column panels (the blocked loop) stream faster: larger ones pay
     assert tile(1, 512, 512, 28, 28, panels=True) == 4 and tile(1, 512, 512, 7, 7, True, panels=True) == 2
     assert tile(1, 2048, 2048, 7, 7, allow_im2col=True, panels=True) is None
+    # ... only where the loop runs: a single tile takes sgemm, so the plain budget
+    assert tile(1, 192, 192, 1, 1, allow_im2col=True, panels=True) is None
 
 
 @pytest.mark.skipif(C._winograd_kernels() is None, reason="pyconv._core.winograd is not built")

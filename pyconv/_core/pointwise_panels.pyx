@@ -6,7 +6,7 @@
 # for each image's P output pixels, by blocked_gemm, whose broadcast operand A
 # is read in place:
 #  - PanelConv1x1 (1x1, stride 1, unpadded): A = X^T, the NCHW input itself
-#    (8 consecutive pixels of one input channel per k);
+#    (a register block's consecutive pixels of one input channel per k);
 #  - PanelConv (any kernel, stride, padding, dilation): an implicit GEMM over the
 #    input's phase planes (phase_planes.pxd) made channels-innermost, on the wide
 #    Ho x Wq grid: for tap t, A's row of wide pixel p is the Ci channels of pixel

@@ -64,8 +64,10 @@ WINOGRAD_PANELS_FILTER_BYTES_PER_TILE = 4 << 20
 # U[p], megabytes per conv in deep layers, costs as much as the multiplies.
 # Measured interleaved with other layers (caches cold, as in a network), 1 thread,
 # loop / sgemm: 256 @7 0.53, 192 @14 0.70, 384 @14 0.76, 512 @14 0.79, 256 @14
-# 0.82, 256 @28 0.87; below it, 128 @28 and @14 1.10-1.13, 64 @28 and @56 1.01-1.06.
-_WINOGRAD_BLOCKED_MIN_FILTER = 1 << 15
+# 0.82, 256 @28 0.87.  With 12-row register blocks (blocked_gemm.h) also 128 @28
+# 0.86, 128 @14 0.91, 64->256 @13 0.96, 48->192 @13 0.96, 64->128 @56 0.97; below
+# it 64 @56 and 32->128 @27 even, 16->64 @55 1.08.
+_WINOGRAD_BLOCKED_MIN_FILTER = 1 << 13
 # Floats of one GEMM task's B and C tiles: 2 MiB (the L2 of one core here) for
 # 1x1 convs, which read B in place; 1 MiB for kxk, whose im2col tile is
 # written first and must stay in L2 beside the BLAS's packed panels (measured).
@@ -394,11 +396,13 @@ def winograd_tile_for(n: int, in_channels: int, out_channels: int, ho: int, wo: 
     qualifies only while its transformed filters, (m+2)^2 * C_in * C_out floats,
     come to at most WINOGRAD_FILTER_BYTES_PER_TILE per output tile
     (WINOGRAD_PANELS_FILTER_BYTES_PER_TILE with ``panels``, filters packed for the
-    blocked loop).  When F(2x2) does not qualify: None if ``allow_im2col`` (what
+    blocked loop, when the tiles fill its register block).  When F(2x2) does not qualify: None if ``allow_im2col`` (what
     "auto" does), else 2."""
-    limit = WINOGRAD_PANELS_FILTER_BYTES_PER_TILE if panels else WINOGRAD_FILTER_BYTES_PER_TILE
     for m in (4, 2):
         tiles = n * -(-ho // m) * -(-wo // m)
+        # the loop runs only with a register block's tiles (fewer take sgemm per panel)
+        blocked = panels and tiles >= _gemm.blocked_min_rows()
+        limit = WINOGRAD_PANELS_FILTER_BYTES_PER_TILE if blocked else WINOGRAD_FILTER_BYTES_PER_TILE
         filter_bytes = 4 * (m + 2) ** 2 * in_channels * out_channels
         if (m == 2 or tiles >= WINOGRAD4_MIN_TILES) and filter_bytes <= limit * tiles:
             return m
