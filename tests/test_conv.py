@@ -208,6 +208,22 @@ def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci
     assert rel_err(out, ref, np.max(np.abs(ref0 + res))) <= 1e-5
 
 
+@pytest.mark.parametrize("hw", [(7, 7), (6, 8), (8, 10), (5, 10)], ids=str)
+def test_winograd_few_tiles_chunk_k(hw, threads, monkeypatch):
+    # On one thread 16, 12 and 20 F(2x2) tiles (register blocks covering them exactly) run
+    # every block over 64 k at a time (blocked_gemm's chunked_column); 96 channels: a
+    # partial chunk.  15 tiles (5x10) take overlapping blocks: the unchunked loop.  Two
+    # threads split the tile rows into blocks of either kind.
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    monkeypatch.setattr(C, "_WINOGRAD_BLOCKED_MIN_FILTER", 1)
+    rng = np.random.default_rng(hw)
+    x = rng.standard_normal((1, 96, *hw)).astype(np.float32)
+    w = (rng.standard_normal((40, 96, 3, 3)) / np.sqrt(9 * 96)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    got = C.conv2d(x, w, b, padding=1, algorithm="winograd2", activation="relu")
+    assert rel_err(got, C.conv2d_reference(x, w, b, padding=1, activation="relu")) <= TOL["winograd2"]
+
+
 @pytest.mark.parametrize("channels, blocked", [(96, True), (64, False)])
 def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, monkeypatch):
     # >= 8K filters per position: the per-position GEMMs by the blocked loop (where it pays)

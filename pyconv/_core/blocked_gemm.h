@@ -29,16 +29,17 @@ enum {
  * where k = t * tap_k + i runs over ntaps taps of tap_k steps and k' = taps[t] + i *
  * w_kstep (taps NULL: one tap at offset 0).  b advances b_step floats per k.  When
  * prefetch_next is not NULL it is the next panel of b (32 floats per k), fetched
- * into cache a k at a time while this one is read.  out: nrows x 32 floats. */
+ * into cache a k at a time while this one is read.  out: nrows x 32 floats, added
+ * to (accumulate) or overwritten. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     float* out, const int nrows, const float* w, ptrdiff_t ldw, ptrdiff_t w_kstep,
     const ptrdiff_t* taps, ptrdiff_t ntaps, ptrdiff_t tap_k, const float* b, ptrdiff_t b_step,
-    const float* prefetch_next)
+    const float* prefetch_next, int accumulate)
 {
     float acc[PYCONV_WIDE_ROWS][PYCONV_BLOCK_COLS];
     for (int r = 0; r < nrows; r++)
         for (int j = 0; j < PYCONV_BLOCK_COLS; j++)
-            acc[r][j] = 0.0f;
+            acc[r][j] = accumulate ? out[r * PYCONV_BLOCK_COLS + j] : 0.0f;
     for (ptrdiff_t t = 0; t < ntaps; t++) {
         const float* wk = w + (taps != NULL ? taps[t] : 0);
         const float* next = prefetch_next != NULL ? prefetch_next + t * tap_k * PYCONV_BLOCK_COLS : NULL;
