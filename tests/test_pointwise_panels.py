@@ -136,6 +136,7 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     (1, 24, 32, (13, 12), (5, 5), 3, (2, 2, 1, 0), 1),    # stride 3: nine phases, one panel
     (1, 19, 70, (4, 5), (2, 2), 1, (0, 0, 0, 0), 1),      # 3 overlapping panels, 12 wide pixels
     (2, 16, 32, (64, 60), (3, 3), 1, (1, 1, 1, 1), 1),    # M in two blocks of output rows, Wq > Wo
+    (1, 32, 64, (45, 41), (3, 3), 2, (1, 1, 1, 1), 1),    # rows of 21 (>= 16) gathered one by one
     (1, 16, 32, (293, 5), (3, 3), 1, (1, 1, 1, 1), 1),    # a last row too short for a block joins the one before
 ])
 @pytest.mark.parametrize("nthreads", [1, 2])

@@ -123,8 +123,8 @@ cdef multiversion_void panel_task(const PanelCall* c, Py_ssize_t n, Py_ssize_t g
                                   float* m, float* wide_rows) noexcept nogil:
     """Panel group ``group`` of image n, a block of output rows at a time (chunk_end):
     M = A @ panels into ``m`` (block pixels x ncols), then its channel rows into the output
-    with the epilogue (through ``wide_rows``, 16 x block pixels floats, when the wide grid
-    has columns to drop)."""
+    with the epilogue (when the wide grid has columns to drop: row by row for rows of
+    at least 16 pixels, else through ``wide_rows``, 16 x block pixels floats)."""
     cdef Py_ssize_t c0, j0, ncols, r0, r, co, i, oh, oh0 = 0, oh1, rows, P = c.Ho * c.Wo
     panel_group(group, c.groups, c.Co, &c0, &j0, &ncols)
     cdef float* plane = c.out + n * c.Co * P
@@ -139,6 +139,10 @@ cdef multiversion_void panel_task(const PanelCall* c, Py_ssize_t n, Py_ssize_t g
             r = min(16, ncols - r0)
             if c.Wq == c.Wo:
                 gather_channel_rows(m + r0, ncols, plane + (c0 + r0) * P + oh0 * c.Wo, P, rows, r)
+            elif c.Wo >= 16:   # whole 16x16 transposes per output row: straight into the output
+                for oh in range(oh0, oh1):
+                    gather_channel_rows(m + (oh - oh0) * c.Wq * ncols + r0, ncols, plane + (c0 + r0) * P + oh * c.Wo,
+                                        P, c.Wo, r)
             else:
                 gather_channel_rows(m + r0, ncols, wide_rows, rows, rows, r)
                 for i in range(r):
