@@ -279,16 +279,16 @@ def test_1x1_on_1x1_spatial_and_stride():
     (24, 13, 1, (47, 45), 1, (0, 0, 0, 0), True),   # several tiles
     (70, 16, 1, (9, 9), 1, (0, 0, 0, 0), True),     # large K, few output channels
     (12, 30, 1, (23, 19), 1, (0, 0, 0, 0), True),   # K < rows (column blocks inside), ragged rows and pixels
-    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0), False),    # an expansion above the loop's limits: sgemm
+    (33, 40, 1, (9, 9), 1, (0, 0, 0, 0), True),     # an expansion
     (116, 58, 1, (9, 9), 1, (0, 0, 0, 0), True),    # no expansion, few weights
     (116, 58, 1, (7, 7), 1, (0, 0, 0, 0), "panels"),   # a small plane: weights in panels
     (40, 31, 1, (7, 7), 1, (0, 0, 0, 0), True),     # too few output channels for panels
     (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), "implicit"),  # padded: implicit GEMM on the phase planes
     (40, 64, 1, (13, 15), 2, (0, 0, 0, 0), "implicit"),  # strided: implicit GEMM on the phase planes
     (15, 64, 1, (13, 15), 2, (0, 0, 0, 0), True),      # too few input channels for the implicit GEMM
-    (40, 64, 1, (17, 17), 1, (0, 0, 0, 0), False),   # above the panels' 64 pixels; an expansion: sgemm
-    (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels
-    (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block
+    (40, 64, 1, (17, 17), 1, (0, 0, 0, 0), True),    # above the panels' 64 pixels: the NCHW loop
+    (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels; 25 pixels, too few for a block
+    (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block: sgemm
 ])
 def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, monkeypatch):
     # the rule in ops/conv.py sends these 1x1 convs to blocked_gemm_tile (or sgemm)

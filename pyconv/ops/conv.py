@@ -77,27 +77,24 @@ _GEMM_TILE_BUDGET_IM2COL = 1 << 18
 # ran 1.4-1.7x faster with 256-pixel tiles than with 2500-4200 (measured,
 # docs/kernels.md); larger K is indifferent between 128 and 1024.
 _IM2COL_MAX_TILE_COLS = 256
-# 1x1 convs with at most _BLOCKED_MAX_K input or _BLOCKED_MAX_ROWS output
-# channels per group run the register-blocked GEMM loop (blocked_gemm_tile) instead of sgemm.
-# Alone, on one thread, the two are about even at such shapes; in a network
-# these layers' large outputs or inputs are cold, and the loop writes each output once (sgemm with beta = 0 zeroes
-# C in a pass of its own) and streams B in short blocks.  MobileNetV2's and
-# SqueezeNet's such layers ran 10-35 % faster in-network; wide layers on small
-# planes (96->576 @14) run faster in sgemm (measured, docs/kernels.md).
-_BLOCKED_MAX_K = 32
-_BLOCKED_MAX_ROWS = 32
-# ... and so do 1x1 convs that do not expand (C_out <= C_in per group) with at most
-# this many weights: sgemm's packing is a large share of such small GEMMs, and the
-# loop streams B once per column block.  Measured with cold caches, 1 thread (loop vs
-# sgemm): ShuffleNetV2's 58->58 @28, 116->116 @14, 232->232 @7 10 %, 11 %, 4 % faster,
-# MobileNetV2's 384->64 @14 17 %; expansions (64->384, 96->576) and larger
-# matrices (352->352) are faster in sgemm.
-# kxk convs (im2col tiles) with more than _BLOCKED_MAX_K and at most this many weights
-# per group take the loop too: it reads the im2col tile where it is, which sgemm
+# 1x1 convs run the register-blocked GEMM loop (blocked_gemm_tile) instead of sgemm.
+# In a network their large outputs or inputs are cold, and the loop writes each
+# output once (sgemm with beta = 0 zeroes C in a pass of its own) and streams B in
+# short blocks: with 8-row register blocks, MobileNetV2's and SqueezeNet's small
+# layers (at most 32 input or output channels, or not expanding with at most 64K
+# weights) ran 10-35 % faster in-network, while wider ones (96->576 @14) ran faster
+# in sgemm.  With 12-row blocks the loop wins there too (alone, cold, 1 thread, loop
+# vs sgemm): 64->384 and 96->576 @14 0.88-0.94, 64->256 @13 0.86, 512->1000 @13 0.90,
+# 64->256 @56 and 128->512 @28 0.88 (2 threads 0.85-0.89); large weight matrices
+# (1024->256, 256->1024, 2048->512 @14) even (measured, docs/kernels.md).
+# kxk convs (im2col tiles) with K > _BLOCKED_MAX_K and at most _BLOCKED_MAX_WEIGHTS
+# weights per group take the loop too: it reads the im2col tile where it is, which sgemm
 # copies once more to pack it.  Alone, 1 thread, loop vs sgemm: ResNet's 7x7 conv1
 # (K = 147) 0.76, 5x5 16->32 @28 0.76, 3x3 16->16 @56 and 32->32 @28 0.76-0.79;
 # 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
-# with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2.
+# with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2
+# (and 8 % with 12-row blocks), so they keep sgemm.
+_BLOCKED_MAX_K = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
 
 
@@ -345,11 +342,7 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
-        if kh == kw == 1:
-            small = (k <= _BLOCKED_MAX_K or cog <= _BLOCKED_MAX_ROWS
-                     or (cog <= k and cog * k <= _BLOCKED_MAX_WEIGHTS))
-        else:
-            small = _BLOCKED_MAX_K < k and cog * k <= _BLOCKED_MAX_WEIGHTS
+        small = kh == kw == 1 or (_BLOCKED_MAX_K < k and cog * k <= _BLOCKED_MAX_WEIGHTS)
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
