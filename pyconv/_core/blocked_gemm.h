@@ -9,7 +9,6 @@
 #ifndef PYCONV_BLOCKED_GEMM_H
 #define PYCONV_BLOCKED_GEMM_H
 #include <stddef.h>
-#include <string.h>
 
 #include "simd.h"
 
@@ -25,21 +24,22 @@ enum {
 #define PYCONV_UNROLL4
 #endif
 
-/* out[r][j] = sum over k of w[r * ldw + k'] * b[k * b_step + j] for r < nrows, j < 32,
- * where k = t * tap_k + i runs over ntaps taps of tap_k steps and k' = taps[t] + i *
- * w_kstep (taps NULL: one tap at offset 0).  b advances b_step floats per k.  When
- * prefetch_next is not NULL it is the next panel of b (32 floats per k), fetched
- * into cache a k at a time while this one is read.  out: nrows x 32 floats, added
- * to (accumulate) or overwritten. */
+/* out[r * ld_out + j] = clip(init[r][j] + sum over k of w[r * ldw + k'] * b[k * b_step + j]
+ * + bias[r], lo, hi) for r < nrows, j < 32 (init NULL: 0; bias NULL: 0; lo, hi = -inf,
+ * inf: no clip, NaN passes through either way), where k = t * tap_k + i runs over
+ * ntaps taps of tap_k steps and k' = taps[t] + i * w_kstep (taps NULL: one tap at
+ * offset 0).  b advances b_step floats per k.  When prefetch_next is not NULL it is
+ * the next panel of b (32 floats per k), fetched into cache a k at a time while this
+ * one is read.  The sums leave the registers once, as the final values. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
-    float* out, const int nrows, const float* w, ptrdiff_t ldw, ptrdiff_t w_kstep,
-    const ptrdiff_t* taps, ptrdiff_t ntaps, ptrdiff_t tap_k, const float* b, ptrdiff_t b_step,
-    const float* prefetch_next, int accumulate)
+    float* out, ptrdiff_t ld_out, const float* init, const int nrows, const float* w, ptrdiff_t ldw,
+    ptrdiff_t w_kstep, const ptrdiff_t* taps, ptrdiff_t ntaps, ptrdiff_t tap_k, const float* b,
+    ptrdiff_t b_step, const float* prefetch_next, const float* bias, float lo, float hi)
 {
     float acc[PYCONV_WIDE_ROWS][PYCONV_BLOCK_COLS];
     for (int r = 0; r < nrows; r++)
         for (int j = 0; j < PYCONV_BLOCK_COLS; j++)
-            acc[r][j] = accumulate ? out[r * PYCONV_BLOCK_COLS + j] : 0.0f;
+            acc[r][j] = init != NULL ? init[r * PYCONV_BLOCK_COLS + j] : 0.0f;
     for (ptrdiff_t t = 0; t < ntaps; t++) {
         const float* wk = w + (taps != NULL ? taps[t] : 0);
         const float* next = prefetch_next != NULL ? prefetch_next + t * tap_k * PYCONV_BLOCK_COLS : NULL;
@@ -57,8 +57,15 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
         }
         b += tap_k * b_step;
     }
-    for (int r = 0; r < nrows; r++)
-        memcpy(out + r * PYCONV_BLOCK_COLS, acc[r], sizeof acc[r]);
+    for (int r = 0; r < nrows; r++) {
+        const float add = bias != NULL ? bias[r] : 0.0f;
+        for (int j = 0; j < PYCONV_BLOCK_COLS; j++) {
+            float v = acc[r][j] + add;
+            if (v < lo) v = lo;
+            if (v > hi) v = hi;
+            out[r * ld_out + j] = v;
+        }
+    }
 }
 
 #endif

@@ -3,7 +3,9 @@
 # call it from their own multi-versioned functions: inlined there, it is
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
 # decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
-from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_row
+from libc.math cimport INFINITY
+
+from pyconv._core.epilogue cimport Epilogue, clip_bounds, epilogue_row
 from pyconv._core.simd cimport inlined_void
 
 
@@ -12,11 +14,11 @@ cdef extern from "blocked_gemm.h" nogil:
         BLOCK_COLS "PYCONV_BLOCK_COLS"     # columns of c per register block
         WIDE_ROWS "PYCONV_WIDE_ROWS"       # rows of c per wide register block
         BLOCK_ROWS "PYCONV_NARROW_ROWS"    # rows per narrow block: the least blocked_gemm needs
-    void block_products "pyconv_block_products"(float* out, const int nrows, const float* w, Py_ssize_t ldw,
-                                                Py_ssize_t w_kstep, const Py_ssize_t* taps, Py_ssize_t ntaps,
-                                                Py_ssize_t tap_k, const float* b, Py_ssize_t b_step,
-                                                const float* prefetch_next, bint accumulate)
-
+    void block_products "pyconv_block_products"(float* out, Py_ssize_t ld_out, const float* init, const int nrows,
+                                                const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep,
+                                                const Py_ssize_t* taps, Py_ssize_t ntaps, Py_ssize_t tap_k,
+                                                const float* b, Py_ssize_t b_step, const float* prefetch_next,
+                                                const float* bias, float lo, float hi)
 
 cdef enum:
     K_CHUNK = 64             # k per pass of chunked_column
@@ -61,23 +63,33 @@ cdef inline Py_ssize_t row_block_start(Py_ssize_t block, Py_ssize_t wide, Py_ssi
 
 cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, Py_ssize_t wide, Py_ssize_t rows,
                                        const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K,
-                                       const float* panel) noexcept nogil:
-    """sums (rows x BLOCK_COLS) = w @ panel, every register block over K_CHUNK k of the
-    panel at a time (blocks that do not overlap: each adds its chunk to its own rows)."""
-    cdef Py_ssize_t k0 = 0, kn, rb, r0
+                                       const float* panel, float* c, Py_ssize_t ldc, const float* bias, float lo,
+                                       float hi) noexcept nogil:
+    """c's rows x BLOCK_COLS column = clip(w @ panel + bias, lo, hi), every register block
+    over K_CHUNK k of the panel at a time, the partial sums of all rows in ``sums`` (rows
+    x BLOCK_COLS) between chunks: blocks must not overlap."""
+    cdef Py_ssize_t k0 = 0, kn, rb, r0, ld
     cdef const float* ahead
+    cdef float* dst
+    cdef bint last
     while k0 < K:
         kn = min(<Py_ssize_t>K_CHUNK, K - k0)
+        last = k0 + kn == K
         for rb in range(nrow_blocks):
             r0 = row_block_start(rb, wide, rows)
             # the first block fetches the next chunk (past the panel's end: the next panel)
             ahead = panel + (k0 + kn) * BLOCK_COLS if rb == 0 else NULL
+            dst, ld = (c + r0 * ldc, ldc) if last else (sums + r0 * BLOCK_COLS, <Py_ssize_t>BLOCK_COLS)
             if rb < wide:
-                block_products(sums + r0 * BLOCK_COLS, WIDE_ROWS, w + r0 * ldw + k0 * w_kstep, ldw, w_kstep, NULL,
-                               1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, k0 > 0)
+                block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, WIDE_ROWS, w + r0 * ldw + k0 * w_kstep,
+                               ldw, w_kstep, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
+                               bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
+                               hi if last else INFINITY)
             else:
-                block_products(sums + r0 * BLOCK_COLS, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep, ldw, w_kstep, NULL,
-                               1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, k0 > 0)
+                block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
+                               ldw, w_kstep, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
+                               bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
+                               hi if last else INFINITY)
         k0 += kn
 
 
@@ -108,10 +120,8 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     so also the epilogue) instead of running a remainder loop.  Indices are
     Py_ssize_t: with C ints, sign extensions of the weight addresses per k
     outnumbered the FMAs."""
-    cdef float acc[WIDE_ROWS * BLOCK_COLS]
     cdef float sums[CHUNKED_MAX_ROWS * BLOCK_COLS]
-    cdef float* block_sums
-    cdef Py_ssize_t r, r0, nrows, j, block, rb, jb, p0, wide
+    cdef Py_ssize_t r, r0, nrows, block, rb, jb, p0, wide
     cdef Py_ssize_t nrow_blocks = row_blocks(rows, &wide)
     # Few rows on long panels (Winograd's 7x7 layers: 16 tiles x 512 channels): a panel
     # streams from memory while the first row block reads it, faster than the loop takes
@@ -127,8 +137,11 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     # is 1-6 % faster there).
     cdef bint rows_inside = K >= rows or ldb == 0
     cdef Py_ssize_t b_step = ldb if ldb else BLOCK_COLS
-    cdef float lo, hi, b_r
+    cdef float lo, hi
+    # without a residual, bias and a clip activation are applied as the block leaves the
+    # registers (one store per output); else plain sums are stored, then epilogue_row
     cdef bint in_registers = clip_bounds(ep, residual != NULL, &lo, &hi)
+    cdef const float* block_bias
     cdef const float* brow
     cdef const float* next_panel
     cdef const float* wr
@@ -141,36 +154,29 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
         r0 = row_block_start(rb, wide, rows)
         p0 = panel_start(jb, ncols)
         brow = b + p0 if ldb else b + jb * K * BLOCK_COLS
-        # Panels stream from memory (megabytes of weights), each on its first row block,
-        # faster than the prefetchers ramp up: the second row block of a panel, which
-        # reads it from cache, fetches the next panel (its k-th row per k).
-        next_panel = NULL
-        if ldb == 0 and rows_inside and rb == 1 and jb + 1 < col_blocks:
-            next_panel = brow + K * BLOCK_COLS
-        wr = w + r0 * ldw
         nrows = WIDE_ROWS if rb < wide else BLOCK_ROWS
         if chunked:
-            if rb == 0:
-                chunked_column(sums, nrow_blocks, wide, rows, w, ldw, w_kstep, K, brow)
-            block_sums = sums + r0 * BLOCK_COLS
+            if rb == 0:   # the whole column, every block
+                chunked_column(sums, nrow_blocks, wide, rows, w, ldw, w_kstep, K, brow, c + p0, ldc,
+                               bias if in_registers else NULL, lo, hi)
         else:
+            # Panels stream from memory (megabytes of weights), each on its first row block,
+            # faster than the prefetchers ramp up: the second row block of a panel, which
+            # reads it from cache, fetches the next panel (its k-th row per k).
+            next_panel = NULL
+            if ldb == 0 and rows_inside and rb == 1 and jb + 1 < col_blocks:
+                next_panel = brow + K * BLOCK_COLS
+            wr = w + r0 * ldw
+            block_bias = bias + r0 if in_registers and bias != NULL else NULL
             # nrows a constant per call: each call is a register block of its own size
             if rb < wide:
-                block_products(acc, WIDE_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow, b_step, next_panel,
-                               False)
+                block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow,
+                               b_step, next_panel, block_bias, lo, hi)
             else:
-                block_products(acc, BLOCK_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow, b_step, next_panel,
-                               False)
-            block_sums = acc
-        for r in range(nrows):
-            crow = c + (r0 + r) * ldc + p0
-            b_r = bias[r0 + r] if bias != NULL else 0.0
-            if in_registers:
-                # bias and clip on the block while it is in L1: one store per output
-                for j in range(BLOCK_COLS):
-                    crow[j] = clip(block_sums[r * BLOCK_COLS + j] + b_r, lo, hi)
-            else:
-                for j in range(BLOCK_COLS):
-                    crow[j] = block_sums[r * BLOCK_COLS + j]
-                epilogue_row(crow, BLOCK_COLS, b_r, residual + (r0 + r) * ldc + p0 if residual != NULL else NULL,
-                             ep)
+                block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps,
+                               brow, b_step, next_panel, block_bias, lo, hi)
+        if not in_registers:
+            for r in range(r0, r0 + nrows):
+                crow = c + r * ldc + p0
+                epilogue_row(crow, BLOCK_COLS, bias[r] if bias != NULL else 0.0,
+                             residual + r * ldc + p0 if residual != NULL else NULL, ep)
