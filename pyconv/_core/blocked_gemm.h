@@ -29,8 +29,8 @@ enum {
  * inf: no clip, NaN passes through either way), where k = t * tap_k + i runs over
  * ntaps taps of tap_k steps and k' = taps[t] + i * w_kstep (taps NULL: one tap at
  * offset 0).  b advances b_step floats per k.  When prefetch_next is not NULL it is
- * the next panel of b (32 floats per k), fetched into cache a k at a time while this
- * one is read.  The sums leave the registers once, as the final values. */
+ * the next column block of b (32 floats per k, b_step apart), fetched into cache a k
+ * at a time while this one is read.  The sums leave the registers once, as the final values. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     float* out, ptrdiff_t ld_out, const float* init, const int nrows, const float* w, ptrdiff_t ldw,
     ptrdiff_t w_kstep, const ptrdiff_t* taps, ptrdiff_t ntaps, ptrdiff_t tap_k, const float* b,
@@ -42,12 +42,12 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
             acc[r][j] = init != NULL ? init[r * PYCONV_BLOCK_COLS + j] : 0.0f;
     for (ptrdiff_t t = 0; t < ntaps; t++) {
         const float* wk = w + (taps != NULL ? taps[t] : 0);
-        const float* next = prefetch_next != NULL ? prefetch_next + t * tap_k * PYCONV_BLOCK_COLS : NULL;
+        const float* next = prefetch_next != NULL ? prefetch_next + t * tap_k * b_step : NULL;
         PYCONV_UNROLL4
         for (ptrdiff_t k = 0; k < tap_k; k++) {
             if (next != NULL) {
-                PYCONV_PREFETCH(next + k * PYCONV_BLOCK_COLS);
-                PYCONV_PREFETCH(next + k * PYCONV_BLOCK_COLS + 16);
+                PYCONV_PREFETCH(next + k * b_step);
+                PYCONV_PREFETCH(next + k * b_step + 16);
             }
             for (int r = 0; r < nrows; r++) {
                 const float wr = wk[r * ldw + k * w_kstep];

@@ -160,12 +160,13 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
                 chunked_column(sums, nrow_blocks, wide, rows, w, ldw, w_kstep, K, brow, c + p0, ldc,
                                bias if in_registers else NULL, lo, hi)
         else:
-            # Panels stream from memory (megabytes of weights), each on its first row block,
-            # faster than the prefetchers ramp up: the second row block of a panel, which
-            # reads it from cache, fetches the next panel (its k-th row per k).
+            # A column block of b streams from memory on its first row block, faster than
+            # the prefetchers ramp up (panels: megabytes of weights; a row-major b: a page
+            # per k): the second row block, which reads it from cache, fetches the next
+            # column block (its k-th row per k).
             next_panel = NULL
-            if ldb == 0 and rows_inside and rb == 1 and jb + 1 < col_blocks:
-                next_panel = brow + K * BLOCK_COLS
+            if rows_inside and rb == 1 and jb + 1 < col_blocks:
+                next_panel = b + panel_start(jb + 1, ncols) if ldb else brow + K * BLOCK_COLS
             wr = w + r0 * ldw
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
             # nrows a constant per call: each call is a register block of its own size
