@@ -296,7 +296,8 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, 
 
 
 @pytest.mark.parametrize("cig, cog, groups, kernel, hw, stride, pads, dilation, blocked", [
-    (3, 64, 1, 7, (29, 31), 2, 3, 1, True),          # ResNet's conv1 (K = 147)
+    (3, 64, 1, 7, (29, 31), 2, 3, 1, "implicit"),    # ResNet's conv1 (K = 147 in runs of 12 and 9)
+    (3, 32, 1, 7, (29, 31), 2, 3, 3, True),          # K = 147 dilated: taps alone, the NCHW loop
     (16, 16, 1, 3, (13, 11), 1, 1, 1, True),         # K = 144, one tile with an overlapping last block
     (5, 12, 2, 5, (17, 19), 1, (2, 1, 3, 0), 2, True),  # groups, dilation, asymmetric padding
     (9, 20, 1, 3, (40, 37), 2, 1, 1, True),          # several tiles, stride 2, ragged rows
@@ -305,7 +306,8 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, 
     (64, 128, 1, 3, (17, 17), 2, 1, 1, "implicit"),  # 9x9 out (a wide grid of 10 columns)
     (16, 40, 1, 3, (8, 9), 1, (1, 0, 2, 1), 2, "implicit"),  # dilated, asymmetric padding
     (20, 33, 1, 5, (30, 27), 3, (2, 1, 0, 2), 1, "implicit"),  # stride 3: nine phase planes, two panels
-    (15, 40, 1, 3, (8, 9), 1, 1, 1, True),           # too few input channels for the implicit GEMM
+    (13, 40, 1, 3, (8, 9), 1, 1, 1, True),           # too few input channels for the implicit GEMM (K = 117)
+    (8, 64, 1, 5, (23, 21), 2, 2, 1, "implicit"),    # ... but K = 200 in runs of 24 and 16
 ])
 def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
     # im2col convs with K > 32 and at most 64K weights per group run blocked_gemm_tile on the tiles

@@ -67,12 +67,23 @@ def test_panels_layout():
     assert panels.shape == (2, 3, 32) and panels.ctypes.data % 64 == 0
     np.testing.assert_array_equal(panels[0], wmat[:32].T)
     np.testing.assert_array_equal(panels[1], wmat[8:].T)   # the last panel ends at Co
-    # a kernel: K runs tap by tap, the input channels inside
+    # a kernel: K runs tap by tap (row by row, or in the order given), the input channels inside
     weight = np.arange(40 * 3 * 2 * 2, dtype=np.float32).reshape(40, 3, 2, 2)
-    panels = pp.pack_panels(weight)
-    assert panels.shape == (2, 12, 32) and panels.ctypes.data % 64 == 0
-    for tap, (ki, kj) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-        np.testing.assert_array_equal(panels[1, tap * 3:tap * 3 + 3], weight[8:, :, ki, kj].T)
+    for taps in (None, [(1, 0), (0, 0), (1, 1), (0, 1)]):
+        panels = pp.pack_panels(weight, taps)
+        assert panels.shape == (2, 12, 32) and panels.ctypes.data % 64 == 0
+        for tap, (ki, kj) in enumerate(taps or [(0, 0), (0, 1), (1, 0), (1, 1)]):
+            np.testing.assert_array_equal(panels[1, tap * 3:tap * 3 + 3], weight[8:, :, ki, kj].T)
+    with pytest.raises(ValueError, match="taps"):
+        pp.pack_panels(weight, [(0, 0), (0, 1), (1, 0), (1, 0)])
+
+
+def test_tap_order_groups_taps_of_one_phase():
+    # stride 2: each kernel row's even taps, then its odd ones (one pixel apart in their planes)
+    assert pp.tap_order((3, 3), (2, 2), (1, 1)) == [(0, 0), (0, 2), (2, 0), (2, 2), (0, 1), (2, 1),
+                                                    (1, 0), (1, 2), (1, 1)]
+    assert pp.tap_order((2, 3), (1, 1), (1, 1)) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert pp.tap_order((1, 3), (1, 2), (1, 2)) == [(0, 0), (0, 1), (0, 2)]   # dilation 2, stride 2: one phase
 
 
 @pytest.mark.parametrize("wmat", [np.zeros((31, 4), np.float32), np.zeros((40, 4), np.float64),
@@ -121,7 +132,8 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     out_shape = conv2d_reference(x[:1, :1], weight[:1, :1], **args).shape
     out_shape = (x.shape[0], weight.shape[0]) + out_shape[2:]
     pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
-    conv = pp.PanelConv(x.shape, pp.pack_panels(weight), bias, parse_activation(activation),
+    taps = pp.tap_order(weight.shape[2:], pair(stride), pair(dilation))
+    conv = pp.PanelConv(x.shape, pp.pack_panels(weight, taps), bias, parse_activation(activation),
                         out_shape, weight.shape[2:], pair(stride), pads, pair(dilation), nthreads)
     out = np.full(out_shape, np.nan, np.float32)
     conv(x, residual, out, np.full(conv.scratch_floats(), np.nan, np.float32))   # any scratch content
@@ -137,6 +149,7 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     (1, 19, 70, (4, 5), (2, 2), 1, (0, 0, 0, 0), 1),      # 3 overlapping panels, 12 wide pixels
     (2, 16, 32, (64, 60), (3, 3), 1, (1, 1, 1, 1), 1),    # M in two blocks of output rows, Wq > Wo
     (1, 32, 64, (45, 41), (3, 3), 2, (1, 1, 1, 1), 1),    # rows of 21 (>= 16) gathered one by one
+    (2, 3, 40, (29, 31), (7, 7), 2, (3, 3, 3, 3), 1),     # RGB 7x7: runs of 4 and 3 taps (12 and 9 k)
     (1, 16, 32, (293, 5), (3, 3), 1, (1, 1, 1, 1), 1),    # a last row too short for a block joins the one before
 ])
 @pytest.mark.parametrize("nthreads", [1, 2])
@@ -156,7 +169,7 @@ def test_implicit_gemm_matches_reference(n, ci, co, hw, kernel, stride, pads, di
 
 def test_implicit_gemm_bad_construction_and_arrays():
     w = np.zeros((40, 4, 3, 3), np.float32)
-    panels = pp.pack_panels(w)
+    panels = pp.pack_panels(w, pp.tap_order((3, 3), (2, 2), (1, 1)))
     args = dict(x_shape=(1, 4, 6, 6), panels=panels, bias=None, epilogue=parse_activation(None),
                 out_shape=(1, 40, 3, 3), kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), dilation=(1, 1),
                 nthreads=1)

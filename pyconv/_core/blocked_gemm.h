@@ -26,25 +26,26 @@ enum {
 
 /* out[r * ld_out + j] = clip(init[r][j] + sum over k of w[r * ldw + k'] * b[k * b_step + j]
  * + bias[r], lo, hi) for r < nrows, j < 32 (init NULL: 0; bias NULL: 0; lo, hi = -inf,
- * inf: no clip, NaN passes through either way), where k = t * tap_k + i runs over
- * ntaps taps of tap_k steps and k' = taps[t] + i * w_kstep (taps NULL: one tap at
- * offset 0).  b advances b_step floats per k.  When prefetch_next is not NULL it is
+ * inf: no clip, NaN passes through either way), where k runs over ntaps taps of
+ * tap_lens[t] steps (tap_lens NULL: tap_k each), step i of tap t at k' = taps[t] + i *
+ * w_kstep (taps NULL: one tap at offset 0).  b advances b_step floats per k.  When prefetch_next is not NULL it is
  * the next column block of b (32 floats per k, b_step apart), fetched into cache a k
  * at a time while this one is read.  The sums leave the registers once, as the final values. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     float* out, ptrdiff_t ld_out, const float* init, const int nrows, const float* w, ptrdiff_t ldw,
-    ptrdiff_t w_kstep, const ptrdiff_t* taps, ptrdiff_t ntaps, ptrdiff_t tap_k, const float* b,
-    ptrdiff_t b_step, const float* prefetch_next, const float* bias, float lo, float hi)
+    ptrdiff_t w_kstep, const ptrdiff_t* taps, const ptrdiff_t* tap_lens, ptrdiff_t ntaps, ptrdiff_t tap_k,
+    const float* b, ptrdiff_t b_step, const float* prefetch_next, const float* bias, float lo, float hi)
 {
+    const float* next = prefetch_next;
     float acc[PYCONV_WIDE_ROWS][PYCONV_BLOCK_COLS];
     for (int r = 0; r < nrows; r++)
         for (int j = 0; j < PYCONV_BLOCK_COLS; j++)
             acc[r][j] = init != NULL ? init[r * PYCONV_BLOCK_COLS + j] : 0.0f;
     for (ptrdiff_t t = 0; t < ntaps; t++) {
         const float* wk = w + (taps != NULL ? taps[t] : 0);
-        const float* next = prefetch_next != NULL ? prefetch_next + t * tap_k * b_step : NULL;
+        const ptrdiff_t len = tap_lens != NULL ? tap_lens[t] : tap_k;
         PYCONV_UNROLL4
-        for (ptrdiff_t k = 0; k < tap_k; k++) {
+        for (ptrdiff_t k = 0; k < len; k++) {
             if (next != NULL) {
                 PYCONV_PREFETCH(next + k * b_step);
                 PYCONV_PREFETCH(next + k * b_step + 16);
@@ -55,7 +56,9 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
                     acc[r][j] += wr * b[k * b_step + j];
             }
         }
-        b += tap_k * b_step;
+        b += len * b_step;
+        if (next != NULL)
+            next += len * b_step;
     }
     for (int r = 0; r < nrows; r++) {
         const float add = bias != NULL ? bias[r] : 0.0f;

@@ -16,7 +16,8 @@ cdef extern from "blocked_gemm.h" nogil:
         BLOCK_ROWS "PYCONV_NARROW_ROWS"    # rows per narrow block: the least blocked_gemm needs
     void block_products "pyconv_block_products"(float* out, Py_ssize_t ld_out, const float* init, const int nrows,
                                                 const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep,
-                                                const Py_ssize_t* taps, Py_ssize_t ntaps, Py_ssize_t tap_k,
+                                                const Py_ssize_t* taps, const Py_ssize_t* tap_lens,
+                                                Py_ssize_t ntaps, Py_ssize_t tap_k,
                                                 const float* b, Py_ssize_t b_step, const float* prefetch_next,
                                                 const float* bias, float lo, float hi)
 
@@ -82,19 +83,20 @@ cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, Py_
             dst, ld = (c + r0 * ldc, ldc) if last else (sums + r0 * BLOCK_COLS, <Py_ssize_t>BLOCK_COLS)
             if rb < wide:
                 block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, WIDE_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
+                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
                                bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
                                hi if last else INFINITY)
             else:
                 block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
+                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead,
                                bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
                                hi if last else INFINITY)
         k0 += kn
 
 
 cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K,
-                                     const Py_ssize_t* taps, Py_ssize_t ntaps, const float* b,
+                                     const Py_ssize_t* taps, const Py_ssize_t* tap_lens, Py_ssize_t ntaps,
+                                     const float* b,
                                      Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t rows,
                                      Py_ssize_t ncols, const float* bias, const float* residual,
                                      Epilogue ep) noexcept nogil:
@@ -103,9 +105,10 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     bias: rows floats or NULL; residual: laid out like c, or NULL.  The epilogue runs on
     each block's rows as they are stored (no second pass over c).
 
-    taps (ntaps offsets, or NULL with ntaps 1) makes it an implicit GEMM: k = t * (K /
-    ntaps) + i reads w[taps[t] + r * ldw + i * w_kstep], so a convolution reads its
-    input in place, one offset per kernel tap, instead of an im2col copy.
+    taps (ntaps offsets, or NULL with ntaps 1) makes it an implicit GEMM: tap t covers
+    tap_lens[t] consecutive k (tap_lens NULL: K / ntaps each), its step i reading
+    w[taps[t] + r * ldw + i * w_kstep], so a convolution reads its input in place, one
+    offset per run of kernel taps, instead of an im2col copy.
 
     ldb == 0 says b is packed in panels instead: column block j (columns
     panel_start(j, ncols) ...) is the row-major K x BLOCK_COLS matrix at b + j * K *
@@ -171,11 +174,11 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
             # nrows a constant per call: each call is a register block of its own size
             if rb < wide:
-                block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps, brow,
-                               b_step, next_panel, block_bias, lo, hi)
+                block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
+                               K // ntaps, brow, b_step, next_panel, block_bias, lo, hi)
             else:
-                block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, ntaps, K // ntaps,
-                               brow, b_step, next_panel, block_bias, lo, hi)
+                block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
+                               K // ntaps, brow, b_step, next_panel, block_bias, lo, hi)
         if not in_registers:
             for r in range(r0, r0 + nrows):
                 crow = c + r * ldc + p0

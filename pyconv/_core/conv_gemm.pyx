@@ -103,7 +103,7 @@ cdef multiversion_void blocked_gemm_tile(const float* w, Py_ssize_t ldw, Py_ssiz
                                          Py_ssize_t ncols, const float* bias, const float* residual,
                                          Epilogue ep) noexcept nogil:
     """blocked_gemm (blocked_gemm.pxd) for one tile, in this module's ISA clones."""
-    blocked_gemm(w, ldw, 1, K, NULL, 1, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
+    blocked_gemm(w, ldw, 1, K, NULL, NULL, 1, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
 
 
 cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,

@@ -43,7 +43,7 @@ cimport numpy as cnp
 
 cnp.import_array()   # the NumPy C API behind ndarrays.pxd
 
-__all__ = ["pack_panels", "PanelConv1x1", "PanelConv", "MIN_PIXELS", "MIN_OUT_CHANNELS"]
+__all__ = ["tap_order", "tap_runs", "pack_panels", "PanelConv1x1", "PanelConv", "MIN_PIXELS", "MIN_OUT_CHANNELS"]
 
 cdef enum:
     LINE_FLOATS = 16            # floats per cache line
@@ -53,23 +53,60 @@ MIN_PIXELS = BLOCK_ROWS         # pixels per image the register block needs
 MIN_OUT_CHANNELS = BLOCK_COLS   # output channels the panels need
 
 
-def pack_panels(weight: np.ndarray) -> np.ndarray:
+def tap_order(kernel, stride, dilation) -> list:
+    """PanelConv's order of a kernel's taps ``(ki, kj)``: by phase plane, then by position in
+    it, so that taps one pixel apart in a plane follow each other (tap_runs)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    return sorted(((ki, kj) for ki in range(kh) for kj in range(kw)),
+                  key=lambda t: (t[0] * dh % sh, t[1] * dw % sw, t[0] * dh // sh, t[1] * dw // sw))
+
+
+def tap_runs(kernel, stride, dilation) -> list:
+    """tap_order's taps grouped into runs ``(ki, kj, taps)`` of consecutive taps one pixel
+    apart in their phase plane, which PanelConv reads as one stretch of channels-innermost
+    pixels (stride 2, 7x7: a kernel row is two runs, of four and of three taps; stride 1:
+    one run of kw taps; dilation 2 at stride 1: every tap alone)."""
+    (sh, sw), (dh, dw) = stride, dilation
+    runs = []
+    last = None   # (phase row, phase column, row in the phase, column in the phase) of the run's last tap
+    for ki, kj in tap_order(kernel, stride, dilation):
+        at = (ki * dh % sh, kj * dw % sw, ki * dh // sh, kj * dw // sw)
+        if last is not None and at[:3] == last[:3] and at[3] == last[3] + 1:
+            ki0, kj0, n = runs.pop()
+            runs.append((ki0, kj0, n + 1))
+        else:
+            runs.append((ki, kj, 1))
+        last = at
+    return runs
+
+
+def pack_panels(weight: np.ndarray, taps=None) -> np.ndarray:
     """W^T of a float32 weight in panels, ``(ceil(Co / 32), K, 32)``: panel j holds output
     channels ``min(32 j, Co - 32) ...`` (the last panel ends at Co, overlapping the one
     before), cache-line aligned.  A ``[Co, Ci]`` matrix gives K = Ci; a ``[Co, Ci, kh, kw]``
-    kernel gives K = kh*kw*Ci, tap by tap with the input channels inside (PanelConv's
-    order).  Built panel by panel: no whole-weight temporary.  Needs Co >= 32."""
+    kernel gives K = kh*kw*Ci, tap by tap in the order of ``taps`` (``(ki, kj)`` pairs,
+    PanelConv's ``tap_order``; None: row by row) with the input channels inside.  Built
+    panel by panel: no whole-weight temporary.  Needs Co >= 32."""
     if not isinstance(weight, np.ndarray) or weight.ndim not in (2, 4) or weight.dtype != np.float32:
         raise ValueError("weight must be a float32 [Co, Ci] or [Co, Ci, kh, kw] array, "
                          f"got {getattr(weight, 'shape', weight)!r}")
     co, k = weight.shape[0], int(np.prod(weight.shape[1:]))
     if co < BLOCK_COLS or k < 1:
         raise ValueError(f"panels need at least {BLOCK_COLS} output channels and one input, got {weight.shape}")
-    rows = weight if weight.ndim == 2 else weight.transpose(0, 2, 3, 1)   # [Co, (kh, kw,) Ci]
+    order = slice(None)
+    if weight.ndim == 2:
+        rows = weight[:, None, :]
+    else:
+        ntaps, kw = weight.shape[2] * weight.shape[3], weight.shape[3]
+        if taps is not None:
+            order = [ki * kw + kj for ki, kj in taps]
+            if sorted(order) != list(range(ntaps)):
+                raise ValueError(f"taps must order the kernel's {weight.shape[2]}x{kw} taps, got {taps!r}")
+        rows = weight.reshape(co, weight.shape[1], ntaps).transpose(0, 2, 1)   # [Co, taps, Ci], a view
     starts = [panel_start(j, co) for j in range((co + BLOCK_COLS - 1) // BLOCK_COLS)]
     panels = aligned_empty((len(starts), k, BLOCK_COLS))
     for j, c in enumerate(starts):
-        panels[j] = rows[c:c + BLOCK_COLS].reshape(BLOCK_COLS, k).T
+        panels[j] = rows[c:c + BLOCK_COLS][:, order].reshape(BLOCK_COLS, k).T
     return panels
 
 
@@ -80,9 +117,11 @@ cdef struct PanelCall:
     float* out
     Epilogue ep
     Py_ssize_t Co, groups
-    # A: w[r, k] of blocked_gemm at a + taps[t] + r * ldw + i * kstep, k = t * (K / ntaps) + i
+    # A: w[r, k] of blocked_gemm at a + taps[t] + r * ldw + i * kstep for the tap_lens[t]
+    # steps i of tap t (blocked_gemm.pxd)
     Py_ssize_t ldw, kstep, K, ntaps
     const Py_ssize_t* taps
+    const Py_ssize_t* tap_lens
     Py_ssize_t Ho, Wo, Wq   # M's rows: the output pixels on the wide Ho x Wq grid
     Py_ssize_t chunk        # output rows per M block (chunk_rows)
 
@@ -132,7 +171,8 @@ cdef multiversion_void panel_task(const PanelCall* c, Py_ssize_t n, Py_ssize_t g
     while oh0 < c.Ho:
         oh1 = chunk_end(oh0, c.chunk, c.Ho, c.Wq)
         rows = (oh1 - oh0) * c.Wq
-        blocked_gemm(a + oh0 * c.Wq * c.ldw, c.ldw, c.kstep, c.K, c.taps, c.ntaps, c.panels + j0 * c.K * BLOCK_COLS,
+        blocked_gemm(a + oh0 * c.Wq * c.ldw, c.ldw, c.kstep, c.K, c.taps, c.tap_lens, c.ntaps,
+                     c.panels + j0 * c.K * BLOCK_COLS,
                      0, m, ncols, rows, ncols, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
         r0 = 0
         while r0 < ncols:
@@ -223,7 +263,7 @@ cdef class PanelConv1x1:
         call.residual = data_of(residual) if residual is not None else NULL
         call.ep = self.ep
         call.Co, call.groups = self.out_shape[1], self.groups
-        call.ldw, call.kstep, call.K, call.ntaps, call.taps = 1, P, Ci, 1, NULL   # A = X^T, in place
+        call.ldw, call.kstep, call.K, call.ntaps, call.taps, call.tap_lens = 1, P, Ci, 1, NULL, NULL  # A = X^T
         call.Ho, call.Wo, call.Wq, call.chunk = self.x_shape[2], self.x_shape[3], self.x_shape[3], self.chunk
         cdef const float* x0 = data_of(x)
         cdef float* m = line_aligned(data_of(scratch))
@@ -258,8 +298,9 @@ cdef multiversion_void channels_innermost(const float* split, const PhaseGeom* g
 cdef class PanelConv:
     """out = epilogue(conv2d(x, W)) for one input shape, groups 1, any kernel, stride,
     padding (top, left, bottom, right) and dilation, W given as
-    ``pack_panels(weight)`` (4-D): an implicit GEMM over the input's phase planes made
-    channels-innermost (see the top of this module).
+    ``pack_panels(weight, tap_order(kernel, stride, dilation))``: an implicit GEMM over the
+    input's phase planes made channels-innermost (see the top of this module), reading
+    taps one pixel apart in a plane as one run.
 
     Built once per input shape, called per run as ``conv(x, residual, out, scratch)``
     (arrays checked by dtype, contiguity and shape only); bias float32[Co] or None;
@@ -267,7 +308,7 @@ cdef class PanelConv:
     Needs Ho * Wq >= MIN_PIXELS (Wq: the wide grid's row, phase_planes.pxd) and
     Co >= MIN_OUT_CHANNELS."""
     cdef tuple x_shape, out_shape
-    cdef object panels, bias, taps
+    cdef object panels, bias, taps, tap_lens
     cdef Epilogue ep
     cdef PhaseGeom ph
     cdef Py_ssize_t groups, chunk, phase_stride, split_floats, nhwc_floats, m_floats, per_thread
@@ -294,11 +335,14 @@ cdef class PanelConv:
         # of the wide grid's dropped columns (phase_planes.pxd)
         self.phase_stride = (self.ph.plane + self.ph.Wq) * Ci
         cdef PhaseGeom* g = &self.ph
-        # tap_offset counts floats of channel-major planes: its phase (the quotient) and
-        # pixel (the remainder; always inside the plane) move to this layout
-        offsets = [tap_offset(g, ki, kj) for ki in range(kh) for kj in range(kw)]
+        # one offset per run of taps (tap_runs): tap_offset counts floats of channel-major
+        # planes; its phase (the quotient) and pixel (the remainder; always inside the
+        # plane) move to this layout
+        runs = tap_runs((kh, kw), (g.sh, g.sw), (g.dh, g.dw))
+        offsets = [tap_offset(g, ki, kj) for ki, kj, _ in runs]
         self.taps = np.array([off // g.plane * self.phase_stride + off % g.plane * Ci for off in offsets],
                              dtype=np.intp)
+        self.tap_lens = np.array([n * Ci for _, _, n in runs], dtype=np.intp)
         self.split_floats = thread_stride(Ci * g.channel + g.Wq)
         self.nhwc_floats = thread_stride(g.sh * g.sw * self.phase_stride)
         self.groups = max(1, min(nthreads, Co // BLOCK_COLS))
@@ -329,7 +373,8 @@ cdef class PanelConv:
         call.ep = self.ep
         call.Co, call.groups = self.out_shape[1], self.groups
         call.ldw, call.kstep, call.K = Ci, 1, self.ph.kh * self.ph.kw * Ci
-        call.ntaps, call.taps = self.ph.kh * self.ph.kw, <const Py_ssize_t*>cnp.PyArray_DATA(self.taps)
+        call.ntaps, call.taps = len(self.taps), <const Py_ssize_t*>cnp.PyArray_DATA(self.taps)
+        call.tap_lens = <const Py_ssize_t*>cnp.PyArray_DATA(self.tap_lens)
         call.Ho, call.Wo, call.Wq, call.chunk = self.out_shape[2], self.out_shape[3], self.ph.Wq, self.chunk
         cdef const float* x0 = data_of(x)
         cdef float* split = line_aligned(data_of(scratch))

@@ -137,7 +137,7 @@ cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, 
     long as the multiplies.  Fewer than BLOCK_ROWS tiles: sgemm per panel."""
     cdef Py_ssize_t j
     if T >= BLOCK_ROWS:
-        blocked_gemm(v, Ci, 1, Ci, NULL, 1, u, 0, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
+        blocked_gemm(v, Ci, 1, Ci, NULL, NULL, 1, u, 0, mp, Co, T, Co, NULL, NULL, Epilogue(ACT_NONE, 0.0, 0.0, 0.0))
         return
     for j in range((Co + BLOCK_COLS - 1) // BLOCK_COLS):
         gemm_rowmajor(False, False, <int>T, BLOCK_COLS, <int>Ci, 1.0, v, <int>Ci, u + j * Ci * BLOCK_COLS,

@@ -101,15 +101,23 @@ _BLOCKED_MAX_WEIGHTS = 1 << 16
 # GEMM convs (groups 1, C_out >= 32) run transposed on weights packed in panels
 # (pointwise_panels.pyx), where the blocked loop pays: 1x1 stride-1 unpadded convs
 # with outputs of at most _PANELS_MAX_PIXELS pixels on their input (PanelConv1x1);
-# the others, whatever their size, with at least _PANEL_CONV_MIN_IN input channels,
-# as implicit GEMMs on their phase planes made channels-innermost (PanelConv).
-# Alone, 1 thread, PanelConv against im2col + sgemm: 3x3 s2 64->128 @56, 128->256
-# @28, 256->512 @14 1.29 -> 1.07, 1.27 -> 1.02, 1.34 -> 1.14 ms (onnxruntime 0.87,
-# 0.88, 0.97).  With 3 input channels (first layers) a tap is 3 multiplies per
-# loop set-up: ResNet's 7x7 conv1 ran 2.47 -> 2.72 ms, so they stay on GemmConv.
-# Measured in docs/kernels.md.
+# the others, whatever their size, with at least _PANEL_CONV_MIN_IN input channels
+# or long runs of taps (below), as implicit GEMMs on their phase planes made
+# channels-innermost (PanelConv).  Alone, 1 thread, PanelConv against im2col + sgemm:
+# 3x3 s2 64->128 @56, 128->256 @28, 256->512 @14 1.29 -> 1.07, 1.27 -> 1.02, 1.34 ->
+# 1.14 ms (onnxruntime 0.87, 0.88, 0.97).  With few input channels (first layers) a
+# tap is a few multiplies per loop set-up: ResNet's 7x7 conv1 ran 2.47 -> 2.72 ms
+# taking each tap alone.  Taps one pixel apart in their phase plane are read as one
+# run (tap_runs): with K >= _PANEL_CONV_MIN_K and runs of _PANEL_CONV_MIN_RUN k or
+# more on average such convs run faster as PanelConv (alone, cold, 1 thread, GemmConv
+# -> PanelConv: 7x7 s2 3->64 @224 2.66-2.96 -> 2.32-2.52 ms, 7x7 s1 3->64 @112 2.26
+# -> 2.06, 11x11 s4 3->64 @224 1.44 -> 1.35, 5x5 s2 8->64 @112 0.93 -> 0.81), while
+# RGB 3x3 and 5x5 layers (K = 27, 75) and 3x3 8->32 (K = 72) ran slower (0.66 ->
+# 0.94, 0.27 -> 0.31, 0.31 -> 0.40 ms) and stay on GemmConv (docs/kernels.md).
 _PANELS_MAX_PIXELS = 64
 _PANEL_CONV_MIN_IN = 16
+_PANEL_CONV_MIN_K = 128
+_PANEL_CONV_MIN_RUN = 8
 
 
 def _blocked_loop_pays() -> bool:
@@ -292,7 +300,7 @@ class _GemmKernel:
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
         self.weight = weight
-        self._panels = None   # pack_panels(weight), tap-major (1x1: wmat's order), made on first use
+        self._panels = None   # pack_panels(weight) in PanelConv's tap_order (1x1: wmat's order), made on first use
 
     def panel_route(self, out_hw: Tuple[int, int]) -> Optional[str]:
         """"1x1" (PanelConv1x1), "implicit" (PanelConv) or None (GemmConv) for an output
@@ -304,7 +312,11 @@ class _GemmKernel:
         hq, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
         if direct:
             return "1x1" if _panels.MIN_PIXELS <= ho * wo <= _PANELS_MAX_PIXELS else None
-        return "implicit" if g.in_channels >= _PANEL_CONV_MIN_IN and ho * wq >= _panels.MIN_PIXELS else None
+        k = g.in_channels * g.kernel[0] * g.kernel[1]
+        runs = len(_panels.tap_runs(g.kernel, g.stride, g.dilation))
+        long_runs = k >= _PANEL_CONV_MIN_K and k >= _PANEL_CONV_MIN_RUN * runs
+        enough_inputs = g.in_channels >= _PANEL_CONV_MIN_IN or long_runs
+        return "implicit" if enough_inputs and ho * wq >= _panels.MIN_PIXELS else None
 
     def split(self, pixels: int, nthreads: int) -> Tuple[int, int]:
         """(output pixels per GEMM task, output-channel blocks per tile).
@@ -353,7 +365,7 @@ class _GemmKernel:
         """PanelConv1x1 on x itself (1x1, stride 1, unpadded) or PanelConv on its phase planes."""
         g = self.g
         if self._panels is None:   # one packing for both (a 1x1 conv may take either, by shape)
-            self._panels = _panels.pack_panels(self.weight)
+            self._panels = _panels.pack_panels(self.weight, _panels.tap_order(g.kernel, g.stride, g.dilation))
         if route == "1x1":
             conv = _panels.PanelConv1x1(x_shape, self._panels, self.bias, self.epilogue, out_shape, nthreads)
         else:
