@@ -10,11 +10,12 @@
 #  - PanelConv (any kernel, stride, padding, dilation): an implicit GEMM over the
 #    input's phase planes (phase_planes.pxd) made channels-innermost, on the wide
 #    Ho x Wq grid: for tap t, A's row of wide pixel p is the Ci channels of pixel
-#    p + tap_offset(t) of the tap's phase plane, contiguous, so a register block's
-#    8 rows are 8 short sequential streams and no im2col matrix is written.  The
-#    blocked loop ran 146 GF/s on 64->128 3x3 s2 @56 with A channels-innermost
-#    against 106 with A as im2col rows (one cache line per k), and 121 against 79
-#    on ResNet's 7x7 conv1 (alone, warm, 1 thread).
+#    p + tap_offset(t) of the tap's phase plane, contiguous (and so are the taps of
+#    a run, tap_runs), so a register block's rows are as many short sequential
+#    streams and no im2col matrix is written.  The blocked loop (8-row blocks) ran
+#    146 GF/s on 64->128 3x3 s2 @56 with A channels-innermost against 106 with A as
+#    im2col rows (one cache line per k), and 121 against 79 on ResNet's 7x7 conv1
+#    (alone, warm, 1 thread).
 # The weights are the other operand (pack_panels: W^T in panels of BLOCK_COLS
 # output channels, each K x BLOCK_COLS contiguous), streamed once per call: sgemm
 # would re-pack them on every call, and for small planes (7x7 .. 14x14) they are
