@@ -26,11 +26,12 @@ enum {
 
 /* out[r * ld_out + j] = clip(init[r][j] + sum over k of w[r * ldw + k'] * b[k * b_step + j]
  * + bias[r], lo, hi) for r < nrows, j < 32 (init NULL: 0; bias NULL: 0; lo, hi = -inf,
- * inf: no clip, NaN passes through either way), where k runs over ntaps taps of
- * tap_lens[t] steps (tap_lens NULL: tap_k each), step i of tap t at k' = taps[t] + i *
- * w_kstep (taps NULL: one tap at offset 0).  b advances b_step floats per k.  When prefetch_next is not NULL it is
- * the next column block of b (32 floats per k, b_step apart), fetched into cache a k
- * at a time while this one is read.  The sums leave the registers once, as the final values. */
+ * inf: no clip; NaN passes through either way).  k runs over ntaps taps of tap_lens[t]
+ * steps each (tap_lens NULL: tap_k), step i of tap t reading k' = taps[t] + i * w_kstep
+ * (taps NULL: one tap at offset 0); b advances b_step floats per k.  prefetch_next, when
+ * not NULL, is the next column block of b (32 floats per k, b_step apart), fetched into
+ * cache a k at a time while this one is read.  The sums leave the registers once, as
+ * the final values. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     float* out, ptrdiff_t ld_out, const float* init, const int nrows, const float* w, ptrdiff_t ldw,
     ptrdiff_t w_kstep, const ptrdiff_t* taps, const ptrdiff_t* tap_lens, ptrdiff_t ntaps, ptrdiff_t tap_k,
