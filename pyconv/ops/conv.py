@@ -309,7 +309,7 @@ class _GemmKernel:
         if g.groups != 1 or g.out_channels < _panels.MIN_OUT_CHANNELS or not _blocked_loop_pays():
             return None
         ho, wo = out_hw
-        hq, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
+        _, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
         if direct:
             return "1x1" if _panels.MIN_PIXELS <= ho * wo <= _PANELS_MAX_PIXELS else None
         k = g.in_channels * g.kernel[0] * g.kernel[1]
@@ -401,8 +401,8 @@ def winograd_tile_for(n: int, in_channels: int, out_channels: int, ho: int, wo: 
     qualifies only while its transformed filters, (m+2)^2 * C_in * C_out floats,
     come to at most WINOGRAD_FILTER_BYTES_PER_TILE per output tile
     (WINOGRAD_PANELS_FILTER_BYTES_PER_TILE with ``panels``, filters packed for the
-    blocked loop, when the tiles fill its register block).  When F(2x2) does not qualify: None if ``allow_im2col`` (what
-    "auto" does), else 2."""
+    blocked loop, when the tiles fill its register block).  When F(2x2) does not
+    qualify: None if ``allow_im2col`` (what "auto" does), else 2."""
     for m in (4, 2):
         tiles = n * -(-ho // m) * -(-wo // m)
         # the loop runs only with a register block's tiles (fewer take sgemm per panel)
