@@ -286,6 +286,8 @@ def test_1x1_on_1x1_spatial_and_stride():
     (40, 64, 1, (7, 7), 1, (1, 0, 0, 0), "implicit"),  # padded: implicit GEMM on the phase planes
     (40, 64, 1, (13, 15), 2, (0, 0, 0, 0), "implicit"),  # strided: implicit GEMM on the phase planes
     (15, 64, 1, (13, 15), 2, (0, 0, 0, 0), True),      # too few input channels for the implicit GEMM
+    (40, 64, 1, (23, 21), 2, (0, 0, 0, 0), True),   # strided, 132 outputs: the NCHW loop on the even phase
+    (40, 64, 1, (9, 9), 1, (1, 1, 2, 0), True),     # padded, 108 outputs: the NCHW loop on the padded plane
     (40, 64, 1, (17, 17), 1, (0, 0, 0, 0), True),    # above the panels' 64 pixels: the NCHW loop
     (40, 64, 2, (5, 5), 1, (0, 0, 0, 0), False),    # groups: not in panels; 25 pixels, too few for a block
     (17, 40, 1, (2, 3), 1, (0, 0, 0, 0), False),    # fewer pixels than a register block: sgemm

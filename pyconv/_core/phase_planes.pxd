@@ -57,9 +57,11 @@ cdef enum:
 cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     """phase_split for sw == 2: each padded row is built in L1, then split into both
     column phases by one interleaved loop (which compilers vectorize; a lone
-    stride-2 gather per phase they do not)."""
+    stride-2 gather per phase they do not), or into the even one alone when no tap
+    reads the odd one (1x1 and other one-column kernels: half the writes)."""
     cdef float padded[PADDED_ROW_MAX]
     cdef int qh, r, j, ih, lo, hi, wp = 2 * g.Wq
+    cdef bint odd_used = phase_used(1, 2, g.kw, g.dw)
     cdef float* row0
     cdef float* row1
     lo = g.pl if g.pl < wp else wp
@@ -73,14 +75,19 @@ cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGe
             ih = r * g.sh + qh - g.pt
             if ih < 0 or ih >= g.H:
                 memset(row0, 0, g.Wq * sizeof(float))
-                memset(row1, 0, g.Wq * sizeof(float))
+                if odd_used:
+                    memset(row1, 0, g.Wq * sizeof(float))
                 continue
             memset(padded, 0, lo * sizeof(float))
             memcpy(padded + lo, src + <Py_ssize_t>ih * g.W + lo - g.pl, (hi - lo) * sizeof(float))
             memset(padded + hi, 0, (wp - hi) * sizeof(float))
-            for j in range(g.Wq):
-                row0[j] = padded[2 * j]
-                row1[j] = padded[2 * j + 1]
+            if odd_used:
+                for j in range(g.Wq):
+                    row0[j] = padded[2 * j]
+                    row1[j] = padded[2 * j + 1]
+            else:
+                for j in range(g.Wq):
+                    row0[j] = padded[2 * j]
 
 
 cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g, bint zeroed=False) noexcept nogil:

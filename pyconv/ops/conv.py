@@ -114,6 +114,10 @@ _BLOCKED_MAX_WEIGHTS = 1 << 16
 # -> 2.06, 11x11 s4 3->64 @224 1.44 -> 1.35, 5x5 s2 8->64 @112 0.93 -> 0.81), while
 # RGB 3x3 and 5x5 layers (K = 27, 75) and 3x3 8->32 (K = 72) ran slower (0.66 ->
 # 0.94, 0.27 -> 0.31, 0.31 -> 0.40 ms) and stay on GemmConv (docs/kernels.md).
+# Strided or padded 1x1 convs with more than _PANELS_MAX_PIXELS outputs take the NCHW
+# loop on their one phase plane, which PanelConv would only transpose there and back
+# (ResNet's downsamples, alone, cold: 64->128 @56 s2 0.231 -> 0.174 ms, 128->256 @28
+# 0.179 -> 0.163; with 49 outputs PanelConv stays ahead: 512->1024 @14 0.49 vs 0.58).
 _PANELS_MAX_PIXELS = 64
 _PANEL_CONV_MIN_IN = 16
 _PANEL_CONV_MIN_K = 128
@@ -312,6 +316,8 @@ class _GemmKernel:
         _, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
         if direct:
             return "1x1" if _panels.MIN_PIXELS <= ho * wo <= _PANELS_MAX_PIXELS else None
+        if g.kernel == (1, 1) and ho * wo > _PANELS_MAX_PIXELS:
+            return None   # the NCHW loop reads B straight from the phase plane (no transposes)
         k = g.in_channels * g.kernel[0] * g.kernel[1]
         runs = len(_panels.tap_runs(g.kernel, g.stride, g.dilation))
         long_runs = k >= _PANEL_CONV_MIN_K and k >= _PANEL_CONV_MIN_RUN * runs
