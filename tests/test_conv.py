@@ -231,13 +231,13 @@ def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, 
     if module is None:
         pytest.skip("winograd kernel not built")
     seen = []
-    original = module.winograd_conv
+    original = module.WinogradConv
 
-    def recording(x, packed, *args, **kwargs):
+    def recording(x_shape, packed, *args, **kwargs):
         seen.append(packed.ndim == 4)   # U in column panels: the GEMMs by the blocked loop
-        return original(x, packed, *args, **kwargs)
+        return original(x_shape, packed, *args, **kwargs)
 
-    monkeypatch.setattr(module, "winograd_conv", recording)
+    monkeypatch.setattr(module, "WinogradConv", recording)
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((2, channels, 9, 8)).astype(np.float32)

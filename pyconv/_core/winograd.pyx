@@ -30,13 +30,18 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.ndarrays cimport check_array, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
 from pyconv._core.aligned import aligned_copy, aligned_empty
 from pyconv._core.winograd_transforms import TILE_SIZES, transform_matrices
 
-__all__ = ["winograd_pack", "winograd_conv", "TILE_SIZES"]
+cimport numpy as cnp
+
+cnp.import_array()   # the NumPy C API behind ndarrays.pxd
+
+__all__ = ["winograd_pack", "winograd_conv", "WinogradConv", "TILE_SIZES"]
 
 # Working-set target of one block (packed input + V + M + Y), bytes, unless U is larger.
 DEFAULT_BLOCK_BYTES = 1 << 20
@@ -324,136 +329,172 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
     return aligned_copy(np.stack([packed[:, :, c:c + BLOCK_COLS] for c in starts], axis=1))
 
 
-def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,
-                  residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES) -> None:
-    """``out = act(conv3x3(x) + bias [+ residual])`` with Winograd F(tile x tile, 3 x 3).
+cdef inline bint overlaps(object a, object b):
+    """Whether two C-contiguous arrays (checked already) share memory."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
 
-    x: float32 C-contiguous ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)``
-    (in panels: the per-position GEMMs run by blocked_gemm instead of sgemm);
-    bias: ``[Co]`` or None; pads: ``(top, left, bottom, right)``; epilogue:
-    ``(kind, lo, hi, slope)`` from ``parse_activation``; residual: like ``out`` or
-    None; out: preallocated ``[N, Co, Ho, Wo]``, ``Ho = H + top + bottom - 2``.
 
-    ``x`` or ``residual`` sharing memory with ``out`` is copied first.
+cdef class WinogradConv:
+    """``out = act(conv3x3(x) + bias [+ residual])`` with Winograd F(tile x tile, 3 x 3), for
+    one input shape.
+
+    Built once per input shape (geometry and schedule worked out here), then called per
+    run as ``conv(x, residual, out)`` with the arrays checked by dtype, contiguity and
+    shape only (ndarrays.pxd): in a network the checks of a per-call entry point cost
+    8-10 us a layer, as much as a small layer's transforms.
+
+    x_shape: ``[N, Ci, H, W]``; packed: ``winograd_pack(weight, tile)`` (in panels: the
+    per-position GEMMs run by blocked_gemm instead of sgemm); bias: float32 ``[Co]`` or
+    None; pads: ``(top, left, bottom, right)``; epilogue: ``(kind, lo, hi, slope)`` from
+    ``parse_activation``; out_shape: ``[N, Co, Ho, Wo]``, ``Ho = H + top + bottom - 2``.
+    Per call, x float32 like x_shape, residual like out or None, out preallocated; ``x``
+    or ``residual`` sharing memory with ``out`` is copied first.
+
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
     own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
     ``nthreads > 1`` the kernel's own threads call sgemm concurrently (the BLAS
-    itself stays on one thread: pyconv._threads)."""
-    m = _check_tile(tile)
-    n = m + 2
+    itself stays on one thread: pyconv._threads).  The work buffers are one per Python
+    thread, shared by every WinogradConv (``_workspace``)."""
+    cdef Geometry g
+    cdef Epilogue ep
+    cdef object packed, bias
+    cdef tuple x_shape, out_shape
+    cdef int threads, copies
+    cdef bint thread_per_block
+    cdef Py_ssize_t rows_total, nblocks, max_packed, xb_size, v_size, m_size, y_size, block_floats
+
+    def __init__(self, tuple x_shape, packed, tile, bias, pads, epilogue, tuple out_shape, nthreads,
+                 block_bytes=DEFAULT_BLOCK_BYTES, per_thread_weight_bytes=PER_THREAD_WEIGHT_BYTES):
+        m = _check_tile(tile)
+        n = m + 2
+        if len(x_shape) != 4 or len(out_shape) != 4:
+            raise ValueError(f"x {x_shape} and out {out_shape} must be 4-D [N, C, H, W] shapes")
+        N, Ci, H, W = (int(d) for d in x_shape)
+        if not isinstance(packed, np.ndarray) or packed.ndim not in (3, 4):
+            raise ValueError(f"packed must come from winograd_pack, got {getattr(packed, 'shape', packed)!r}")
+        panels = packed.ndim == 4
+        Co = int(out_shape[1]) if panels else packed.shape[2]
+        if panels:
+            if Co < BLOCK_COLS:
+                raise ValueError(f"packed panels need out with at least {BLOCK_COLS} channels, got {out_shape}")
+            _require_array(packed, "packed", (n * n, ceil_div(Co, BLOCK_COLS), Ci, BLOCK_COLS))
+        else:
+            _require_array(packed, "packed", (n * n, Ci, Co))
+        if N < 1 or Ci < 1 or Co < 1:
+            raise ValueError(f"x {x_shape} and packed {packed.shape} must not be empty")
+        try:
+            top, left, bottom, right = (int(v) for v in pads)
+        except (TypeError, ValueError):
+            raise ValueError(f"pads must be (top, left, bottom, right), got {pads!r}") from None
+        if min(top, left, bottom, right) < 0:
+            raise ValueError(f"pads must not be negative, got {pads!r}")
+        Ho, Wo = H + top + bottom - 2, W + left + right - 2
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"output size {Ho}x{Wo} of x {x_shape} with pads {pads!r} must be positive")
+        if tuple(out_shape) != (N, Co, Ho, Wo):
+            raise ValueError(f"out must have shape {(N, Co, Ho, Wo)}, got {out_shape}")
+        if bias is not None:
+            _require_array(bias, "bias", (Co,))
+        if not isinstance(epilogue, tuple) or len(epilogue) != 4:
+            raise ValueError(f"epilogue must be a (kind, lo, hi, slope) tuple, got {epilogue!r}")
+        if int(nthreads) < 1:
+            raise ValueError(f"nthreads must be >= 1, got {nthreads!r}")
+        self.x_shape, self.out_shape = (N, Ci, H, W), (N, Co, Ho, Wo)
+        self.packed, self.bias = packed, bias
+        self.ep = epilogue_from_spec(epilogue)
+        cdef Geometry* g = &self.g
+        g.N, g.Ci, g.H, g.W, g.Co, g.Ho, g.Wo = N, Ci, H, W, Co, Ho, Wo
+        g.m, g.n, g.P = m, n, n * n
+        g.top, g.left = top, left
+        g.TY, g.TX = (Ho + m - 1) // m, (Wo + m - 1) // m
+        g.Wp, g.Xw = g.TX * m + 2, g.TX * m
+        g.panels = panels
+        g.panel_floats = packed[0].size
+
+        self.threads = int(nthreads)
+        self.rows_total = N * g.TY
+        cdef Py_ssize_t row_bytes = 4 * (g.TX * g.P * (Ci + Co) + m * g.Xw * Co + m * g.Wp * Ci)
+        # Every block re-reads all of U: blocks may grow to U's size, so that streaming
+        # U (megabytes for deep layers) costs no more than the working set spilling L2.
+        cdef Py_ssize_t budget = max(block_bytes, packed.nbytes)
+        self.nblocks = ceil_div(self.rows_total, max(1, budget // row_bytes))
+        # Several threads either each run whole blocks (no barriers, nothing shared
+        # between cores, but every thread reads all of U: for U that fits in L2),
+        # or share every block's stages with the GEMM split by position (U read
+        # once: for the large U of deep layers, where streaming U dominates).
+        self.thread_per_block = (self.threads > 1 and packed.nbytes <= per_thread_weight_bytes
+                                 and self.rows_total >= self.threads)
+        if self.thread_per_block:
+            self.nblocks = ceil_div(self.nblocks, self.threads) * self.threads
+        self.nblocks = min(self.nblocks, self.rows_total)
+        cdef Py_ssize_t rows_per_block = ceil_div(self.rows_total, self.nblocks)
+        self.max_packed = rows_per_block * m + 2 * min(rows_per_block, N)
+        cdef Py_ssize_t tiles = rows_per_block * g.TX
+        self.xb_size = self.max_packed * g.Wp * Ci
+        self.v_size = g.P * tiles * Ci
+        self.m_size = g.P * tiles * Co
+        self.y_size = rows_per_block * m * g.Xw * Co
+        self.block_floats = thread_stride(self.xb_size + self.v_size + self.m_size + self.y_size)
+        self.copies = self.threads if self.thread_per_block else 1
+
+    def __call__(self, x, residual, out):
+        check_array(x, "x", self.x_shape)
+        check_array(out, "out", self.out_shape)
+        if residual is not None:
+            check_array(residual, "residual", self.out_shape)
+        # out rows of one block are written before later blocks read x and residual
+        if overlaps(x, out):
+            x = x.copy()
+        if residual is not None and overlaps(residual, out):
+            residual = residual.copy()
+        # per copy: its block buffers, then its three index tables of max_packed entries
+        cdef Py_ssize_t index_floats = 3 * self.max_packed * sizeof(Py_ssize_t) // sizeof(float)
+        work = _workspace(self.copies * (self.block_floats + index_floats))
+        cdef float* work0 = data_of(work)
+        cdef Py_ssize_t* index0 = <Py_ssize_t*>(work0 + self.copies * self.block_floats)
+        cdef const float* x_p = data_of(x)
+        cdef const float* u_p = data_of(self.packed)
+        cdef float* out_p = data_of(out)
+        cdef const float* bias_p = data_of(self.bias) if self.bias is not None else NULL
+        cdef const float* res_p = data_of(residual) if residual is not None else NULL
+        cdef Geometry* g = &self.g
+        cdef Epilogue ep = self.ep
+        cdef Py_ssize_t b, r0, tid, nblocks = self.nblocks, rows_total = self.rows_total
+        cdef Py_ssize_t block_floats = self.block_floats, max_packed = self.max_packed
+        cdef Py_ssize_t xb_size = self.xb_size, v_size = self.v_size, m_size = self.m_size
+        cdef float* base
+        cdef Py_ssize_t* index
+        with nogil:
+            if self.thread_per_block:
+                # dynamic: a thread descheduled on a busy machine leaves its
+                # remaining blocks to the others instead of holding them
+                for b in prange(nblocks, num_threads=self.threads, schedule="dynamic", chunksize=1):
+                    tid = pyconv_omp_thread_id()
+                    base = work0 + tid * block_floats
+                    index = index0 + tid * 3 * max_packed
+                    r0 = b * rows_total // nblocks
+                    run_block(x_p, u_p, bias_p, res_p, out_p, ep, g, r0, (b + 1) * rows_total // nblocks - r0,
+                              base, base + xb_size, base + xb_size + v_size, base + xb_size + v_size + m_size,
+                              index, index + max_packed, index + 2 * max_packed, 1)
+            else:
+                for b in range(nblocks):
+                    r0 = b * rows_total // nblocks
+                    run_block(x_p, u_p, bias_p, res_p, out_p, ep, g, r0, (b + 1) * rows_total // nblocks - r0,
+                              work0, work0 + xb_size, work0 + xb_size + v_size, work0 + xb_size + v_size + m_size,
+                              index0, index0 + max_packed, index0 + 2 * max_packed, self.threads)
+
+
+def winograd_conv(x: np.ndarray, packed: np.ndarray, tile: int, bias, pads, epilogue,
+                  residual, out: np.ndarray, nthreads: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                  per_thread_weight_bytes: int = PER_THREAD_WEIGHT_BYTES) -> None:
+    """One call of a :class:`WinogradConv` built for ``x`` and ``out`` (see it for the
+    arguments): ``out = act(conv3x3(x) + bias [+ residual])``."""
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         raise ValueError(f"x must be a 4-D [N, Ci, H, W] ndarray, got {getattr(x, 'shape', x)!r}")
-    N, Ci, H, W = x.shape
-    _require_array(x, "x", (N, Ci, H, W))
-    if not isinstance(packed, np.ndarray) or packed.ndim not in (3, 4):
-        raise ValueError(f"packed must come from winograd_pack, got {getattr(packed, 'shape', packed)!r}")
     if not isinstance(out, np.ndarray) or out.ndim != 4:
         raise ValueError(f"out must be a 4-D [N, Co, Ho, Wo] ndarray, got {getattr(out, 'shape', out)!r}")
-    panels = packed.ndim == 4
-    Co = out.shape[1] if panels else packed.shape[2]
-    if panels:
-        if Co < BLOCK_COLS:
-            raise ValueError(f"packed panels need out with at least {BLOCK_COLS} channels, got {out.shape}")
-        _require_array(packed, "packed", (n * n, ceil_div(Co, BLOCK_COLS), Ci, BLOCK_COLS))
-    else:
-        _require_array(packed, "packed", (n * n, Ci, Co))
-    if N < 1 or Ci < 1 or Co < 1:
-        raise ValueError(f"x {x.shape} and packed {packed.shape} must not be empty")
-    try:
-        top, left, bottom, right = (int(v) for v in pads)
-    except (TypeError, ValueError):
-        raise ValueError(f"pads must be (top, left, bottom, right), got {pads!r}") from None
-    if min(top, left, bottom, right) < 0:
-        raise ValueError(f"pads must not be negative, got {pads!r}")
-    Ho, Wo = H + top + bottom - 2, W + left + right - 2
-    if Ho < 1 or Wo < 1:
-        raise ValueError(f"output size {Ho}x{Wo} of x {x.shape} with pads {pads!r} must be positive")
-    _require_array(out, "out", (N, Co, Ho, Wo))
-    if bias is not None:
-        _require_array(bias, "bias", (Co,))
-    # out rows of one block are written before later blocks read x and residual
-    if np.may_share_memory(x, out):
-        x = x.copy()
-    if residual is not None:
-        _require_array(residual, "residual", (N, Co, Ho, Wo))
-        if np.may_share_memory(residual, out):
-            residual = residual.copy()
-    if not isinstance(epilogue, tuple) or len(epilogue) != 4:
-        raise ValueError(f"epilogue must be a (kind, lo, hi, slope) tuple, got {epilogue!r}")
-    if int(nthreads) < 1:
-        raise ValueError(f"nthreads must be >= 1, got {nthreads!r}")
-
-    cdef Epilogue ep = epilogue_from_spec(epilogue)
-    cdef Geometry g
-    g.N, g.Ci, g.H, g.W, g.Co, g.Ho, g.Wo = N, Ci, H, W, Co, Ho, Wo
-    g.m, g.n, g.P = m, n, n * n
-    g.top, g.left = top, left
-    g.TY, g.TX = (Ho + m - 1) // m, (Wo + m - 1) // m
-    g.Wp, g.Xw = g.TX * m + 2, g.TX * m
-    g.panels = panels
-    g.panel_floats = packed[0].size
-
-    cdef int threads = int(nthreads)
-    cdef Py_ssize_t rows_total = N * g.TY
-    cdef Py_ssize_t row_bytes = 4 * (g.TX * g.P * (Ci + Co) + m * g.Xw * Co + m * g.Wp * Ci)
-    # Every block re-reads all of U: blocks may grow to U's size, so that streaming
-    # U (megabytes for deep layers) costs no more than the working set spilling L2.
-    cdef Py_ssize_t budget = max(block_bytes, packed.nbytes)
-    cdef Py_ssize_t nblocks = ceil_div(rows_total, max(1, budget // row_bytes))
-    # Several threads either each run whole blocks (no barriers, nothing shared
-    # between cores, but every thread reads all of U: for U that fits in L2),
-    # or share every block's stages with the GEMM split by position (U read
-    # once: for the large U of deep layers, where streaming U dominates).
-    cdef bint thread_per_block = (threads > 1 and packed.nbytes <= per_thread_weight_bytes
-                                  and rows_total >= threads)
-    if thread_per_block:
-        nblocks = ceil_div(nblocks, threads) * threads
-    nblocks = min(nblocks, rows_total)
-    cdef Py_ssize_t rows_per_block = ceil_div(rows_total, nblocks)
-    cdef Py_ssize_t max_packed = rows_per_block * m + 2 * min(rows_per_block, N)
-    cdef Py_ssize_t tiles = rows_per_block * g.TX
-    cdef Py_ssize_t xb_size = max_packed * g.Wp * Ci
-    cdef Py_ssize_t v_size = g.P * tiles * Ci
-    cdef Py_ssize_t m_size = g.P * tiles * Co
-    cdef Py_ssize_t y_size = rows_per_block * m * g.Xw * Co
-    cdef Py_ssize_t block_floats = thread_stride(xb_size + v_size + m_size + y_size)
-    cdef int copies = threads if thread_per_block else 1
-    work = _workspace(copies * block_floats)
-    index = np.empty((copies, 3, max_packed), dtype=np.intp)
-
-    cdef float[::1] work_v = work
-    cdef Py_ssize_t[:, :, ::1] index_v = index
-    cdef const float[:, :, :, ::1] x_v = x
-    cdef const float[::1] u_v = packed.reshape(-1)   # (P, Ci, Co), or in panels
-    cdef float[:, :, :, ::1] out_v = out
-    cdef const float[::1] bias_v = bias
-    cdef const float[:, :, :, ::1] res_v = residual
-    cdef const float* bias_p = &bias_v[0] if bias is not None else NULL
-    cdef const float* res_p = &res_v[0, 0, 0, 0] if residual is not None else NULL
-    cdef float* base
-    cdef Py_ssize_t b, r0, tid
-
-    with nogil:
-        if thread_per_block:
-            # dynamic: a thread descheduled on a busy machine leaves its
-            # remaining blocks to the others instead of holding them
-            for b in prange(nblocks, num_threads=threads, schedule="dynamic", chunksize=1):
-                tid = pyconv_omp_thread_id()
-                base = &work_v[0] + tid * block_floats
-                r0 = b * rows_total // nblocks
-                run_block(&x_v[0, 0, 0, 0], &u_v[0], bias_p, res_p, &out_v[0, 0, 0, 0],
-                          ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
-                          base, base + xb_size, base + xb_size + v_size,
-                          base + xb_size + v_size + m_size,
-                          &index_v[tid, 0, 0], &index_v[tid, 1, 0], &index_v[tid, 2, 0], 1)
-        else:
-            base = &work_v[0]
-            for b in range(nblocks):
-                r0 = b * rows_total // nblocks
-                run_block(&x_v[0, 0, 0, 0], &u_v[0], bias_p, res_p, &out_v[0, 0, 0, 0],
-                          ep, &g, r0, (b + 1) * rows_total // nblocks - r0,
-                          base, base + xb_size, base + xb_size + v_size,
-                          base + xb_size + v_size + m_size,
-                          &index_v[0, 0, 0], &index_v[0, 1, 0], &index_v[0, 2, 0], threads)
+    WinogradConv(x.shape, packed, tile, bias, pads, epilogue, out.shape, nthreads, block_bytes,
+                 per_thread_weight_bytes)(x, residual, out)

@@ -457,12 +457,9 @@ class _WinogradKernel:
         packed = self.packed.get(tile)
         if packed is None:
             packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile, self.panels)
-        args = (packed, tile, self.bias, self.g.pads, self.epilogue)
-        conv = self.module.winograd_conv
-
-        def call(x, residual, out):   # the kernel keeps its own work buffers
-            conv(x, *args, residual, out, nthreads)
-        return _Run(call)
+        # the kernel keeps its own work buffers
+        return _Run(self.module.WinogradConv(tuple(x_shape), packed, tile, self.bias, self.g.pads, self.epilogue,
+                                             tuple(out_shape), nthreads))
 
 
 # --------------------------------------------------------------------------- conv2d
