@@ -31,14 +31,13 @@ enum {
  * (taps NULL: one tap at offset 0); b advances b_step floats per k.  prefetch_next, when
  * not NULL, is the next column block of b (32 floats per k, b_step apart), fetched into
  * cache a k at a time while this one is read; prefetch_far likewise, into the outer
- * caches only (PYCONV_PREFETCH_FAR), far_lines (1 or 2) of its lines per k: all of a
- * 32-float row or its first half.  The sums leave the registers once, as the final
- * values. */
+ * caches only (PYCONV_PREFETCH_FAR), far_lines (1 or 2) lines per k from far_step
+ * floats apart.  The sums leave the registers once, as the final values. */
 static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     float* out, ptrdiff_t ld_out, const float* init, const int nrows, const float* w, ptrdiff_t ldw,
     ptrdiff_t w_kstep, const ptrdiff_t* taps, const ptrdiff_t* tap_lens, ptrdiff_t ntaps, ptrdiff_t tap_k,
     const float* b, ptrdiff_t b_step, const float* prefetch_next, const float* prefetch_far,
-    const int far_lines, const float* bias, float lo, float hi)
+    ptrdiff_t far_step, const int far_lines, const float* bias, float lo, float hi)
 {
     const float* next = prefetch_next;
     const float* far = prefetch_far;
@@ -56,7 +55,7 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
                 PYCONV_PREFETCH(next + k * b_step + 16);
             }
             if (far != NULL) {
-                const float* line = far + k * 16 * far_lines;
+                const float* line = far + k * far_step;
                 PYCONV_PREFETCH_FAR(line);
                 if (far_lines == 2)
                     PYCONV_PREFETCH_FAR(line + 16);
@@ -71,7 +70,7 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
         if (next != NULL)
             next += len * b_step;
         if (far != NULL)
-            far += len * 16 * far_lines;
+            far += len * far_step;
     }
     for (int r = 0; r < nrows; r++) {
         const float add = bias != NULL ? bias[r] : 0.0f;

@@ -19,7 +19,8 @@ cdef extern from "blocked_gemm.h" nogil:
                                                 const Py_ssize_t* taps, const Py_ssize_t* tap_lens,
                                                 Py_ssize_t ntaps, Py_ssize_t tap_k,
                                                 const float* b, Py_ssize_t b_step, const float* prefetch_next,
-                                                const float* prefetch_far, const int far_lines, const float* bias,
+                                                const float* prefetch_far, Py_ssize_t far_step, const int far_lines,
+                                                const float* bias,
                                                 float lo, float hi)
 
 cdef enum:
@@ -94,12 +95,12 @@ cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, Py_
             dst, ld = (c + r0 * ldc, ldc) if last else (sums + r0 * BLOCK_COLS, <Py_ssize_t>BLOCK_COLS)
             if rb < wide:
                 block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, WIDE_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, 2,
+                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
                                bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
                                hi if last else INFINITY)
             else:
                 block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, 2,
+                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
                                bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
                                hi if last else INFINITY)
         k0 += kn
@@ -159,6 +160,8 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     cdef const float* brow
     cdef const float* next_panel
     cdef const float* far_panel
+    cdef Py_ssize_t far_step
+    cdef int far_lines
     cdef const float* wr
     cdef float* crow
     for block in range(nrow_blocks * col_blocks):
@@ -178,26 +181,32 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             # A column block of b streams from memory on its first row block, faster than
             # the prefetchers ramp up (panels: megabytes of weights; a row-major b: a page
             # per k): the second row block, which reads it from cache, fetches the next
-            # column block (its k-th row per k).  With four row blocks or more the third
-            # and fourth fetch the panel after that into L2, half each (a line per k:
-            # about the rate DRAM streams at; see chunked_column), so that the second one
-            # finds it there (in a network, VGG-11's 512-channel Winograd layers and
-            # ResNet-18's 256->512 stride-2 conv 5-10 % faster).
+            # column block (its k-th row per k), and the one after that is fetched into
+            # L2 (see chunked_column) so that the second one finds it there: with panels
+            # by the third and fourth row blocks, when there are that many, half each at
+            # a line per k (about the rate DRAM streams at: in a network, VGG-11's
+            # 512-channel Winograd layers and ResNet-18's 256->512 stride-2 conv 5-10 %
+            # faster); with a row-major b by the first, a row per k (MobileNetV2's 144->24
+            # and 96->24 projections @56 19-23 % faster in the network, SqueezeNet's
+            # squeeze layers 8-14 %).
             next_panel = NULL
             far_panel = NULL
             if rows_inside and rb == 1 and jb + 1 < col_blocks:
                 next_panel = b + panel_start(jb + 1, ncols) if ldb else brow + K * BLOCK_COLS
+            far_step, far_lines = BLOCK_COLS // 2, 1
             if ldb == 0 and nrow_blocks >= 4 and (rb == 2 or rb == 3) and jb + 2 < col_blocks:
                 far_panel = brow + 2 * K * BLOCK_COLS + (rb - 2) * K * (BLOCK_COLS // 2)
+            elif ldb != 0 and rows_inside and rb == 0 and jb + 2 < col_blocks:
+                far_panel, far_step, far_lines = b + panel_start(jb + 2, ncols), ldb, 2
             wr = w + r0 * ldw
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
             # nrows a constant per call: each call is a register block of its own size
             if rb < wide:
                 block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                               K // ntaps, brow, b_step, next_panel, far_panel, 1, block_bias, lo, hi)
+                               K // ntaps, brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
             else:
                 block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                               K // ntaps, brow, b_step, next_panel, far_panel, 1, block_bias, lo, hi)
+                               K // ntaps, brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
         if not in_registers:
             for r in range(r0, r0 + nrows):
                 crow = c + r * ldc + p0
