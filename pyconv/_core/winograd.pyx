@@ -16,7 +16,7 @@
 # changes (steps 1 and 5) are the only strided passes.  A block holds as many
 # tile rows as keep Xb + V + M + Y near L2-sized (``block_bytes``), while the
 # GEMM still sees tens of tiles.  Several threads either run whole blocks each
-# or share each block's stages (GEMM split by position); see winograd_conv.
+# or share each block's stages (GEMM split by position); see WinogradConv.
 # Either way sgemm is called from our threads and must be single-threaded.
 # docs/winograd.md has the matrices, error measurements and timings.
 from cython.parallel cimport prange
@@ -45,7 +45,7 @@ __all__ = ["winograd_pack", "winograd_conv", "WinogradConv", "TILE_SIZES"]
 
 # Working-set target of one block (packed input + V + M + Y), bytes, unless U is larger.
 DEFAULT_BLOCK_BYTES = 1 << 20
-# Transformed filters up to this size are read by every thread (see winograd_conv).
+# Transformed filters up to this size are read by every thread (see WinogradConv).
 PER_THREAD_WEIGHT_BYTES = 1 << 20
 
 
@@ -300,7 +300,7 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
 
     ``panels``: instead ``(P, ceil(Co / 32), Ci, 32)``, each position's columns in
     panels of 32 (the last one ending at Co, overlapping the one before), for
-    winograd_conv to run its GEMMs by the blocked loop.  Needs Co >= 32.  Either
+    WinogradConv to run its GEMMs by the blocked loop.  Needs Co >= 32.  Either
     layout is cache-line aligned (aligned.py)."""
     m = _check_tile(tile)
     if not isinstance(weight, np.ndarray) or weight.ndim != 4 or weight.shape[2:] != (3, 3):
