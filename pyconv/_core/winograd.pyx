@@ -364,7 +364,7 @@ cdef class WinogradConv:
     cdef tuple x_shape, out_shape
     cdef int threads, copies
     cdef bint thread_per_block
-    cdef Py_ssize_t rows_total, nblocks, max_packed, xb_size, v_size, m_size, y_size, block_floats
+    cdef Py_ssize_t rows_total, nblocks, max_packed, xb_size, v_size, m_size, block_floats
 
     def __init__(self, tuple x_shape, packed, tile, bias, pads, epilogue, tuple out_shape, nthreads,
                  block_bytes=DEFAULT_BLOCK_BYTES, per_thread_weight_bytes=PER_THREAD_WEIGHT_BYTES):
@@ -436,8 +436,8 @@ cdef class WinogradConv:
         self.xb_size = self.max_packed * g.Wp * Ci
         self.v_size = g.P * tiles * Ci
         self.m_size = g.P * tiles * Co
-        self.y_size = rows_per_block * m * g.Xw * Co
-        self.block_floats = thread_stride(self.xb_size + self.v_size + self.m_size + self.y_size)
+        cdef Py_ssize_t y_size = rows_per_block * m * g.Xw * Co
+        self.block_floats = thread_stride(self.xb_size + self.v_size + self.m_size + y_size)
         self.copies = self.threads if self.thread_per_block else 1
 
     def __call__(self, x, residual, out):
