@@ -144,6 +144,7 @@ def run_implicit(x, weight, bias=None, residual=None, activation=None, stride=1,
     (1, 64, 128, (28, 28), (3, 3), 2, (1, 1, 1, 1), 1),   # ResNet's 3x3 stride 2 (a wide grid of 15 columns)
     (2, 16, 40, (11, 9), (3, 2), (1, 2), (1, 0, 2, 1), (2, 1)),   # batch, asymmetric everything
     (1, 17, 33, (9, 10), (1, 1), 2, (0, 0, 0, 0), 1),     # 1x1 stride 2: one phase plane of four
+    (1, 18, 40, (12, 11), (3, 1), 2, (1, 0, 1, 0), 1),    # one column at stride 2: no odd column phase
     (3, 20, 64, (7, 7), (3, 3), 1, (1, 1, 1, 1), 1),      # stride 1 (one phase), Wq > Wo
     (1, 24, 32, (13, 12), (5, 5), 3, (2, 2, 1, 0), 1),    # stride 3: nine phases, one panel
     (1, 19, 70, (4, 5), (2, 2), 1, (0, 0, 0, 0), 1),      # 3 overlapping panels, 12 wide pixels
