@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pyconv._core import winograd_transforms
-from pyconv._core.winograd import winograd_conv, winograd_pack
+from pyconv._core.winograd import WinogradConv, winograd_conv, winograd_pack
 from pyconv.ops._args import apply_activation_reference, parse_activation
 
 TOL = {2: 1e-5, 4: 3e-5, 6: 1e-4}
@@ -288,6 +288,23 @@ def test_bad_arguments_raise_value_error(change):
 def test_pack_rejects_bad_weight(weight):
     with pytest.raises(ValueError):
         winograd_pack(weight, 4)
+
+
+def test_bound_conv_checks_its_arrays_per_call():
+    """WinogradConv is built for one shape; each call checks dtype, contiguity and shape."""
+    args = good_args()
+    x, out = args.pop("x"), args.pop("out")
+    residual = args.pop("residual")
+    conv = WinogradConv(x.shape, args["packed"], args["tile"], args["bias"], args["pads"], args["epilogue"],
+                        out.shape, args["nthreads"])
+    conv(x, residual, out)
+    for bad in [(x.astype(np.float64), None, out), (x[:, :, :4], None, out), (x, None, out[..., :4]),
+                (x, np.zeros((1, 4, 5, 4), np.float32), out),
+                (np.zeros((1, 3, 5, 10), np.float32)[..., ::2], None, out)]:
+        with pytest.raises(ValueError):
+            conv(*bad)
+    with pytest.raises(TypeError):
+        conv([[[[0.0]]]], None, out)
 
 
 def test_panels_must_match_out_channels():
