@@ -25,14 +25,13 @@
 #
 # Threads split the output channels (groups of whole panels) and the images.
 from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
 from pyconv._core.aligned import aligned_empty
 
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
-from libc.string cimport memcpy, memset
-
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
@@ -277,7 +276,6 @@ cdef class PanelConv1x1:
             for task in prange(ntasks, nogil=True, num_threads=self.nthreads, schedule="static"):
                 panel_task(&call, task // call.groups, task % call.groups, x0 + task // call.groups * Ci * P,
                            m + pyconv_omp_thread_id() * per_thread, NULL)
-
 
 
 cdef multiversion_void split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:

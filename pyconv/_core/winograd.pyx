@@ -30,7 +30,7 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.ndarrays cimport check_array, data_of
+from pyconv._core.ndarrays cimport check_array, data_of, overlaps
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
@@ -327,13 +327,6 @@ def winograd_pack(weight: np.ndarray, tile: int, panels: bool = False) -> np.nda
         return packed
     starts = [panel_start(j, co) for j in range((co + BLOCK_COLS - 1) // BLOCK_COLS)]
     return aligned_copy(np.stack([packed[:, :, c:c + BLOCK_COLS] for c in starts], axis=1))
-
-
-cdef inline bint overlaps(object a, object b):
-    """Whether two C-contiguous arrays (checked already) share memory."""
-    cdef char* pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
-    cdef char* pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
-    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
 
 
 cdef class WinogradConv:
