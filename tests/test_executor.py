@@ -293,6 +293,39 @@ def test_tensors_read_twice_or_published_are_not_fused_away():
     np.testing.assert_array_equal(out["activated"], np.maximum(out["raw"], 0))
 
 
+@needs("conv2d", "relu", "max_pool2d")
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (2, 3, 45, 38)])
+def test_2x2_max_pools_fuse_into_the_conv_before_them(shape):
+    """conv (-> relu) -> max_pool2d(2, 2) becomes one conv2d with pool="max2x2", whatever
+    its kernel; pools with another window, stride, padding or ceil mode, pools after a
+    residual add, and convs whose output is read elsewhere stay apart."""
+    rng = np.random.default_rng(12)
+    w = lambda *s: rng.standard_normal(s).astype(np.float32) * (2.0 / np.prod(s[1:])) ** 0.5
+    b = GraphBuilder()
+    x = b.input("x", ["N", 3, "H", "W"])
+    y = b.max_pool2d(b.relu(b.conv2d(x, weight=w(16, 3, 3, 3), padding=1, name="rgb")), kernel_size=2)
+    y = b.max_pool2d(b.relu(b.conv2d(y, weight=w(16, 16, 3, 3), padding=1, name="wino")), kernel_size=2, stride=2)
+    y = b.max_pool2d(b.conv2d(y, weight=w(16, 1, 3, 3), padding=1, groups=16, name="dw"), kernel_size=[2, 2])
+    kept = [b.max_pool2d(b.conv2d(y, weight=w(4, 16, 1, 1), name=f"c{i}"), **kw)
+            for i, kw in enumerate([dict(kernel_size=2, stride=1), dict(kernel_size=2, ceil_mode=True),
+                                    dict(kernel_size=3, stride=2), dict(kernel_size=2, padding=1)])]
+    res = b.conv2d(y, weight=w(16, 16, 1, 1), name="res")
+    pooled_sum = b.max_pool2d(b.relu(b.add(res, y)), kernel_size=2)   # conv + residual: not fused
+    shared = b.conv2d(y, weight=w(4, 16, 1, 1), name="shared")
+    for i, t in enumerate(kept + [pooled_sum, b.max_pool2d(shared, kernel_size=2), shared]):
+        b.output(t, alias=f"out{i}")
+    graph = b.build()
+    model = pyconv.Model(graph)
+    pools = {n.name: n.attrs.get("pool") for n in model.optimized.nodes if n.op == "conv2d"}
+    assert pools == {"rgb": "max2x2", "wino": "max2x2", "dw": "max2x2", "c0": None, "c1": None, "c2": None,
+                     "c3": None, "res": None, "shared": None}
+    assert [n.op for n in model.optimized.nodes].count("max_pool2d") == 6
+    xin = rng.standard_normal(shape).astype(np.float32)
+    out, want = model.run({"x": xin}), reference_run(graph, {"x": xin})
+    for name in want:
+        assert_close(out[name], want[name])
+
+
 @needs("conv2d", "concat", "channel_shuffle", "split", "flatten", "relu")
 @pytest.mark.parametrize("batch", [1, 2])
 def test_shufflenet_unit_tail_fuses_and_splits_alias_their_input(batch):

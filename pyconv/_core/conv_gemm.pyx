@@ -12,14 +12,17 @@
 # The output pixels are cut into tiles of ``tile_cols``; each (group, tile)
 # task gathers its B rows and runs one single-threaded sgemm that writes the
 # NCHW output rows in place; the fused epilogue runs on them right after,
-# while they are hot.  Tasks are spread over the OpenMP threads (the BLAS is
-# always on one thread, see pyconv/_threads.py).
+# while they are hot.  With a fused 2x2 max pool a tile is whole pairs of
+# output rows, multiplied into scratch and pooled from there: only the pooled
+# quarter reaches the output.  Tasks are spread over the OpenMP threads (the
+# BLAS is always on one thread, see pyconv/_threads.py).
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.max_pool_2x2 cimport max_pool_2x2_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_floats, data_of
@@ -34,6 +37,7 @@ cdef struct ConvGeom:
     PhaseGeom ph
     int C, Co, Ho, Wo, groups
     bint direct          # B is x itself (1x1, stride 1, unpadded)
+    bint pool            # out is the output max-pooled 2x2, stride 2: Ho // 2 x Wo // 2
 
 
 def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
@@ -42,10 +46,16 @@ def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
     return g.Hq, g.Wq, kh == 1 and kw == 1 and tuple(stride) == (1, 1) and not any(pads)
 
 
-def scratch_floats(int k, int cog, int tile_cols, int kh, int kw) -> int:
-    """Floats of scratch per thread: an im2col tile for kxk (none for 1x1), padded to
-    whole cache lines between threads (parallel.pxd)."""
-    return thread_stride(tile_cols * k if kh * kw > 1 else 1)
+cdef inline Py_ssize_t im2col_floats(int k, int tile_cols, int kh, int kw) noexcept:
+    """Floats of a thread's im2col tile (none for 1x1), in whole cache lines."""
+    return (<Py_ssize_t>tile_cols * k + 15) // 16 * 16 if kh * kw > 1 else 0
+
+
+def scratch_floats(int k, int cog, int tile_cols, int kh, int kw, bint max_pool=False) -> int:
+    """Floats of scratch per thread: an im2col tile for kxk, then with ``max_pool`` the
+    output tile before pooling; padded to whole cache lines between threads
+    (parallel.pxd)."""
+    return thread_stride(max(1, im2col_floats(k, tile_cols, kh, kw) + (<Py_ssize_t>cog * tile_cols if max_pool else 0)))
 
 
 def phase_floats(int C, stride, int Hq, int Wq) -> int:
@@ -106,18 +116,27 @@ cdef multiversion_void blocked_gemm_tile(const float* w, Py_ssize_t ldw, Py_ssiz
     blocked_gemm(w, ldw, 1, K, NULL, NULL, 1, b, ldb, c, ldc, rows, ncols, bias, residual, ep)
 
 
-cdef multiversion_void epilogue_tile(float* out, int cog, Py_ssize_t col0, int ncols,
-                                     const float* bias, const float* residual, Epilogue ep,
-                                     const ConvGeom* g) noexcept nogil:
-    """Fused epilogue on a tile the GEMM wrote straight into the output.
-
-    out and residual point at the group's first output channel."""
-    cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo, o
+cdef multiversion_void epilogue_tile(float* c, Py_ssize_t ldc, int rows, int ncols, const float* bias,
+                                     const float* residual, Py_ssize_t ldr, Epilogue ep) noexcept nogil:
+    """Fused epilogue on a tile of ``rows`` output channels the GEMM wrote (ldc, ldr: their
+    row strides in c and residual)."""
     cdef int co
-    for co in range(cog):
-        o = co * P + col0
-        epilogue_row(out + o, ncols, bias[co] if bias != NULL else 0.0,
-                     residual + o if residual != NULL else NULL, ep)
+    for co in range(rows):
+        epilogue_row(c + co * ldc, ncols, bias[co] if bias != NULL else 0.0,
+                     residual + co * ldr if residual != NULL else NULL, ep)
+
+
+cdef multiversion_void pool_tile(const float* c, int rows, int ncols, float* out, Py_ssize_t row0,
+                                 const ConvGeom* g) noexcept nogil:
+    """The fused max pool: a tile of ``rows`` output channels x ``ncols`` pixels (whole
+    pairs of rows from output row 2 * row0) into pooled rows row0 .. of ``out`` (the
+    tile's first channel)."""
+    cdef Py_ssize_t plane = <Py_ssize_t>(g.Ho // 2) * (g.Wo // 2), pair
+    cdef int co
+    for co in range(rows):
+        for pair in range(ncols // (2 * g.Wo)):
+            max_pool_2x2_row(c + co * ncols + 2 * pair * g.Wo, c + co * ncols + (2 * pair + 1) * g.Wo,
+                             out + co * plane + (row0 + pair) * (g.Wo // 2), g.Wo // 2)
 
 
 cdef struct GemmCall:
@@ -131,6 +150,7 @@ cdef struct GemmCall:
     Epilogue ep
     int K, cig, cog, tile_cols, ntiles
     int row_blocks       # output channels of a group split into this many tasks
+    Py_ssize_t im2col_floats   # of a thread's scratch (the pooled path's output tile follows)
     bint blocked
 
 
@@ -142,14 +162,15 @@ cdef inline void split_task(const GemmCall* c, int n, int ch) noexcept nogil:
 
 cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noexcept nogil:
     """One (group, pixel tile, block of output channels) of image n: gather B, multiply
-    into the output, epilogue.
+    into the output (or, pooled, into scratch), epilogue (then pool).
 
-    cols: this thread's im2col scratch."""
+    cols: this thread's scratch: the im2col tile, then the output tile to pool."""
     cdef const ConvGeom* g = c.g
     cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
+    cdef Py_ssize_t pixels = <Py_ssize_t>(g.Ho // 2) * 2 * g.Wo if g.pool else P   # those the output needs
     cdef int rb = task % c.row_blocks, t = task // c.row_blocks % c.ntiles, grp = task // c.row_blocks // c.ntiles
     cdef Py_ssize_t col0 = <Py_ssize_t>t * c.tile_cols
-    cdef int ncols = P - col0 if P - col0 < c.tile_cols else c.tile_cols
+    cdef int ncols = pixels - col0 if pixels - col0 < c.tile_cols else c.tile_cols
     cdef int row0 = rb * c.cog // c.row_blocks, rows = (rb + 1) * c.cog // c.row_blocks - row0
     cdef const float* b
     cdef int ldb
@@ -166,16 +187,29 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     cdef Py_ssize_t out_off = (<Py_ssize_t>n * g.Co + grp * c.cog + row0) * P
     cdef const float* w = c.w + (<Py_ssize_t>grp * c.cog + row0) * c.K
     cdef const float* bias = c.bias + grp * c.cog + row0 if c.bias != NULL else NULL
-    cdef const float* residual = c.residual + out_off if c.residual != NULL else NULL
+    cdef const float* residual = c.residual + out_off + col0 if c.residual != NULL else NULL
+    cdef float* tile = c.out + out_off + col0
+    cdef Py_ssize_t ldc = P
+    if g.pool:
+        tile = cols + c.im2col_floats
+        ldc = ncols
     # blocked_gemm_tile's last blocks overlap the previous ones inside its tile: a tile
     # narrower than a block (the last of a split) would reach into a tile another thread
     # is writing, so such a tile takes sgemm
     if c.blocked and ncols >= BLOCK_COLS and rows >= BLOCK_ROWS:
-        blocked_gemm_tile(w, c.K, c.K, b, ldb, c.out + out_off + col0, P, rows, ncols, bias,
-                          residual + col0 if residual != NULL else NULL, c.ep)
+        blocked_gemm_tile(w, c.K, c.K, b, ldb, tile, ldc, rows, ncols, bias, residual, c.ep)
     else:
-        gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, c.out + out_off + col0, P)
-        epilogue_tile(c.out + out_off, rows, col0, ncols, bias, residual, c.ep, g)
+        gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, tile, <int>ldc)
+        epilogue_tile(tile, ldc, rows, ncols, bias, residual, P, c.ep)
+    if g.pool:
+        pool_tile(tile, rows, ncols, c.out + (<Py_ssize_t>n * g.Co + grp * c.cog + row0) * (g.Ho // 2) * (g.Wo // 2),
+                  col0 // (2 * g.Wo), g)
+
+
+def conv_output_hw(tuple x_shape, int kh, int kw, stride, pads, dilation) -> tuple:
+    """(Ho, Wo) of a conv of an [N, C, H, W] input; pads (top, left, bottom, right)."""
+    return tuple((x_shape[2 + a] + pads[a] + pads[2 + a] - dilation[a] * ((kh, kw)[a] - 1) - 1) // stride[a] + 1
+                 for a in range(2))
 
 
 cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, int kw, stride, pads,
@@ -189,6 +223,7 @@ cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, 
     g.C, g.Co = x_shape[1], out_shape[1]
     g.Ho, g.Wo = out_shape[2], out_shape[3]
     g.groups = groups
+    g.pool = False
     g.ph = phase_geometry(x_shape[2], x_shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
     g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
                 and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)
@@ -204,7 +239,9 @@ cdef class GemmConv:
     conv's call otherwise spent more time acquiring seven memoryviews than computing a
     small layer.
     pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
-    out, or None; blocked: the GEMMs by blocked_gemm_tile instead of sgemm (needs
+    out, or None; max_pool: out is the output max-pooled over 2x2 windows, stride 2
+    (PyTorch's floor mode; out_shape then the pooled shape; tile_cols whole pairs of
+    output rows; no residual); blocked: the GEMMs by blocked_gemm_tile instead of sgemm (needs
     Co/groups >= blocked_min_rows() and tile_cols >= blocked_min_cols());
     row_blocks: tasks per (group, tile), each a block of output channels (threads
     splitting a layer with few pixels by its weights, so each packs only its share);
@@ -215,16 +252,24 @@ cdef class GemmConv:
     cdef object wmat, bias
     cdef tuple x_shape, out_shape
     cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
-    cdef Py_ssize_t phase_need, scratch_need
+    cdef Py_ssize_t phase_need, scratch_need, im2col_need
     cdef readonly bint blocked
 
     def __init__(self, tuple x_shape, wmat, bias, stride, pads, dilation, int groups, int kh, int kw,
                  tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint blocked=False,
-                 int row_blocks=1):
+                 int row_blocks=1, bint max_pool=False):
         self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
         if tile_cols < 1 or nthreads < 1 or row_blocks < 1:
             raise ValueError("tile_cols, nthreads and row_blocks must be >= 1")
-        self.g = conv_geometry(self.x_shape, self.out_shape, groups, kh, kw, stride, pads, dilation)
+        conv_shape = self.out_shape
+        if max_pool:
+            conv_shape = self.out_shape[:2] + conv_output_hw(self.x_shape, kh, kw, stride, pads, dilation)
+            if self.out_shape[2:] != (conv_shape[2] // 2, conv_shape[3] // 2) or min(self.out_shape[2:]) < 1:
+                raise ValueError(f"out {self.out_shape} must be the conv's output {conv_shape} max-pooled 2x2")
+            if tile_cols % (2 * conv_shape[3]):
+                raise ValueError(f"tile_cols={tile_cols} must be whole pairs of {conv_shape[3]}-pixel rows")
+        self.g = conv_geometry(self.x_shape, conv_shape, groups, kh, kw, stride, pads, dilation)
+        self.g.pool = max_pool
         self.cig, self.cog = self.g.C // groups, self.g.Co // groups
         self.K = self.cig * kh * kw
         check_array(wmat, "wmat", (self.g.Co, self.K))
@@ -236,14 +281,18 @@ cdef class GemmConv:
             raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
                              f"{blocked_min_rows() if blocked else 1} of the {self.cog} output channels")
         self.tile_cols, self.nthreads, self.blocked, self.row_blocks = tile_cols, nthreads, blocked, row_blocks
-        self.ntiles = (<Py_ssize_t>self.g.Ho * self.g.Wo + tile_cols - 1) // tile_cols
+        cdef Py_ssize_t pixels = <Py_ssize_t>(self.g.Ho // 2 * 2 if max_pool else self.g.Ho) * self.g.Wo
+        self.ntiles = (pixels + tile_cols - 1) // tile_cols
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
-        self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw)
+        self.im2col_need = im2col_floats(self.K, tile_cols, kh, kw)
+        self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw, max_pool)
 
     def __call__(self, x, residual, out, phases, scratch):
         check_array(x, "x", self.x_shape)
         check_array(out, "out", self.out_shape)
         if residual is not None:
+            if self.g.pool:
+                raise ValueError("a residual cannot be added before a fused max pool")
             check_array(residual, "residual", self.out_shape)
         check_floats(phases, "phases", self.phase_need)
         check_floats(scratch, "scratch", self.scratch_need)
@@ -258,7 +307,7 @@ cdef class GemmConv:
         call.ep = self.ep
         call.K, call.cig, call.cog = self.K, self.cig, self.cog
         call.tile_cols, call.ntiles, call.blocked = self.tile_cols, self.ntiles, self.blocked
-        call.row_blocks = self.row_blocks
+        call.row_blocks, call.im2col_floats = self.row_blocks, self.im2col_need
         cdef float* cols = data_of(scratch)
         cdef Py_ssize_t per_thread = self.scratch_need // self.nthreads
         cdef int N = self.x_shape[0], ntasks = self.g.groups * self.ntiles * self.row_blocks

@@ -9,7 +9,9 @@
 #     3. GEMM    one per position (sgemm, or blocked_gemm) M[p] (T x Co) = V[p] (T x Ci) @ U[p] (Ci x Co)
 #                (blocked_gemm reads U[p] packed in column panels: winograd_pack(..., panels=True))
 #     4. output  transform, one tile per call            Y[row, a, x, co] = (A^T M_t A)[a, b]
-#     5. unpack  Y to the NCHW output rows + fused epilogue (bias, residual, activation)
+#     5. unpack  Y to the NCHW output rows + fused epilogue (bias, residual, activation),
+#                or first a 2x2 max pool of Y's rows (``max_pool``: only the pooled
+#                quarter of the output reaches memory)
 #
 # Channels are the innermost (unit-stride) axis of every transform, so the
 # micro-kernels are long vectorizable loops for any tile count; the two layout
@@ -29,7 +31,8 @@ import numpy as np
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
-from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.epilogue cimport ACT_LEAKY, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
+from pyconv._core.max_pool_2x2 cimport max_pool_2x2_pixels
 from pyconv._core.ndarrays cimport check_array, data_of, overlaps
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
@@ -58,6 +61,8 @@ cdef struct Geometry:
     Py_ssize_t Xw              # output-tile buffer width (TX * m)
     bint panels                # U in column panels: step 3 by blocked_gemm rather than sgemm
     Py_ssize_t panel_floats    # floats of one position's U in panels
+    bint pool                  # out is the conv's output max-pooled over 2x2 windows, stride 2
+    Py_ssize_t Hout, Wout      # out's plane: Ho x Wo, or Ho // 2 x Wo // 2 pooled
 
 
 cdef multiversion_void pack_padded_row(const float* x, float* dst, Py_ssize_t image,
@@ -134,6 +139,16 @@ cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float*
     gather_channel_rows(src, C, dst, dst_stride, width, rows)
 
 
+cdef multiversion_void unpack_pooled_rows(const float* top, Py_ssize_t row_floats, Py_ssize_t C,
+                                          float* pooled, float* dst, Py_ssize_t dst_stride,
+                                          Py_ssize_t width, Py_ssize_t rows) noexcept nogil:
+    """Y's rows ``top`` and ``top + row_floats`` (``rows`` channels, C floats per pixel)
+    max-pooled 2x2 into ``pooled`` (width x 16), then gathered into ``rows`` NCHW rows
+    of ``dst``."""
+    max_pool_2x2_pixels(top, top + row_floats, C, pooled, 16, width, rows)
+    gather_channel_rows(pooled, 16, dst, dst_stride, width, rows)
+
+
 cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, Py_ssize_t T,
                                      Py_ssize_t Ci, Py_ssize_t Co) noexcept nogil:
     """M[p] = V[p] @ U[p] of one position, U[p] in column panels, by blocked_gemm
@@ -161,6 +176,7 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
     cdef Py_ssize_t npacked = 0, rr, r, image, ty, prev_image = -1, prev_ty = 0, j
     cdef Py_ssize_t k, t, p, idx, co, c0, a, y
     cdef Py_ssize_t co_blocks = (Co + 15) // 16
+    cdef Py_ssize_t i, step = 2 if g.pool else 1   # Y rows per output row
     cdef float* orow
     cdef float* tile_in
     cdef float* tile_out
@@ -226,19 +242,29 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
         r = r0 + rr
         image = r // g.TY
         ty = r - image * g.TY
-        for a in range(m):
+        # tile rows start at even y (m is even), so a 2x2 window never spans two of them;
+        # a last odd row or column has no window (floor mode)
+        for i in range(m // step):
+            a = i * step
             y = ty * m + a
-            if y >= g.Ho:
+            if y + g.pool >= g.Ho:
                 break
-            orow = out + ((image * Co + c0) * g.Ho + y) * g.Wo
-            unpack_output_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, Co, orow, g.Ho * g.Wo,
-                               g.Wo, min(16, Co - c0))
+            if g.pool:
+                y = y // 2
+                # M is spent: each task pools into its own 16-channel stretch of it
+                unpack_pooled_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, g.Xw * Co, Co, mbuf + idx * g.Wout * 16,
+                                   out + ((image * Co + c0) * g.Hout + y) * g.Wout, g.Hout * g.Wout,
+                                   g.Wout, min(16, Co - c0))
+            else:
+                unpack_output_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, Co,
+                                   out + ((image * Co + c0) * g.Hout + y) * g.Wout, g.Hout * g.Wout,
+                                   g.Wout, min(16, Co - c0))
             for co in range(c0, min(c0 + 16, Co)):
-                orow = out + ((image * Co + co) * g.Ho + y) * g.Wo
+                orow = out + ((image * Co + co) * g.Hout + y) * g.Wout
                 res_row = NULL
                 if residual != NULL:
-                    res_row = residual + ((image * Co + co) * g.Ho + y) * g.Wo
-                epilogue_row(orow, g.Wo, bias[co] if bias != NULL else 0.0, res_row, ep)
+                    res_row = residual + ((image * Co + co) * g.Hout + y) * g.Wout
+                epilogue_row(orow, g.Wout, bias[co] if bias != NULL else 0.0, res_row, ep)
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -345,6 +371,12 @@ cdef class WinogradConv:
     Per call, x float32 like x_shape, residual like out or None, out preallocated; ``x``
     or ``residual`` sharing memory with ``out`` is copied first.
 
+    ``max_pool``: ``out`` is instead the output max-pooled over 2x2 windows with stride 2
+    (``[N, Co, Ho // 2, Wo // 2]``, PyTorch's floor mode), pooled while it is in cache.
+    The epilogue then runs on the pooled values, which equals pooling its result only for
+    a non-decreasing activation: a leaky ReLU with a negative slope, or a residual, is
+    refused.
+
     ``block_bytes`` (working set of one block of tile rows) and
     ``per_thread_weight_bytes`` (largest ``packed`` that every thread reads on its
     own) tune the schedule; the defaults suit 1-2 MB of L2 per core.  With
@@ -360,7 +392,8 @@ cdef class WinogradConv:
     cdef Py_ssize_t rows_total, nblocks, max_packed, xb_size, v_size, m_size, block_floats
 
     def __init__(self, tuple x_shape, packed, tile, bias, pads, epilogue, tuple out_shape, nthreads,
-                 block_bytes=DEFAULT_BLOCK_BYTES, per_thread_weight_bytes=PER_THREAD_WEIGHT_BYTES):
+                 block_bytes=DEFAULT_BLOCK_BYTES, per_thread_weight_bytes=PER_THREAD_WEIGHT_BYTES,
+                 bint max_pool=False):
         m = _check_tile(tile)
         n = m + 2
         if len(x_shape) != 4 or len(out_shape) != 4:
@@ -387,15 +420,20 @@ cdef class WinogradConv:
         Ho, Wo = H + top + bottom - 2, W + left + right - 2
         if Ho < 1 or Wo < 1:
             raise ValueError(f"output size {Ho}x{Wo} of x {x_shape} with pads {pads!r} must be positive")
-        if tuple(out_shape) != (N, Co, Ho, Wo):
-            raise ValueError(f"out must have shape {(N, Co, Ho, Wo)}, got {out_shape}")
+        Hout, Wout = (Ho // 2, Wo // 2) if max_pool else (Ho, Wo)
+        if Hout < 1 or Wout < 1:
+            raise ValueError(f"a 2x2 max pool needs an output of at least 2x2, got {Ho}x{Wo}")
+        if tuple(out_shape) != (N, Co, Hout, Wout):
+            raise ValueError(f"out must have shape {(N, Co, Hout, Wout)}, got {out_shape}")
         if bias is not None:
             _require_array(bias, "bias", (Co,))
         if not isinstance(epilogue, tuple) or len(epilogue) != 4:
             raise ValueError(f"epilogue must be a (kind, lo, hi, slope) tuple, got {epilogue!r}")
+        if max_pool and epilogue[0] == ACT_LEAKY and epilogue[3] < 0:
+            raise ValueError(f"a fused max pool needs a non-decreasing activation, got epilogue {epilogue!r}")
         if int(nthreads) < 1:
             raise ValueError(f"nthreads must be >= 1, got {nthreads!r}")
-        self.x_shape, self.out_shape = (N, Ci, H, W), (N, Co, Ho, Wo)
+        self.x_shape, self.out_shape = (N, Ci, H, W), (N, Co, Hout, Wout)
         self.packed, self.bias = packed, bias
         self.ep = epilogue_from_spec(epilogue)
         cdef Geometry* g = &self.g
@@ -406,6 +444,7 @@ cdef class WinogradConv:
         g.Wp, g.Xw = g.TX * m + 2, g.TX * m
         g.panels = panels
         g.panel_floats = packed[0].size
+        g.pool, g.Hout, g.Wout = max_pool, Hout, Wout
 
         self.threads = int(nthreads)
         self.rows_total = N * g.TY
@@ -437,6 +476,8 @@ cdef class WinogradConv:
         check_array(x, "x", self.x_shape)
         check_array(out, "out", self.out_shape)
         if residual is not None:
+            if self.g.pool:
+                raise ValueError("a residual cannot be added before a fused max pool")
             check_array(residual, "residual", self.out_shape)
         # out rows of one block are written before later blocks read x and residual
         if overlaps(x, out):

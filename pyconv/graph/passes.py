@@ -8,6 +8,10 @@
   the residual in its epilogue, while the output row is still in cache.
 * ``fuse_activations``: conv -> relu / relu6 / clip / leaky_relu moves the activation
   into the conv's epilogue (any op with an ``activation`` attribute).
+* ``fuse_max_pools``: conv2d -> max_pool2d with a 2x2 kernel and stride 2 (no
+  padding, floor mode) becomes one conv2d with ``pool="max2x2"``: Winograd and the
+  GEMM conv pool in their output loop, so only the pooled quarter reaches memory
+  (VGG's blocks).
 * ``fuse_concat_shuffles``: concat (channels) -> channel_shuffle becomes one
   concat_shuffle, which copies each plane once (ShuffleNetV2's unit tail).
 
@@ -202,6 +206,30 @@ def fuse_activations(rw: _Rewriter) -> None:
         rw.absorb(node, act)
 
 
+def _is_max_pool_2x2(node: Node) -> bool:
+    """Whether ``node`` is max_pool2d(kernel 2, stride 2, no padding, dilation 1, floor mode)."""
+    from pyconv.ops._args import int_pair, padding4
+
+    if node.op != "max_pool2d":
+        return False
+    attrs = registry.get("max_pool2d").resolve_attrs(node.attrs)
+    try:
+        kernel = int_pair(attrs["kernel_size"], "kernel_size")
+        stride = kernel if attrs["stride"] is None else int_pair(attrs["stride"], "stride")
+        plain = padding4(attrs["padding"]) == (0,) * 4 and int_pair(attrs["dilation"], "dilation") == (1, 1)
+    except (TypeError, ValueError):
+        return False   # validation has accepted the node: an odd form is simply not fused
+    return kernel == stride == (2, 2) and plain and not attrs["ceil_mode"]
+
+
+def fuse_max_pools(rw: _Rewriter) -> None:
+    for conv in rw.live_nodes("conv2d"):
+        pool = rw.sole_consumer(conv)
+        if len(conv.inputs) == 1 and conv.attrs.get("pool") is None and pool is not None and _is_max_pool_2x2(pool):
+            conv.attrs = {**conv.attrs, "pool": "max2x2"}
+            rw.absorb(conv, pool)
+
+
 def fuse_concat_shuffles(rw: _Rewriter, shapes: Dict[str, Shape]) -> None:
     for concat in rw.live_nodes("concat"):
         shuffle = rw.sole_consumer(concat)
@@ -233,6 +261,7 @@ def optimize(graph: Graph, order: Optional[List[Node]] = None, shapes: Optional[
         shapes = infer_shapes(graph, input_shapes_for(graph, probe_symbols(graph)), order)
     fuse_residual_adds(rw, shapes)
     fuse_activations(rw)
+    fuse_max_pools(rw)
     if "concat_shuffle" in registry.all_ops():
         fuse_concat_shuffles(rw, shapes)
     return rw.result()

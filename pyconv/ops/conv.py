@@ -4,7 +4,8 @@ All take NCHW (NCL for conv1d) float32 arrays and PyTorch's argument names and
 semantics; float64 and non-contiguous inputs are converted (a copy), other
 dtypes raise TypeError.  ``padding`` may be an int, ``(ph, pw)`` or ONNX-order
 ``(top, left, bottom, right)``.  Bias, the fused activation and (conv2d) a
-residual are applied in each kernel's output loop.
+residual are applied in each kernel's output loop, and so is (conv2d) a 2x2
+stride-2 max pool of the result (``pool="max2x2"``, see :data:`FUSED_POOLS`).
 
 ``prepare_conv2d`` packs the weights once for one algorithm (the executor uses
 it through the registry's ``prepare`` hook); ``conv2d`` is prepare + call.
@@ -26,18 +27,25 @@ from pyconv._core import conv_transpose as _transpose
 from pyconv._core import depthwise as _depthwise
 from pyconv._core import pointwise_panels as _panels
 from pyconv._threads import get_num_threads, threads_for
+from pyconv.ops import _pool_reference
 from pyconv.ops._args import (
-    apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4, parse_activation,
+    ACT_LEAKY, apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4,
+    parse_activation,
 )
 from pyconv.ops._spec_helpers import bind_with_out
 from pyconv.registry import Counts, OpSpec, Window, register
 
 __all__ = [
     "conv2d", "prepare_conv2d", "PreparedConv2d", "conv1d", "conv_transpose2d",
-    "choose_algorithm", "winograd_tile_for", "ALGORITHMS",
+    "choose_algorithm", "winograd_tile_for", "ALGORITHMS", "FUSED_POOLS",
 ]
 
 ALGORITHMS = ("auto", "winograd", "winograd2", "winograd4", "winograd6", "1x1", "depthwise", "im2col", "direct")
+# Pools a conv2d may apply to its own output (``pool=``): "max2x2" is max_pool2d with
+# a 2x2 kernel, stride 2, no padding, floor mode (VGG's).  Winograd and the GEMM conv
+# pool in their output loop, so the full-size output never reaches memory; the other
+# kernels write it to a work buffer and pool that (docs/kernels.md).
+FUSED_POOLS = ("max2x2",)
 # "auto" uses Winograd only from this many input and output channels on: below
 # it the transforms cost more than the GEMM they save (measured, docs/kernels.md).
 WINOGRAD_MIN_CHANNELS = 16
@@ -292,8 +300,36 @@ class _Run:
         self.call(x, residual, out, *[self.local.get(name, shape) for name, shape in self.scratch])
 
 
-# A kernel's ``plan(x_shape, out_shape, nthreads)`` does the per-shape work once
-# (tile sizes, scratch sizes, algorithm choice) and returns a ``_Run``.
+# A kernel's ``plan(x_shape, out_shape, nthreads, max_pool)`` does the per-shape work
+# once (tile sizes, scratch sizes, algorithm choice) and returns a ``_Run``.  out_shape
+# is the conv's; with ``max_pool`` the run writes it max-pooled 2x2 (pooled_shape), or
+# the plan is None when the kernel cannot pool in its output loop.
+
+
+def pooled_shape(shape: Sequence[int]) -> Tuple[int, int, int, int]:
+    """An [N, C, H, W] shape after a 2x2 stride-2 max pool (floor mode)."""
+    n, c, h, w = shape
+    return n, c, h // 2, w // 2
+
+
+def _pool_after(run: _Run, conv_shape: Tuple[int, ...]) -> _Run:
+    """``run`` (a conv into ``conv_shape``) followed by a 2x2 max pool: the conv writes a
+    work buffer that max_pool2d then reads (for kernels that cannot pool in their loop)."""
+    from pyconv.ops.pool import max_pool2d
+
+    conv = run.call
+
+    def call(x, residual, out, *buffers):
+        *work, full = buffers
+        conv(x, residual, full, *work)
+        max_pool2d(full, 2, 2, out=out)
+    return _Run(call, run.scratch + (("pooled_conv", tuple(conv_shape)),), run.local or _Scratch())
+
+
+def _non_decreasing(epilogue) -> bool:
+    """Whether an epilogue's activation never decreases (then it commutes with a max)."""
+    kind, _, _, slope = epilogue
+    return kind != ACT_LEAKY or slope >= 0
 
 class _GemmKernel:
     """1x1 and im2col convs: tiled GEMM on NCHW (pyconv/_core/conv_gemm.pyx)."""
@@ -347,16 +383,23 @@ class _GemmKernel:
         tile = -(-pixels // ntiles)
         return min(pixels, -(-tile // 16) * 16), row_blocks
 
-    def plan(self, x_shape, out_shape, nthreads):
+    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
         g = self.g
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
         route = self.panel_route((ho, wo))
         if route is not None:
-            return self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
+            return None if max_pool else self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        tile, row_blocks = self.split(ho * wo, nthreads)
-        tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw))
+        if max_pool:   # tiles of whole pairs of the output rows that the pool reads
+            pixels = ho // 2 * 2 * wo
+            tile, row_blocks = self.split(pixels, nthreads)
+            tile = min(pixels, -(-tile // (2 * wo)) * 2 * wo)
+            out_shape = pooled_shape(out_shape)
+        else:
+            tile, row_blocks = self.split(ho * wo, nthreads)
+        tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw,
+                                                     max_pool))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
@@ -364,7 +407,7 @@ class _GemmKernel:
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
-                              self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks)
+                              self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks, max_pool)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
 
     def _plan_panels(self, route: str, x_shape, out_shape, nthreads):
@@ -389,7 +432,9 @@ class _DepthwiseKernel:
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
 
-    def plan(self, x_shape, out_shape, nthreads):
+    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
+        if max_pool:
+            return None
         g = self.g
         nthreads = min(nthreads, x_shape[0] * x_shape[1])
         plane_shape = (nthreads, _depthwise.scratch_floats(out_shape[2], out_shape[3], *g.kernel, g.stride,
@@ -448,18 +493,22 @@ class _WinogradKernel:
         n, co, ho, wo = out_shape
         return self.tile or winograd_tile_for(n, self.g.in_channels, co, ho, wo, self.allow_im2col, self.panels)
 
-    def plan(self, x_shape, out_shape, nthreads):
+    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
         tile = self.tile_for(out_shape)
         if tile is None:
             if self._im2col is None:
                 self._im2col = _GemmKernel(self.g, self.weight, self.bias, self.epilogue)
-            return self._im2col.plan(x_shape, out_shape, nthreads)
+            return self._im2col.plan(x_shape, out_shape, nthreads, max_pool)
+        # Winograd pools before its epilogue, which then must not decrease (docs/kernels.md)
+        if max_pool and not _non_decreasing(self.epilogue):
+            return None
         packed = self.packed.get(tile)
         if packed is None:
             packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile, self.panels)
         # the kernel keeps its own work buffers
         return _Run(self.module.WinogradConv(tuple(x_shape), packed, tile, self.bias, self.g.pads, self.epilogue,
-                                             tuple(out_shape), nthreads))
+                                             pooled_shape(out_shape) if max_pool else tuple(out_shape), nthreads,
+                                             max_pool=max_pool))
 
 
 # --------------------------------------------------------------------------- conv2d
@@ -471,15 +520,19 @@ class PreparedConv2d:
     kernel family runs, :meth:`algorithm_for` the exact kernel for an input
     shape.  Per input shape the geometry, thread count, tiles and (for
     Winograd) the tile size are worked out on the first call and cached.
-    Built by :func:`prepare_conv2d`."""
+    ``pool``: None, or one of :data:`FUSED_POOLS` applied to the result (then
+    no residual).  Built by :func:`prepare_conv2d`."""
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                 activation=None, algorithm: str = "auto"):
+                 activation=None, algorithm: str = "auto", pool: Optional[str] = None):
         weight = as_float32(weight, "weight")
         self.bias = None if bias is None else as_float32(bias, "bias")
         self.geometry = ConvGeometry.from_args(weight.shape, None if bias is None else self.bias.shape,
                                                stride, padding, dilation, groups)
         self.epilogue = parse_activation(activation)
+        if pool is not None and pool not in FUSED_POOLS:
+            raise ValueError(f"pool must be None or one of {FUSED_POOLS}, got {pool!r}")
+        self.pool = pool
         self.algorithm = choose_algorithm(self.geometry, algorithm)
         kernel_args = (self.geometry, weight, self.bias, self.epilogue)
         if self.algorithm.startswith("winograd"):
@@ -494,13 +547,13 @@ class PreparedConv2d:
         self._plans = {}
 
     def output_shape(self, x_shape: Sequence[int]) -> Tuple[int, int, int, int]:
-        """Output shape for an input of ``x_shape`` (ValueError when it does not fit)."""
-        return self.geometry.output_shape(x_shape)
+        """Output shape for an input of ``x_shape``, pooled if ``pool`` (ValueError when it does not fit)."""
+        return conv2d_output_shape(self.geometry, x_shape, self.pool)
 
     def algorithm_for(self, x_shape: Sequence[int]) -> str:
         """The kernel that runs for an input of ``x_shape``: "winograd2/4/6", "im2col", "1x1" or "depthwise"."""
         if isinstance(self._kernel, _WinogradKernel):
-            tile = self._kernel.tile_for(self.output_shape(x_shape))
+            tile = self._kernel.tile_for(self.geometry.output_shape(x_shape))
             return "im2col" if tile is None else f"winograd{tile}"
         return self.algorithm
 
@@ -510,9 +563,14 @@ class PreparedConv2d:
         key = (x_shape, get_num_threads())
         plan = self._plans.get(key)
         if plan is None:
-            shape = self.geometry.output_shape(x_shape)
-            nthreads = threads_for(float(np.prod(shape)) * self._macs_per_output)
-            plan = (shape, self._kernel.plan(x_shape, shape, nthreads))
+            shape = self.output_shape(x_shape)
+            conv_shape = self.geometry.output_shape(x_shape)
+            nthreads = threads_for(float(np.prod(conv_shape)) * self._macs_per_output)
+            pooled = self.pool is not None
+            run = self._kernel.plan(x_shape, conv_shape, nthreads, pooled)
+            if run is None:   # a kernel that cannot pool in its output loop
+                run = _pool_after(self._kernel.plan(x_shape, conv_shape, nthreads), conv_shape)
+            plan = (shape, run)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
@@ -522,6 +580,8 @@ class PreparedConv2d:
         x = as_float32(x, "x", ndim=4)
         shape, run = self._plan(x.shape)
         if residual is not None:
+            if self.pool is not None:
+                raise ValueError(f"a residual cannot be added before the fused pool {self.pool!r}")
             residual = as_float32(residual, "residual")
             if residual.shape != shape:
                 raise ValueError(f"residual must have the output shape {shape}, got {residual.shape}")
@@ -543,8 +603,8 @@ class PreparedConv2d:
             fits = (as_float32(x, "x", ndim=4) is x and check_out(out, self._plan(x.shape)[0]) is out
                     and not np.may_share_memory(out, x))
             if residual is not None:
-                fits = fits and as_float32(residual, "residual") is residual and residual.shape == out.shape \
-                    and not np.may_share_memory(out, residual)
+                fits = fits and self.pool is None and as_float32(residual, "residual") is residual \
+                    and residual.shape == out.shape and not np.may_share_memory(out, residual)
         except (ValueError, TypeError):
             return None
         if not fits:
@@ -567,25 +627,40 @@ class PreparedConv2d:
 
     def __repr__(self) -> str:
         g = self.geometry
+        pool = f", pool={self.pool!r}" if self.pool else ""
         return (f"PreparedConv2d({g.in_channels}->{g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
-                f"pads={g.pads}, dilation={g.dilation}, groups={g.groups}, algorithm={self.algorithm!r})")
+                f"pads={g.pads}, dilation={g.dilation}, groups={g.groups}, algorithm={self.algorithm!r}{pool})")
+
+
+def conv2d_output_shape(g: ConvGeometry, x_shape: Sequence[int], pool: Optional[str]) -> Tuple[int, int, int, int]:
+    """conv2d's output shape, after its fused ``pool`` if any (ValueError when nothing is left)."""
+    shape = g.output_shape(x_shape)
+    if pool is None:
+        return shape
+    if min(shape[2:]) < 2:
+        raise ValueError(f"pool {pool!r} needs a conv output of at least 2x2, got {shape[2]}x{shape[3]}")
+    return pooled_shape(shape)
 
 
 def prepare_conv2d(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                   activation=None, algorithm: str = "auto") -> PreparedConv2d:
+                   activation=None, algorithm: str = "auto", pool: Optional[str] = None) -> PreparedConv2d:
     """Pack ``weight`` once for conv2d (Winograd transform, GEMM layout); see :class:`PreparedConv2d`."""
-    return PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation, algorithm=algorithm)
+    return PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation, algorithm=algorithm,
+                          pool=pool)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-           residual=None, algorithm: str = "auto", out: Optional[np.ndarray] = None) -> np.ndarray:
+           residual=None, algorithm: str = "auto", pool: Optional[str] = None,
+           out: Optional[np.ndarray] = None) -> np.ndarray:
     """2-D cross-correlation (PyTorch ``conv2d``) with fused bias, residual and activation.
 
     x: (N, C_in, H, W); weight: (C_out, C_in/groups, kh, kw); bias: (C_out,) or None.
     padding: int, (ph, pw) or (top, left, bottom, right).  residual: (N, C_out, H_out,
-    W_out), added before the activation.  algorithm: one of ``ALGORITHMS``."""
+    W_out), added before the activation.  algorithm: one of ``ALGORITHMS``.  pool:
+    None, or "max2x2" for ``max_pool2d(.., 2, 2)`` of the result, computed in the
+    conv's output loop (no residual then)."""
     prepared = PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation,
-                              algorithm=algorithm)
+                              algorithm=algorithm, pool=pool)
     return prepared(x, residual=residual, out=out)
 
 
@@ -731,8 +806,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 # --------------------------------------------------------------------------- float64 references
 
 def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
-                     residual=None, **_ignored) -> np.ndarray:
-    """Plain float64 NumPy conv2d (sliding windows + tensordot per group), for tests."""
+                     residual=None, pool=None, **_ignored) -> np.ndarray:
+    """Plain float64 NumPy conv2d (sliding windows + tensordot per group), then the
+    reference max_pool2d for ``pool``, for tests."""
     x = np.asarray(x, np.float64)
     weight = np.asarray(weight, np.float64)
     g = ConvGeometry.from_args(weight.shape, None if bias is None else np.shape(bias), stride, padding, dilation,
@@ -754,7 +830,8 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, grou
         y += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     if residual is not None:
         y += np.asarray(residual, np.float64)
-    return apply_activation_reference(y, activation)
+    y = apply_activation_reference(y, activation)
+    return y if pool is None else _pool_reference.max_pool2d(y, 2, 2)
 
 
 def conv1d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
@@ -810,35 +887,51 @@ def _conv2d_geometry(weight_shapes, attrs) -> ConvGeometry:
 
 
 def _conv2d_infer_shape(input_shapes, weight_shapes, attrs):
-    shape = _conv2d_geometry(weight_shapes, attrs).output_shape(input_shapes[0])
+    pool = attrs["pool"]
+    if pool is not None and pool not in FUSED_POOLS:
+        raise ValueError(f"conv2d pool must be null or one of {list(FUSED_POOLS)}, got {pool!r}")
+    if pool is not None and len(input_shapes) > 1:
+        raise ValueError("conv2d cannot add a residual (2nd input) before its pool")
+    shape = conv2d_output_shape(_conv2d_geometry(weight_shapes, attrs), input_shapes[0], pool)
     if len(input_shapes) > 1 and tuple(input_shapes[1]) != shape:
         raise ValueError(f"conv2d residual must have the output shape {shape}, got {tuple(input_shapes[1])}")
     return [shape]
 
 
 def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes, transposed: bool = False) -> Counts:
-    """Parameters (weight + bias where present), MACs, and the bias/residual additions.
+    """Parameters (weight + bias where present), MACs, and the bias/residual additions
+    (and a fused pool's comparisons, three per pooled output).
 
     A conv's output pixel meets every tap of its filter (C_in/g * kh * kw MACs); a
     transposed conv's input pixel meets every tap (C_out/g * kh * kw)."""
     weight = tuple(weight_shapes["weight"])
+    pooled = int(np.prod(output_shapes[0]))
+    if attrs.get("pool") is not None:   # the conv's own output, before its pool
+        output_shapes = [_conv2d_geometry(weight_shapes, attrs).output_shape(input_shapes[0])]
     outputs = int(np.prod(output_shapes[0]))
     has_bias = weight_shapes.get("bias") is not None
     params = int(np.prod(weight)) + (int(np.prod(weight_shapes["bias"])) if has_bias else 0)
     macs = int(np.prod(input_shapes[0] if transposed else output_shapes[0])) * int(np.prod(weight[1:]))
     adds = outputs * (int(has_bias) + (1 if len(input_shapes) > 1 else 0))
+    if attrs.get("pool") is not None:
+        adds += 3 * pooled
     return Counts(params=params, macs=macs, adds=adds)
 
 
 def _conv2d_window(attrs, weight_shapes) -> Window:
     g = _conv2d_geometry(weight_shapes, attrs)
-    return Window(kernel=g.kernel, stride=g.stride, dilation=g.dilation)
+    if attrs.get("pool") is None:
+        return Window(kernel=g.kernel, stride=g.stride, dilation=g.dilation)
+    # a 2x2 stride-2 window over the conv's outputs: one more conv stride of input per
+    # axis, every other output
+    return Window(kernel=tuple(g.dilation[a] * (g.kernel[a] - 1) + 1 + g.stride[a] for a in range(2)),
+                  stride=tuple(2 * s for s in g.stride))
 
 
 def _conv2d_prepare(weights, attrs):
     return PreparedConv2d(weights["weight"], weights.get("bias"), attrs.get("stride", 1), attrs.get("padding", 0),
                           attrs.get("dilation", 1), attrs.get("groups", 1), activation=attrs.get("activation"),
-                          algorithm=attrs.get("algorithm", "auto"))
+                          algorithm=attrs.get("algorithm", "auto"), pool=attrs.get("pool"))
 
 
 def _conv1d_infer_shape(input_shapes, weight_shapes, attrs):
@@ -887,9 +980,9 @@ _CONV_ATTRS = dict(stride=1, padding=0, dilation=1, groups=1, activation=None)
 
 register(OpSpec(
     name="conv2d", fn=_conv2d_node, infer_shape=_conv2d_infer_shape, inputs=(1, 2), weights=("weight", "bias?"),
-    attrs=dict(_CONV_ATTRS, algorithm="auto"), count=_conv_counts, window=_conv2d_window, prepare=_conv2d_prepare,
-    reference=_conv2d_node_reference,
-    doc="2-D convolution with fused bias, activation and optional residual (2nd input)",
+    attrs=dict(_CONV_ATTRS, algorithm="auto", pool=None), count=_conv_counts, window=_conv2d_window,
+    prepare=_conv2d_prepare, reference=_conv2d_node_reference,
+    doc="2-D convolution with fused bias, activation, optional residual (2nd input) or 2x2 max pool",
 ))
 register(OpSpec(
     name="conv1d", fn=conv1d, infer_shape=_conv1d_infer_shape, inputs=1, weights=("weight", "bias?"),
