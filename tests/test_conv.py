@@ -210,9 +210,9 @@ def test_few_pixels_split_output_channels_across_threads(kernel, cog, groups, ci
 
 @pytest.mark.parametrize("hw", [(7, 7), (6, 8), (8, 10), (5, 10)], ids=str)
 def test_winograd_few_tiles_chunk_k(hw, threads, monkeypatch):
-    # On one thread 16, 12 and 20 F(2x2) tiles (register blocks covering them exactly) run
-    # every block over 64 k at a time (blocked_gemm's chunked_column); 96 channels: a
-    # partial chunk.  15 tiles (5x10) take overlapping blocks: the unchunked loop.  Two
+    # On one thread 16 F(2x2) tiles (two 8-row register blocks) run every block over 64 k
+    # at a time (blocked_gemm's chunked_column); 96 channels: a partial chunk.  12 and 20
+    # tiles (12-row blocks) and 15 (overlapping blocks) take the unchunked loop.  Two
     # threads split the tile rows into blocks of either kind.
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
     monkeypatch.setattr(C, "_WINOGRAD_BLOCKED_MIN_FILTER", 1)

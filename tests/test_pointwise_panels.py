@@ -52,8 +52,8 @@ def test_matches_reference(shape, activation, nthreads):
 def test_every_row_count_is_covered(pixels):
     """Each pixel count from the least to 40 has its own mix of 12- and 8-row register
     blocks (blocked_gemm.pxd's row_blocks, overlapping at the end): a row no block
-    covers stays NaN, a row two blocks cover must agree.  With 100 input channels, up
-    to 24 pixels covered exactly run every block 64 k at a time (chunked_column)."""
+    covers stays NaN, a row two blocks cover must agree.  With 100 input channels, 8
+    and 16 pixels (8-row blocks) run every block 64 k at a time (chunked_column)."""
     rng = np.random.default_rng(pixels)
     x = rng.standard_normal((1, 100, 1, pixels)).astype(np.float32)
     wmat = (rng.standard_normal((40, 100)) / 10).astype(np.float32)

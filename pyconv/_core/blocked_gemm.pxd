@@ -25,7 +25,7 @@ cdef extern from "blocked_gemm.h" nogil:
 cdef enum:
     K_CHUNK = 64             # k per pass of chunked_column
     FAR_AHEAD = 1 << 14      # floats (64 KiB) of panels chunked_column fetches ahead into L2
-    CHUNKED_MAX_ROWS = 24    # rows up to which blocked_gemm chunks K on panels
+    CHUNKED_MAX_ROWS = 16    # rows (whole narrow blocks) up to which blocked_gemm chunks K on panels
 
 
 cdef inline Py_ssize_t panel_start(Py_ssize_t block, Py_ssize_t ncols) noexcept nogil:
@@ -64,13 +64,12 @@ cdef inline Py_ssize_t row_block_start(Py_ssize_t block, Py_ssize_t wide, Py_ssi
     return min(wide * WIDE_ROWS + (block - wide) * BLOCK_ROWS, rows - BLOCK_ROWS)
 
 
-cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, Py_ssize_t wide, Py_ssize_t rows,
-                                       const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep, Py_ssize_t K,
-                                       const float* panel, float* c, Py_ssize_t ldc, const float* bias, float lo,
-                                       float hi) noexcept nogil:
-    """c's rows x BLOCK_COLS column = clip(w @ panel + bias, lo, hi), every register block
-    over K_CHUNK k of the panel at a time, the partial sums of all rows in ``sums`` (rows
-    x BLOCK_COLS) between chunks: blocks must not overlap.
+cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, const float* w, Py_ssize_t ldw,
+                                       Py_ssize_t w_kstep, Py_ssize_t K, const float* panel, float* c,
+                                       Py_ssize_t ldc, const float* bias, float lo, float hi) noexcept nogil:
+    """c's nrow_blocks * BLOCK_ROWS x BLOCK_COLS column = clip(w @ panel + bias, lo, hi),
+    every narrow register block over K_CHUNK k of the panel at a time, the partial sums of
+    all rows in ``sums`` between chunks.
 
     The panels stream from memory (megabytes of Winograd filters, which a network's
     other layers evict from L3) at the rate the few rows consume them: the first block
@@ -86,22 +85,16 @@ cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, Py_
         kn = min(<Py_ssize_t>K_CHUNK, K - k0)
         last = k0 + kn == K
         for rb in range(nrow_blocks):
-            r0 = row_block_start(rb, wide, rows)
+            r0 = rb * BLOCK_ROWS
             # the first block fetches the next chunk (past the panel's end: the next panel; past
             # the last one a prefetch is a hint, which never faults)
             ahead = panel + (k0 + kn) * BLOCK_COLS if rb == 0 else NULL
             far = panel + (k0 + kn) * BLOCK_COLS + FAR_AHEAD if rb == 1 else NULL
             dst, ld = (c + r0 * ldc, ldc) if last else (sums + r0 * BLOCK_COLS, <Py_ssize_t>BLOCK_COLS)
-            if rb < wide:
-                block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, WIDE_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
-                               bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
-                               hi if last else INFINITY)
-            else:
-                block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
-                               ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
-                               bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
-                               hi if last else INFINITY)
+            block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
+                           ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
+                           bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
+                           hi if last else INFINITY)
         k0 += kn
 
 
@@ -141,8 +134,9 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     # streams from memory while the first row block reads it, faster than the loop takes
     # it, and the others find it in L2.  There every row block runs over K_CHUNK k of the
     # panel at a time, read from L1 (chunked_column; 16 x 512 x 512 alone: 15 % faster).
+    # Narrow blocks only: wide ones ran 2-2.5x slower chunked (20 or 24 rows x 512 x 512).
     cdef bint chunked = (ldb == 0 and taps == NULL and K > K_CHUNK and rows <= CHUNKED_MAX_ROWS
-                         and wide * WIDE_ROWS + (nrow_blocks - wide) * BLOCK_ROWS == rows)
+                         and wide == 0 and nrow_blocks * BLOCK_ROWS == rows)
     cdef Py_ssize_t col_blocks = (ncols + BLOCK_COLS - 1) // BLOCK_COLS
     # Block order: with K >= rows (projections: 144 -> 24) the K x BLOCK_COLS panel of b is
     # the big operand, so the row blocks go inside and reuse it from L1 (3-7 % faster on
@@ -174,7 +168,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
         nrows = WIDE_ROWS if rb < wide else BLOCK_ROWS
         if chunked:
             if rb == 0:   # the whole column, every block
-                chunked_column(sums, nrow_blocks, wide, rows, w, ldw, w_kstep, K, brow, c + p0, ldc,
+                chunked_column(sums, nrow_blocks, w, ldw, w_kstep, K, brow, c + p0, ldc,
                                bias if in_registers else NULL, lo, hi)
         else:
             # A column block of b streams from memory on its first row block, faster than
