@@ -193,8 +193,17 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
                 far_panel, far_step, far_lines = b + panel_start(jb + 2, ncols), ldb, 2
             wr = w + r0 * ldw
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
-            # nrows a constant per call: each call is a register block of its own size
-            if rb < wide:
+            # nrows a constant per call: each call is a register block of its own size; so are
+            # the prefetch pointers of the blocks that fetch nothing (most of them): their
+            # loop then has no prefetch tests
+            if next_panel == NULL and far_panel == NULL:
+                if rb < wide:
+                    block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
+                                   K // ntaps, brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
+                else:
+                    block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
+                                   K // ntaps, brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
+            elif rb < wide:
                 block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
                                K // ntaps, brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
             else:
