@@ -64,6 +64,23 @@ cdef inline Py_ssize_t row_block_start(Py_ssize_t block, Py_ssize_t wide, Py_ssi
     return min(wide * WIDE_ROWS + (block - wide) * BLOCK_ROWS, rows - BLOCK_ROWS)
 
 
+cdef inline inlined_void register_block(bint wide_block, float* out, Py_ssize_t ld_out, const float* w,
+                                       Py_ssize_t ldw, Py_ssize_t w_kstep, const Py_ssize_t* taps,
+                                       const Py_ssize_t* tap_lens, Py_ssize_t ntaps, Py_ssize_t tap_k,
+                                       const float* b, Py_ssize_t b_step, const float* prefetch_next,
+                                       const float* prefetch_far, Py_ssize_t far_step, int far_lines,
+                                       const float* bias, float lo, float hi) noexcept nogil:
+    """block_products for a wide or a narrow register block, its row count a constant in
+    each call (so each is compiled for its own size, its sums in registers); so are the
+    prefetch pointers where a caller passes NULL."""
+    if wide_block:
+        block_products(out, ld_out, NULL, WIDE_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
+                       prefetch_next, prefetch_far, far_step, far_lines, bias, lo, hi)
+    else:
+        block_products(out, ld_out, NULL, BLOCK_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
+                       prefetch_next, prefetch_far, far_step, far_lines, bias, lo, hi)
+
+
 cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, const float* w, Py_ssize_t ldw,
                                        Py_ssize_t w_kstep, Py_ssize_t K, const float* panel, float* c,
                                        Py_ssize_t ldc, const float* bias, float lo, float hi) noexcept nogil:
@@ -193,22 +210,13 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
                 far_panel, far_step, far_lines = b + panel_start(jb + 2, ncols), ldb, 2
             wr = w + r0 * ldw
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
-            # nrows a constant per call: each call is a register block of its own size; so are
-            # the prefetch pointers of the blocks that fetch nothing (most of them): their
-            # loop then has no prefetch tests
+            # the blocks that fetch nothing (most of them) get a loop without the prefetch tests
             if next_panel == NULL and far_panel == NULL:
-                if rb < wide:
-                    block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                                   K // ntaps, brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
-                else:
-                    block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                                   K // ntaps, brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
-            elif rb < wide:
-                block_products(c + r0 * ldc + p0, ldc, NULL, WIDE_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                               K // ntaps, brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
+                register_block(rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
+                               brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
             else:
-                block_products(c + r0 * ldc + p0, ldc, NULL, BLOCK_ROWS, wr, ldw, w_kstep, taps, tap_lens, ntaps,
-                               K // ntaps, brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
+                register_block(rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
+                               brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
         if not in_registers:
             for r in range(r0, r0 + nrows):
                 crow = c + r * ldc + p0
