@@ -748,10 +748,12 @@ def test_conv2d_pool_sweep(algorithm, threads):
     (40, 64, 3, (9, 9), 1, 1, None, "im2col", "after"),              # PanelConv
     (16, 16, 3, (11, 10), 1, 1, "relu", "depthwise", "after"),
 ])
-def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algorithm, path, threads):
+def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algorithm, path, threads, monkeypatch):
     # Winograd and GemmConv pool in their output loop; other kernels (and Winograd with an
     # activation that decreases somewhere, which its pooled epilogue cannot follow) write a
     # work buffer that max_pool2d reads.  Each path against the reference, batch 1 and 3.
+    # The routes to the panel kernels need the blocked loop: patched on, as on AVX-512.
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
     rng = np.random.default_rng([cig, cog, kernel, threads])
     groups = cig if algorithm == "depthwise" else 1
     w = rng.standard_normal((cog, cig // groups, kernel, kernel)).astype(np.float32)
