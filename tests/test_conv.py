@@ -735,9 +735,9 @@ def test_conv2d_pool_sweep(algorithm, threads):
 
 
 @pytest.mark.parametrize("cig, cog, kernel, hw, stride, pads, activation, algorithm, path", [
-    (3, 64, 3, (30, 31), 1, 1, "relu", "auto", "GemmConv"),          # an RGB first layer, sgemm into scratch
+    (3, 64, 3, (30, 31), 1, 1, "relu", "auto", "GemmConv"),          # an RGB first layer, the blocked loop
     (9, 40, 3, (21, 20), 2, 1, "relu6", "im2col", "GemmConv"),      # strided, the blocked loop into scratch
-    (3, 128, 3, (7, 8), 2, 1, "relu", "im2col", "GemmConv"),        # few pixels: output channels split
+    (3, 128, 3, (7, 8), 2, 1, "relu", "im2col", "GemmConv"),        # 16 pixels: sgemm, output channels split
     (24, 40, 1, (17, 13), 1, 0, "relu", "1x1", "GemmConv"),         # B read straight from x
     (20, 48, 3, (15, 14), 1, 1, "relu", "winograd2", "WinogradConv"),
     (32, 64, 3, (29, 27), 1, (1, 0, 2, 1), "relu", "winograd4", "WinogradConv"),   # panels, odd Ho and Wo

@@ -101,7 +101,8 @@ _IM2COL_MAX_TILE_COLS = 256
 # (K = 147) 0.76, 5x5 16->32 @28 0.76, 3x3 16->16 @56 and 32->32 @28 0.76-0.79;
 # 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
 # with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2
-# (and 8 % with 12-row blocks), so they keep sgemm.
+# (and 8 % with 12-row blocks), so they keep sgemm, unless a fused max pool keeps their
+# output in cache: VGG's 3->64 @224 then ran 12-13 % faster with the loop (1 and 2 threads).
 _BLOCKED_MAX_K = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
 
@@ -403,7 +404,9 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
-        small = kh == kw == 1 or (_BLOCKED_MAX_K < k and cog * k <= _BLOCKED_MAX_WEIGHTS)
+        # first layers (K <= _BLOCKED_MAX_K) are bound by writing their large outputs, except
+        # when pooled: their output tiles then stay in cache and the loop wins there too
+        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or max_pool) and cog * k <= _BLOCKED_MAX_WEIGHTS)
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
