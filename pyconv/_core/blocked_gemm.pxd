@@ -193,10 +193,12 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             # per k): the second row block, which reads it from cache, fetches the next
             # column block (its k-th row per k), and the one after that is fetched into
             # L2 (see chunked_column) so that the second one finds it there: with panels
-            # by the third and fourth row blocks, when there are that many, half each at
-            # a line per k (about the rate DRAM streams at: in a network, VGG-11's
+            # by the first four row blocks, when there are that many, a quarter each at a
+            # line per two k, a demand DRAM keeps up with (in a network, VGG-11's
             # 512-channel Winograd layers and ResNet-18's 256->512 stride-2 conv 5-10 %
-            # faster); with a row-major b by the first, a row per k (MobileNetV2's 144->24
+            # faster than without; a line per k from the third and fourth blocks alone was
+            # 5-10 % slower than this on VGG-11's 512-channel layers); with a row-major b
+            # by the first, a row per k (MobileNetV2's 144->24
             # and 96->24 projections @56 19-23 % faster in the network, SqueezeNet's
             # squeeze layers 8-14 %).  Panels are fetched past the last one too: what
             # follows is usually the next GEMM's (Winograd's next position), and a prefetch
@@ -205,9 +207,9 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             far_panel = NULL
             if rows_inside and rb == 1 and (jb + 1 < col_blocks or ldb == 0):
                 next_panel = b + panel_start(jb + 1, ncols) if ldb else brow + K * BLOCK_COLS
-            far_step, far_lines = BLOCK_COLS // 2, 1
-            if ldb == 0 and nrow_blocks >= 4 and (rb == 2 or rb == 3):
-                far_panel = brow + 2 * K * BLOCK_COLS + (rb - 2) * K * (BLOCK_COLS // 2)
+            far_step, far_lines = BLOCK_COLS // 4, 1
+            if ldb == 0 and nrow_blocks >= 4 and rb < 4:
+                far_panel = brow + 2 * K * BLOCK_COLS + rb * K * (BLOCK_COLS // 4)
             elif ldb != 0 and rows_inside and rb == 0 and jb + 2 < col_blocks:
                 far_panel, far_step, far_lines = b + panel_start(jb + 2, ncols), ldb, 2
             wr = w + r0 * ldw
