@@ -1,7 +1,7 @@
 """Export a pyconv graph to ONNX, for the ops the model zoo uses (benchmark baseline only).
 
 The same weights run in onnxruntime, so a benchmark compares engines, not
-models.  Covered: conv2d (with its fused activation/residual forms),
+models.  Covered: conv2d (with its fused activation/residual/pool forms),
 batch_norm, relu, relu6, sigmoid, tanh, max/avg pools (ceil mode),
 global average pool, flatten, linear, add, mul, concat, split (equal parts or
 sizes), channel_shuffle (reshape-transpose-reshape) and identity.
@@ -83,7 +83,12 @@ def _conv2d(ex: _Exporter, node: Node, attrs: Dict[str, Any]) -> None:
         summed = ex.fresh(node.name)
         ex.emit("Add", [conv_out, node.inputs[1]], [summed])
         conv_out = summed
-    ex.activation(attrs["activation"], conv_out, node.outputs[0])
+    if attrs.get("pool") is None:
+        ex.activation(attrs["activation"], conv_out, node.outputs[0])
+        return
+    activated = ex.fresh(node.name)   # a fused 2x2 max pool, after the activation
+    ex.activation(attrs["activation"], conv_out, activated)
+    ex.emit("MaxPool", [activated], node.outputs, kernel_shape=[2, 2], strides=[2, 2])
 
 
 def _batch_norm(ex: _Exporter, node: Node, attrs: Dict[str, Any]) -> None:

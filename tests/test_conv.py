@@ -796,7 +796,8 @@ def test_conv2d_pool_bad_arguments():
     with pytest.raises(ValueError, match="pool"):
         spec.infer_shape([(1, 8, 6, 6)], {"weight": (8, 8, 3, 3)}, spec.resolve_attrs({"pool": "max3x3"}))
     with pytest.raises(ValueError, match="residual"):
-        spec.infer_shape([(1, 8, 6, 6), (1, 8, 2, 2)], {"weight": (8, 8, 3, 3)}, spec.resolve_attrs({"pool": "max2x2"}))
+        spec.infer_shape([(1, 8, 6, 6), (1, 8, 2, 2)], {"weight": (8, 8, 3, 3)},
+                         spec.resolve_attrs({"pool": "max2x2"}))
 
 
 def test_registry_conv2d_pool_shape_counts_window():

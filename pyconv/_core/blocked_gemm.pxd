@@ -198,11 +198,11 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             # 512-channel Winograd layers and ResNet-18's 256->512 stride-2 conv 5-10 %
             # faster than without; a line per k from the third and fourth blocks alone was
             # 5-10 % slower than this on VGG-11's 512-channel layers); with a row-major b
-            # by the first, a row per k (MobileNetV2's 144->24
-            # and 96->24 projections @56 19-23 % faster in the network, SqueezeNet's
-            # squeeze layers 8-14 %).  Panels are fetched past the last one too: what
-            # follows is usually the next GEMM's (Winograd's next position), and a prefetch
-            # never faults (VGG-11's Winograd layers 2-3 % faster in the network).
+            # by the first, a row per k (MobileNetV2's 144->24 and 96->24 projections @56
+            # 19-23 % faster in the network, SqueezeNet's squeeze layers 8-14 %).  Panels
+            # are fetched past the last one too: what follows is usually the next GEMM's
+            # (Winograd's next position), and a prefetch never faults (VGG-11's Winograd
+            # layers 2-3 % faster in the network).
             next_panel = NULL
             far_panel = NULL
             if rows_inside and rb == 1 and (jb + 1 < col_blocks or ldb == 0):

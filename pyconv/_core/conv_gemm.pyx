@@ -55,7 +55,8 @@ def scratch_floats(int k, int cog, int tile_cols, int kh, int kw, bint max_pool=
     """Floats of scratch per thread: an im2col tile for kxk, then with ``max_pool`` the
     output tile before pooling; padded to whole cache lines between threads
     (parallel.pxd)."""
-    return thread_stride(max(1, im2col_floats(k, tile_cols, kh, kw) + (<Py_ssize_t>cog * tile_cols if max_pool else 0)))
+    cdef Py_ssize_t pooled_tile = <Py_ssize_t>cog * tile_cols if max_pool else 0
+    return thread_stride(max(1, im2col_floats(k, tile_cols, kh, kw) + pooled_tile))
 
 
 def phase_floats(int C, stride, int Hq, int Wq) -> int:
