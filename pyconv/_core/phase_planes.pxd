@@ -8,8 +8,13 @@
 # one contiguous run of a phase plane, ``tap_offset`` + p for wide pixel p, for
 # any stride and dilation: inner loops are unit-stride, long (a whole plane,
 # not a row) and free of border tests.  A run may read up to Wq - Wo floats
-# past its plane, so a buffer of planes ends with a tail of Wq floats.
+# past its plane, so a buffer of planes ends with a tail of Wq floats.  The split
+# is always inlined into each ISA clone of its callers (simd.h): left out of line, as
+# GCC chose for it, it ran as baseline SSE2 code (PanelConv 64->128 s2 @56 and a
+# depthwise s2 @112 5-7 % faster inlined, alone).
 from libc.string cimport memcpy, memset
+
+from pyconv._core.simd cimport inlined_void
 
 
 cdef struct PhaseGeom:
@@ -54,7 +59,7 @@ cdef enum:
     PADDED_ROW_MAX = 4096  # floats: stack row for the stride-2 path
 
 
-cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
+cdef inline inlined_void phase_split_stride2(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:
     """phase_split for sw == 2: each padded row is built in L1, then split into both
     column phases by one interleaved loop (which compilers vectorize; a lone
     stride-2 gather per phase they do not), or into the even one alone when no tap
@@ -90,7 +95,8 @@ cdef inline void phase_split_stride2(const float* src, float* dst, const PhaseGe
                     row0[j] = padded[2 * j]
 
 
-cdef inline void phase_split(const float* src, float* dst, const PhaseGeom* g, bint zeroed=False) noexcept nogil:
+cdef inline inlined_void phase_split(const float* src, float* dst, const PhaseGeom* g,
+                                     bint zeroed=False) noexcept nogil:
     """Phase planes [sh][sw][Hq][Wq] of one H x W channel; phases no tap reads are skipped.
 
     zeroed: dst already holds this geometry's zero padding (a buffer zeroed once and
