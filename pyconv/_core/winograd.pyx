@@ -132,21 +132,23 @@ cdef multiversion_void output_tile_f6(const float* src, Py_ssize_t pos_stride, P
     winograd_f6_output_tile(src, pos_stride, C, dst, row_stride)
 
 
-cdef multiversion_void unpack_output_rows(const float* src, Py_ssize_t C, float* dst,
-                                          Py_ssize_t dst_stride, Py_ssize_t width,
-                                          Py_ssize_t rows) noexcept nogil:
-    """gather_channel_rows (channel_rows.pxd) in this module's ISA clones."""
-    gather_channel_rows(src, C, dst, dst_stride, width, rows)
-
-
-cdef multiversion_void unpack_pooled_rows(const float* top, Py_ssize_t row_floats, Py_ssize_t C,
-                                          float* pooled, float* dst, Py_ssize_t dst_stride,
-                                          Py_ssize_t width, Py_ssize_t rows) noexcept nogil:
-    """Y's rows ``top`` and ``top + row_floats`` (``rows`` channels, C floats per pixel)
-    max-pooled 2x2 into ``pooled`` (width x 16), then gathered into ``rows`` NCHW rows
-    of ``dst``."""
-    max_pool_2x2_pixels(top, top + row_floats, C, pooled, 16, width, rows)
-    gather_channel_rows(pooled, 16, dst, dst_stride, width, rows)
+cdef multiversion_void unpack_rows(const float* top, Py_ssize_t row_floats, Py_ssize_t C, float* pooled,
+                                   float* dst, Py_ssize_t dst_stride, Py_ssize_t width, Py_ssize_t rows,
+                                   const float* bias, const float* residual, Epilogue ep) noexcept nogil:
+    """Step 5 for ``rows`` (<= 16) channels of one output row: Y's row ``top`` (C floats
+    per pixel) gathered into ``rows`` NCHW rows of ``dst`` (``dst_stride`` apart; the
+    residual laid out alike), then the epilogue on each; with ``pooled`` (width x 16
+    floats of scratch) Y's rows ``top`` and ``top + row_floats`` are first max-pooled 2x2
+    into it.  The epilogue runs here, in the ISA clones, not in the caller's loop."""
+    cdef Py_ssize_t r
+    if pooled != NULL:
+        max_pool_2x2_pixels(top, top + row_floats, C, pooled, 16, width, rows)
+        gather_channel_rows(pooled, 16, dst, dst_stride, width, rows)
+    else:
+        gather_channel_rows(top, C, dst, dst_stride, width, rows)
+    for r in range(rows):
+        epilogue_row(dst + r * dst_stride, width, bias[r] if bias != NULL else 0.0,
+                     residual + r * dst_stride if residual != NULL else NULL, ep)
 
 
 cdef multiversion_void position_gemm(const float* v, const float* u, float* mp, Py_ssize_t T,
@@ -174,13 +176,11 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
     cdef Py_ssize_t T = nrows * TX
     cdef Py_ssize_t row_floats = g.Wp * Ci
     cdef Py_ssize_t npacked = 0, rr, r, image, ty, prev_image = -1, prev_ty = 0, j
-    cdef Py_ssize_t k, t, p, idx, co, c0, a, y
+    cdef Py_ssize_t k, t, p, idx, c0, a, y, o
     cdef Py_ssize_t co_blocks = (Co + 15) // 16
     cdef Py_ssize_t i, step = 2 if g.pool else 1   # Y rows per output row
-    cdef float* orow
     cdef float* tile_in
     cdef float* tile_out
-    cdef const float* res_row
 
     # Which padded rows the block needs: per image, one contiguous run
     # ty0*m .. ty1*m+1; row_base[rr] = packed index of tile row rr's first row.
@@ -249,22 +249,12 @@ cdef void run_block(const float* x, const float* u, const float* bias, const flo
             y = ty * m + a
             if y + g.pool >= g.Ho:
                 break
-            if g.pool:
-                y = y // 2
-                # M is spent: each task pools into its own 16-channel stretch of it
-                unpack_pooled_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, g.Xw * Co, Co, mbuf + idx * g.Wout * 16,
-                                   out + ((image * Co + c0) * g.Hout + y) * g.Wout, g.Hout * g.Wout,
-                                   g.Wout, min(16, Co - c0))
-            else:
-                unpack_output_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, Co,
-                                   out + ((image * Co + c0) * g.Hout + y) * g.Wout, g.Hout * g.Wout,
-                                   g.Wout, min(16, Co - c0))
-            for co in range(c0, min(c0 + 16, Co)):
-                orow = out + ((image * Co + co) * g.Hout + y) * g.Wout
-                res_row = NULL
-                if residual != NULL:
-                    res_row = residual + ((image * Co + co) * g.Hout + y) * g.Wout
-                epilogue_row(orow, g.Wout, bias[co] if bias != NULL else 0.0, res_row, ep)
+            o = ((image * Co + c0) * g.Hout + y // step) * g.Wout
+            # pooled: M is spent, and each task pools into its own 16-channel stretch of it
+            unpack_rows(ybuf + ((rr * m + a) * g.Xw) * Co + c0, g.Xw * Co, Co,
+                        mbuf + idx * g.Wout * 16 if g.pool else NULL, out + o, g.Hout * g.Wout, g.Wout,
+                        min(16, Co - c0), bias + c0 if bias != NULL else NULL,
+                        residual + o if residual != NULL else NULL, ep)
 
 
 cdef inline Py_ssize_t ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
