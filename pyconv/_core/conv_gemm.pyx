@@ -25,7 +25,7 @@ from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.max_pool_2x2 cimport max_pool_2x2_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
-from pyconv._core.ndarrays cimport check_array, check_floats, data_of
+from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
 from pyconv._core.simd cimport multiversion_void, wide_vectors
 
 cimport numpy as cnp
@@ -289,12 +289,7 @@ cdef class GemmConv:
         self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw, max_pool)
 
     def __call__(self, x, residual, out, phases, scratch):
-        check_array(x, "x", self.x_shape)
-        check_array(out, "out", self.out_shape)
-        if residual is not None:
-            if self.g.pool:
-                raise ValueError("a residual cannot be added before a fused max pool")
-            check_array(residual, "residual", self.out_shape)
+        check_conv_arrays(x, residual, out, self.x_shape, self.out_shape, self.g.pool)
         check_floats(phases, "phases", self.phase_need)
         check_floats(scratch, "scratch", self.scratch_need)
         cdef GemmCall call

@@ -40,7 +40,7 @@ from libc.math cimport INFINITY
 from libc.string cimport memset
 
 from pyconv._core.epilogue cimport Epilogue, clip, clip_bounds, epilogue_from_spec, epilogue_row
-from pyconv._core.ndarrays cimport check_array, check_floats, data_of
+from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
@@ -649,10 +649,7 @@ cdef class DepthwiseConv:
             self.lane_zeroed = self.lg.inputs
 
     def __call__(self, x, residual, out, scratch):
-        check_array(x, "x", self.x_shape)
-        check_array(out, "out", self.out_shape)
-        if residual is not None:
-            check_array(residual, "residual", self.out_shape)
+        check_conv_arrays(x, residual, out, self.x_shape, self.out_shape)
         check_floats(scratch, "scratch", self.nthreads * self.need)
         cdef int nthreads = self.nthreads, N = self.x_shape[0], C = self.x_shape[1]
         cdef Py_ssize_t row = cnp.PyArray_SIZE(scratch) // nthreads   # a thread's share (>= need)

@@ -27,6 +27,19 @@ cdef inline int check_array(object arr, str name, tuple shape) except -1:
     return 0
 
 
+cdef inline int check_conv_arrays(object x, object residual, object out, tuple x_shape, tuple out_shape,
+                                  bint pooled=False) except -1:
+    """A conv kernel's arrays: x of ``x_shape``, out and the residual (None, or refused
+    when the output is ``pooled``: it would be added before the pool) of ``out_shape``."""
+    check_array(x, "x", x_shape)
+    check_array(out, "out", out_shape)
+    if residual is not None:
+        if pooled:
+            raise ValueError("a residual cannot be added before a fused max pool")
+        check_array(residual, "residual", out_shape)
+    return 0
+
+
 cdef inline int check_floats(object arr, str name, Py_ssize_t need) except -1:
     """``arr`` must be a C-contiguous float32 ndarray of at least ``need`` elements."""
     if not isinstance(arr, cnp.ndarray) or cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 \

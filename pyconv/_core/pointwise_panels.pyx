@@ -34,7 +34,7 @@ from pyconv._core.aligned import aligned_empty
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.ndarrays cimport check_array, check_floats, data_of
+from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, phase_used, tap_offset
 from pyconv._core.simd cimport multiversion_void
@@ -251,10 +251,7 @@ cdef class PanelConv1x1:
         return self.nthreads * self.per_thread + LINE_FLOATS
 
     def __call__(self, x, residual, out, scratch):
-        check_array(x, "x", self.x_shape)
-        check_array(out, "out", self.out_shape)
-        if residual is not None:
-            check_array(residual, "residual", self.out_shape)
+        check_conv_arrays(x, residual, out, self.x_shape, self.out_shape)
         check_floats(scratch, "scratch", self.nthreads * self.per_thread + LINE_FLOATS)
         cdef PanelCall call
         cdef Py_ssize_t Ci = self.x_shape[1], P = self.x_shape[2] * self.x_shape[3]
@@ -359,10 +356,7 @@ cdef class PanelConv:
         return self.split_floats + self.nhwc_floats + self.nthreads * self.per_thread + LINE_FLOATS
 
     def __call__(self, x, residual, out, scratch):
-        check_array(x, "x", self.x_shape)
-        check_array(out, "out", self.out_shape)
-        if residual is not None:
-            check_array(residual, "residual", self.out_shape)
+        check_conv_arrays(x, residual, out, self.x_shape, self.out_shape)
         check_floats(scratch, "scratch", self.scratch_floats())
         cdef PanelCall call
         cdef Py_ssize_t N = self.x_shape[0], Ci = self.x_shape[1], HW = self.x_shape[2] * self.x_shape[3]

@@ -33,7 +33,7 @@ from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, pan
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_LEAKY, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
 from pyconv._core.max_pool_2x2 cimport max_pool_2x2_pixels
-from pyconv._core.ndarrays cimport check_array, data_of, overlaps
+from pyconv._core.ndarrays cimport check_conv_arrays, data_of, overlaps
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void
 
@@ -463,12 +463,7 @@ cdef class WinogradConv:
         self.copies = self.threads if self.thread_per_block else 1
 
     def __call__(self, x, residual, out):
-        check_array(x, "x", self.x_shape)
-        check_array(out, "out", self.out_shape)
-        if residual is not None:
-            if self.g.pool:
-                raise ValueError("a residual cannot be added before a fused max pool")
-            check_array(residual, "residual", self.out_shape)
+        check_conv_arrays(x, residual, out, self.x_shape, self.out_shape, self.g.pool)
         # out rows of one block are written before later blocks read x and residual
         if overlaps(x, out):
             x = x.copy()

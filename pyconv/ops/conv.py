@@ -533,9 +533,7 @@ class PreparedConv2d:
         self.geometry = ConvGeometry.from_args(weight.shape, None if bias is None else self.bias.shape,
                                                stride, padding, dilation, groups)
         self.epilogue = parse_activation(activation)
-        if pool is not None and pool not in FUSED_POOLS:
-            raise ValueError(f"pool must be None or one of {FUSED_POOLS}, got {pool!r}")
-        self.pool = pool
+        self.pool = check_pool(pool)
         self.algorithm = choose_algorithm(self.geometry, algorithm)
         kernel_args = (self.geometry, weight, self.bias, self.epilogue)
         if self.algorithm.startswith("winograd"):
@@ -633,6 +631,13 @@ class PreparedConv2d:
         pool = f", pool={self.pool!r}" if self.pool else ""
         return (f"PreparedConv2d({g.in_channels}->{g.out_channels}, kernel={g.kernel}, stride={g.stride}, "
                 f"pads={g.pads}, dilation={g.dilation}, groups={g.groups}, algorithm={self.algorithm!r}{pool})")
+
+
+def check_pool(pool: Optional[str]) -> Optional[str]:
+    """``pool`` if it is None or one of :data:`FUSED_POOLS`, else ValueError."""
+    if pool is not None and pool not in FUSED_POOLS:
+        raise ValueError(f"pool must be None or one of {FUSED_POOLS}, got {pool!r}")
+    return pool
 
 
 def conv2d_output_shape(g: ConvGeometry, x_shape: Sequence[int], pool: Optional[str]) -> Tuple[int, int, int, int]:
@@ -890,9 +895,7 @@ def _conv2d_geometry(weight_shapes, attrs) -> ConvGeometry:
 
 
 def _conv2d_infer_shape(input_shapes, weight_shapes, attrs):
-    pool = attrs["pool"]
-    if pool is not None and pool not in FUSED_POOLS:
-        raise ValueError(f"conv2d pool must be null or one of {list(FUSED_POOLS)}, got {pool!r}")
+    pool = check_pool(attrs["pool"])
     if pool is not None and len(input_shapes) > 1:
         raise ValueError("conv2d cannot add a residual (2nd input) before its pool")
     shape = conv2d_output_shape(_conv2d_geometry(weight_shapes, attrs), input_shapes[0], pool)
