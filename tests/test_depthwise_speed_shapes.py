@@ -37,6 +37,11 @@ CASES = [
     (2, 5, 1, 3, 2, (1, 1, 1, 1), 1, 1, 1),      # planes, width 1, stride 2
     (2, 3, 16, 3, 1, (0, 0, 0, 0), 1, 1, 1),     # planes, no padding
     (2, 6, 17, 3, 2, (2, 3, 0, 1), 2, 2, 1),     # planes, asymmetric padding, dilation, multiplier
+    # planes of a 2x1 kernel, stride 2 in height: the input's last row lies past the first
+    # phase plane, and the whole-vector copy of the row before it clobbered the next phase's
+    # top padding row (fixed in depthwise_channel_plane)
+    (2, 13, 10, (2, 1), (2, 1), (2, 0, 0, 0), 1, 3, 2),
+    (2, 13, 10, (2, 3), (2, 1), (2, 1, 0, 1), (1, 2), 1, 1),
     (16, 7, 7, 3, 1, (1, 1, 1, 1), 1, 1, 1),     # lanes (16 channels per vector), MobileNet's 7x7
     (32, 14, 14, 3, 2, (1, 1, 1, 1), 1, 1, 2),   # lanes, stride 2, two blocks, batch 2
     (16, 9, 11, 3, 2, (0, 2, 1, 0), 1, 1, 1),    # lanes, odd sizes, asymmetric padding

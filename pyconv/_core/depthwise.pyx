@@ -395,7 +395,11 @@ cdef inline inlined_void depthwise_channel_plane(const RowGeom* g, const RowGeom
     cdef float* row
     for qh in range(g.sh):
         if phase_used(qh, g.sh, g.kh, g.dh):
-            r_end = (g.H - 1 + g.pt - qh) // g.sh + 1  # after this phase's last input row
+            # after this phase's last input row in the plane (a row past the plane's Hq
+            # rows would be the next phase's first: a surplus there clobbered its padding)
+            r_end = (g.H - 1 + g.pt - qh) // g.sh + 1
+            if r_end > pg.Hq:
+                r_end = pg.Hq
             for r in range(pg.Hq):
                 ih = r * g.sh + qh - g.pt
                 row = planes + qh * g.sw * pg.plane + r * pg.Wq
