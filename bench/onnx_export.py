@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pyconv import registry
 from pyconv.graph.format import Graph, Node
 from pyconv.graph.shapes import infer_shapes, input_shapes_for, probe_symbols, topological_order
+from pyconv.ops.conv import POOL_KINDS
 
 OPSET = 17
 
@@ -86,9 +87,11 @@ def _conv2d(ex: _Exporter, node: Node, attrs: Dict[str, Any]) -> None:
     if attrs.get("pool") is None:
         ex.activation(attrs["activation"], conv_out, node.outputs[0])
         return
-    activated = ex.fresh(node.name)   # a fused 2x2 max pool, after the activation
+    activated = ex.fresh(node.name)   # a fused max pool, after the activation
     ex.activation(attrs["activation"], conv_out, activated)
-    ex.emit("MaxPool", [activated], node.outputs, kernel_shape=[2, 2], strides=[2, 2])
+    window, ceil_mode = POOL_KINDS[attrs["pool"]]
+    ex.emit("MaxPool", [activated], node.outputs, kernel_shape=[window, window], strides=[2, 2],
+            ceil_mode=int(ceil_mode))
 
 
 def _batch_norm(ex: _Exporter, node: Node, attrs: Dict[str, Any]) -> None:

@@ -704,7 +704,7 @@ def test_kernel_objects_refuse_arrays_that_do_not_match_their_plan():
             call()
 
 
-# ----------------------------------------------------------------------------- fused 2x2 max pool
+# ----------------------------------------------------------------------------- fused max pools
 
 def _pool_path(run):
     """Which kernel pools in its output loop (its class name), or "after" (a work buffer,
@@ -713,45 +713,58 @@ def _pool_path(run):
     return name if name in ("GemmConv", "WinogradConv") else "after"
 
 
+@pytest.mark.parametrize("pool", C.FUSED_POOLS)
 @pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd2", "winograd4", "winograd6"])
-def test_conv2d_pool_sweep(algorithm, threads):
-    # conv2d(pool="max2x2") against conv2d_reference then the reference 2x2 max pool, on
-    # odd output sizes (a last row or column without a window), batches, groups, strides
+def test_conv2d_pool_sweep(algorithm, pool, threads):
+    # conv2d(pool=...) against conv2d_reference then the reference max pool, on odd and
+    # even output sizes (a last row or column without a window, or in ceil mode with a
+    # clipped one), batches, groups, strides
     if algorithm.startswith("winograd") and C._winograd_kernels() is None:
         pytest.skip("winograd kernel not built")
-    rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads, 2])
+    rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads, len(pool)])
     done = 0
     while done < 25:
         case = random_case(rng, algorithm)
         case["residual"] = None
-        if min(C.conv2d_reference(**case).shape[2:]) < 2:
+        if min(C.conv2d_reference(**case).shape[2:]) < C.POOL_KINDS[pool][0]:
             continue
-        ref = C.conv2d_reference(**case, pool="max2x2")
-        got = C.conv2d(**case, algorithm=algorithm, pool="max2x2")
+        ref = C.conv2d_reference(**case, pool=pool)
+        got = C.conv2d(**case, algorithm=algorithm, pool=pool)
         assert got.dtype == np.float32 and got.shape == ref.shape
         err = rel_err(got, ref, np.max(np.abs(C.conv2d_reference(**dict(case, activation=None)))))
         assert err <= TOL[algorithm], (algorithm, {k: getattr(v, "shape", v) for k, v in case.items()}, err)
         done += 1
 
 
-@pytest.mark.parametrize("cig, cog, kernel, hw, stride, pads, activation, algorithm, path", [
-    (3, 64, 3, (30, 31), 1, 1, "relu", "auto", "GemmConv"),          # an RGB first layer, the blocked loop
-    (9, 40, 3, (21, 20), 2, 1, "relu6", "im2col", "GemmConv"),      # strided, the blocked loop into scratch
-    (3, 128, 3, (7, 8), 2, 1, "relu", "im2col", "GemmConv"),        # 16 pixels: sgemm, output channels split
-    (24, 40, 1, (17, 13), 1, 0, "relu", "1x1", "GemmConv"),         # B read straight from x
-    (20, 48, 3, (15, 14), 1, 1, "relu", "winograd2", "WinogradConv"),
-    (32, 64, 3, (29, 27), 1, (1, 0, 2, 1), "relu", "winograd4", "WinogradConv"),   # panels, odd Ho and Wo
-    (17, 20, 3, (23, 22), 1, 1, None, "winograd6", "WinogradConv"),
-    (64, 64, 3, (57, 56), 1, 1, ("leaky_relu", 0.2), "auto", "WinogradConv"),
-    (32, 32, 3, (12, 12), 1, 1, ("leaky_relu", -0.5), "winograd4", "after"),  # decreasing: pooled after
-    (40, 64, 1, (6, 7), 1, 0, "relu", "1x1", "after"),               # PanelConv1x1
-    (40, 64, 3, (9, 9), 1, 1, None, "im2col", "after"),              # PanelConv
-    (16, 16, 3, (11, 10), 1, 1, "relu", "depthwise", "after"),
+@pytest.mark.parametrize("cig, cog, kernel, hw, stride, pads, activation, algorithm, pool, path", [
+    (3, 64, 3, (30, 31), 1, 1, "relu", "auto", "max2x2", "GemmConv"),     # an RGB first layer, the blocked loop
+    (9, 40, 3, (21, 20), 2, 1, "relu6", "im2col", "max2x2", "GemmConv"),  # strided, the blocked loop into scratch
+    (3, 128, 3, (7, 8), 2, 1, "relu", "im2col", "max2x2", "GemmConv"),    # 16 pixels: sgemm, output channels split
+    (24, 40, 1, (17, 13), 1, 0, "relu", "1x1", "max2x2", "GemmConv"),     # B read straight from x
+    (3, 64, 3, (61, 45), 2, 0, "relu", "auto", "max3x3s2", "GemmConv"),   # SqueezeNet's first layer: tiles overlap
+    (5, 24, 3, (23, 30), 1, 1, None, "im2col", "max3x3s2", "GemmConv"),   # sgemm (fewer than 32 channels)
+    (3, 128, 3, (9, 9), 1, 1, "relu", "im2col", "max3x3s2", "GemmConv"),  # one pooled row, channels split
+    (24, 40, 1, (17, 13), 1, 0, "relu", "1x1", "max3x3s2", "GemmConv"),
+    (3, 32, 3, (31, 35), 2, 0, "relu", "auto", "max3x3s2_ceil", "GemmConv"),   # odd output: no clipped window
+    (3, 32, 3, (30, 33), 2, 0, "relu", "auto", "max3x3s2_ceil", "after"),      # even output: clipped windows
+    (20, 48, 3, (15, 14), 1, 1, "relu", "winograd2", "max2x2", "WinogradConv"),
+    (32, 64, 3, (29, 27), 1, (1, 0, 2, 1), "relu", "winograd4", "max2x2", "WinogradConv"),   # panels, odd Ho, Wo
+    (17, 20, 3, (23, 22), 1, 1, None, "winograd6", "max2x2", "WinogradConv"),
+    (64, 64, 3, (57, 56), 1, 1, ("leaky_relu", 0.2), "auto", "max2x2", "WinogradConv"),
+    (32, 32, 3, (12, 12), 1, 1, ("leaky_relu", -0.5), "winograd4", "max2x2", "after"),  # decreasing: pooled after
+    (20, 48, 3, (15, 14), 1, 1, "relu", "winograd4", "max3x3s2", "after"),
+    (40, 64, 1, (6, 7), 1, 0, "relu", "1x1", "max2x2", "after"),          # PanelConv1x1
+    (40, 64, 3, (9, 9), 1, 1, None, "im2col", "max2x2", "after"),         # PanelConv
+    (40, 64, 3, (9, 9), 1, 1, None, "im2col", "max3x3s2_ceil", "after"),
+    (16, 16, 3, (11, 10), 1, 1, "relu", "depthwise", "max2x2", "after"),
+    (16, 16, 3, (11, 10), 1, 1, "relu", "depthwise", "max3x3s2", "after"),
 ])
-def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algorithm, path, threads, monkeypatch):
-    # Winograd and GemmConv pool in their output loop; other kernels (and Winograd with an
-    # activation that decreases somewhere, which its pooled epilogue cannot follow) write a
-    # work buffer that max_pool2d reads.  Each path against the reference, batch 1 and 3.
+def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algorithm, pool, path, threads,
+                           monkeypatch):
+    # GemmConv pools in its output loop, and so does Winograd 2x2; other kernels (and
+    # Winograd with an activation that decreases somewhere, which its pooled epilogue cannot
+    # follow, or ceil mode's clipped windows) write a work buffer that max_pool2d reads.
+    # Each path against the reference, batch 1 and 3.
     # The routes to the panel kernels need the blocked loop: patched on, as on AVX-512.
     monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
     rng = np.random.default_rng([cig, cog, kernel, threads])
@@ -759,27 +772,27 @@ def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algor
     w = rng.standard_normal((cog, cig // groups, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(cog).astype(np.float32)
     args = dict(stride=stride, padding=pads, groups=groups, activation=activation)
-    prepared = C.prepare_conv2d(w, b, **args, algorithm=algorithm, pool="max2x2")
+    prepared = C.prepare_conv2d(w, b, **args, algorithm=algorithm, pool=pool)
     for n in (1, 3):
         x = rng.standard_normal((n, cig, *hw)).astype(np.float32)
         run = prepared._plan(x.shape)[1]
         assert _pool_path(run) == path
-        ref = C.conv2d_reference(x, w, b, **args, pool="max2x2")
+        ref = C.conv2d_reference(x, w, b, **args, pool=pool)
         out = np.full(ref.shape, np.nan, np.float32)
         assert prepared(x, out=out) is out
         tol = TOL.get(prepared.algorithm_for(x.shape), 1e-5)
         assert rel_err(out, ref, np.max(np.abs(C.conv2d_reference(x, w, b, **dict(args, activation=None))))) <= tol
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd4"])
-def test_conv2d_pool_propagates_nan(algorithm):
+@pytest.mark.parametrize("algorithm, pool", [("im2col", "max2x2"), ("winograd4", "max2x2"), ("im2col", "max3x3s2")])
+def test_conv2d_pool_propagates_nan(algorithm, pool):
     # a window holding a NaN pools to NaN, as max_pool2d does (the fused max is NaN-aware)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
     x[0, 3, 5, 6] = np.nan
     w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
-    got = C.conv2d(x, w, padding=1, activation="relu", algorithm=algorithm, pool="max2x2")
-    ref = C.conv2d_reference(x, w, padding=1, activation="relu", pool="max2x2")
+    got = C.conv2d(x, w, padding=1, activation="relu", algorithm=algorithm, pool=pool)
+    ref = C.conv2d_reference(x, w, padding=1, activation="relu", pool=pool)
     assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.isnan(ref).any() and not np.isnan(ref).all()
 
 
@@ -790,6 +803,8 @@ def test_conv2d_pool_bad_arguments():
         C.conv2d(x, w, pool="avg2x2")
     with pytest.raises(ValueError, match="at least 2x2"):
         C.conv2d(x[:, :, :3], w, pool="max2x2")            # a 1x4 output has no 2x2 window
+    with pytest.raises(ValueError, match="at least 3x3"):
+        C.conv2d(x[:, :, :4], w, pool="max3x3s2_ceil")     # nor a 2x4 one a 3x3 window
     with pytest.raises(ValueError, match="residual"):
         C.conv2d(x, w, padding=1, residual=np.zeros((1, 8, 3, 3), np.float32), pool="max2x2")
     spec = registry.get("conv2d")
@@ -800,27 +815,30 @@ def test_conv2d_pool_bad_arguments():
                          spec.resolve_attrs({"pool": "max2x2"}))
 
 
-def test_registry_conv2d_pool_shape_counts_window():
-    # a pooled conv2d costs the conv's MACs plus three comparisons per pooled output, and
-    # sees the conv's window widened by one stride, at twice the stride
+@pytest.mark.parametrize("pool, pooled, window", [("max2x2", 6, 5), ("max3x3s2", 5, 7), ("max3x3s2_ceil", 6, 7)])
+def test_registry_conv2d_pool_shape_counts_window(pool, pooled, window):
+    # a pooled conv2d costs the conv's MACs plus k*k - 1 comparisons per pooled output, and
+    # sees the conv's window widened by k - 1 strides, at twice the stride
     spec = registry.get("conv2d")
-    attrs = spec.resolve_attrs({"stride": 2, "padding": 1, "pool": "max2x2"})
+    attrs = spec.resolve_attrs({"stride": 2, "padding": 1, "pool": pool})
     weights = {"weight": (16, 8, 3, 3), "bias": (16,)}
     shapes = spec.infer_shape([(2, 8, 23, 23)], weights, attrs)
-    assert shapes == [(2, 16, 6, 6)]
+    assert shapes == [(2, 16, pooled, pooled)]
     counts = spec.count([(2, 8, 23, 23)], weights, attrs, shapes)
+    k = C.POOL_KINDS[pool][0]
     assert counts.macs == 2 * 16 * 12 * 12 * 8 * 9
-    assert counts.adds == 2 * 16 * 12 * 12 + 3 * 2 * 16 * 6 * 6
-    assert spec.window(attrs, weights) == registry.Window((5, 5), (4, 4), (1, 1))
+    assert counts.adds == 2 * 16 * 12 * 12 + (k * k - 1) * 2 * 16 * pooled * pooled
+    assert spec.window(attrs, weights) == registry.Window((window, window), (4, 4), (1, 1))
 
 
 def test_kernel_objects_refuse_a_pool_they_cannot_fuse():
     from pyconv._core import conv_gemm
     x = np.zeros((1, 8, 6, 6), np.float32)
     wmat = np.zeros((8, 72), np.float32)
-    make = (lambda out_shape, tile_cols: conv_gemm.GemmConv(x.shape, wmat, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 3,
-                                                            3, (0, 0.0, 0.0, 0.0), out_shape, tile_cols, 1,
-                                                            max_pool=True))
+
+    def make(out_shape, tile_cols, pool=2):
+        return conv_gemm.GemmConv(x.shape, wmat, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 3, 3, (0, 0.0, 0.0, 0.0),
+                                  out_shape, tile_cols, 1, pool=pool)
     gemm = make((1, 8, 3, 3), 12)
     phases = np.zeros(conv_gemm.phase_floats(8, (1, 1), 8, 8), np.float32)
     tiles = np.zeros((1, conv_gemm.scratch_floats(72, 8, 12, 3, 3, True)), np.float32)
@@ -829,6 +847,13 @@ def test_kernel_objects_refuse_a_pool_they_cannot_fuse():
         make((1, 8, 3, 3), 18)                   # a tile ending inside a pair of rows
     with pytest.raises(ValueError, match="max-pooled"):
         make((1, 8, 6, 6), 12)                   # out not pooled
+    make((1, 8, 2, 2), 18, pool=3)               # 3x3 windows: pairs of rows and the row after them
+    with pytest.raises(ValueError, match="one row"):
+        make((1, 8, 2, 2), 12, pool=3)
+    with pytest.raises(ValueError, match="max-pooled"):
+        make((1, 8, 3, 3), 18, pool=3)
+    with pytest.raises(ValueError, match="pool must be"):
+        make((1, 8, 3, 3), 12, pool=4)
     with pytest.raises(ValueError, match="residual"):
         gemm(x, np.zeros((1, 8, 3, 3), np.float32), np.zeros((1, 8, 3, 3), np.float32), phases, tiles)
     with pytest.raises(ValueError):

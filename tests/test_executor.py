@@ -295,10 +295,11 @@ def test_tensors_read_twice_or_published_are_not_fused_away():
 
 @needs("conv2d", "relu", "max_pool2d")
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (2, 3, 45, 38)])
-def test_2x2_max_pools_fuse_into_the_conv_before_them(shape):
-    """conv (-> relu) -> max_pool2d(2, 2) becomes one conv2d with pool="max2x2", whatever
-    its kernel; pools with another window, stride, padding or ceil mode, pools after a
-    residual add, and convs whose output is read elsewhere stay apart."""
+def test_max_pools_fuse_into_the_conv_before_them(shape):
+    """conv (-> relu) -> max_pool2d(2, 2), or max_pool2d(3, 2) in either mode, becomes one
+    conv2d with pool="max2x2", "max3x3s2" or "max3x3s2_ceil", whatever its kernel; pools
+    with another window, stride or padding, 2x2 ones in ceil mode, pools after a residual
+    add, and convs whose output is read elsewhere stay apart."""
     rng = np.random.default_rng(12)
     w = lambda *s: rng.standard_normal(s).astype(np.float32) * (2.0 / np.prod(s[1:])) ** 0.5
     b = GraphBuilder()
@@ -306,20 +307,23 @@ def test_2x2_max_pools_fuse_into_the_conv_before_them(shape):
     y = b.max_pool2d(b.relu(b.conv2d(x, weight=w(16, 3, 3, 3), padding=1, name="rgb")), kernel_size=2)
     y = b.max_pool2d(b.relu(b.conv2d(y, weight=w(16, 16, 3, 3), padding=1, name="wino")), kernel_size=2, stride=2)
     y = b.max_pool2d(b.conv2d(y, weight=w(16, 1, 3, 3), padding=1, groups=16, name="dw"), kernel_size=[2, 2])
+    overlapping = [b.max_pool2d(b.relu(b.conv2d(y, weight=w(8, 16, 3, 3), padding=1, name=f"o{i}")), kernel_size=3,
+                                stride=2, ceil_mode=bool(i)) for i in (0, 1)]
     kept = [b.max_pool2d(b.conv2d(y, weight=w(4, 16, 1, 1), name=f"c{i}"), **kw)
             for i, kw in enumerate([dict(kernel_size=2, stride=1), dict(kernel_size=2, ceil_mode=True),
-                                    dict(kernel_size=3, stride=2), dict(kernel_size=2, padding=1)])]
+                                    dict(kernel_size=3, stride=1), dict(kernel_size=2, padding=1),
+                                    dict(kernel_size=3, stride=2, padding=1)])]
     res = b.conv2d(y, weight=w(16, 16, 1, 1), name="res")
     pooled_sum = b.max_pool2d(b.relu(b.add(res, y)), kernel_size=2)   # conv + residual: not fused
     shared = b.conv2d(y, weight=w(4, 16, 1, 1), name="shared")
-    for i, t in enumerate(kept + [pooled_sum, b.max_pool2d(shared, kernel_size=2), shared]):
+    for i, t in enumerate(overlapping + kept + [pooled_sum, b.max_pool2d(shared, kernel_size=2), shared]):
         b.output(t, alias=f"out{i}")
     graph = b.build()
     model = pyconv.Model(graph)
     pools = {n.name: n.attrs.get("pool") for n in model.optimized.nodes if n.op == "conv2d"}
-    assert pools == {"rgb": "max2x2", "wino": "max2x2", "dw": "max2x2", "c0": None, "c1": None, "c2": None,
-                     "c3": None, "res": None, "shared": None}
-    assert [n.op for n in model.optimized.nodes].count("max_pool2d") == 6
+    assert pools == {"rgb": "max2x2", "wino": "max2x2", "dw": "max2x2", "o0": "max3x3s2", "o1": "max3x3s2_ceil",
+                     "c0": None, "c1": None, "c2": None, "c3": None, "c4": None, "res": None, "shared": None}
+    assert [n.op for n in model.optimized.nodes].count("max_pool2d") == 7
     xin = rng.standard_normal(shape).astype(np.float32)
     out, want = model.run({"x": xin}), reference_run(graph, {"x": xin})
     for name in want:

@@ -12,9 +12,10 @@
 # The output pixels are cut into tiles of ``tile_cols``; each (group, tile)
 # task gathers its B rows and runs one single-threaded sgemm that writes the
 # NCHW output rows in place; the fused epilogue runs on them right after,
-# while they are hot.  With a fused 2x2 max pool a tile is whole pairs of
-# output rows, multiplied into scratch and pooled from there: only the pooled
-# quarter reaches the output.  Tasks are spread over the OpenMP threads (the
+# while they are hot.  With a fused max pool (2x2 or 3x3, stride 2) a tile is
+# whole pairs of output rows (and, for 3x3 windows, the row after them, which the
+# next tile computes again), multiplied into scratch and pooled from there: only
+# the pooled quarter reaches the output.  Tasks are spread over the OpenMP threads (the
 # BLAS is always on one thread, see pyconv/_threads.py).
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -22,7 +23,7 @@ from libc.string cimport memcpy
 from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm
 from pyconv._core.epilogue cimport Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.max_pool_2x2 cimport max_pool_2x2_row
+from pyconv._core.max_pool_rows cimport max_pool_2x2_row, max_pool_3x3s2_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
@@ -37,7 +38,8 @@ cdef struct ConvGeom:
     PhaseGeom ph
     int C, Co, Ho, Wo, groups
     bint direct          # B is x itself (1x1, stride 1, unpadded)
-    bint pool            # out is the output max-pooled 2x2, stride 2: Ho // 2 x Wo // 2
+    int pool             # 0, or out is the output max-pooled over pool x pool windows, stride 2
+    int Hp, Wp           # the pooled output's size
 
 
 def gemm_layout(int kh, int kw, stride, pads, dilation, int Ho, int Wo):
@@ -127,17 +129,21 @@ cdef multiversion_void epilogue_tile(float* c, Py_ssize_t ldc, int rows, int nco
                      residual + co * ldr if residual != NULL else NULL, ep)
 
 
-cdef multiversion_void pool_tile(const float* c, int rows, int ncols, float* out, Py_ssize_t row0,
+cdef multiversion_void pool_tile(float* c, int rows, int ncols, float* out, Py_ssize_t row0,
                                  const ConvGeom* g) noexcept nogil:
-    """The fused max pool: a tile of ``rows`` output channels x ``ncols`` pixels (whole
-    pairs of rows from output row 2 * row0) into pooled rows row0 .. of ``out`` (the
-    tile's first channel)."""
-    cdef Py_ssize_t plane = <Py_ssize_t>(g.Ho // 2) * (g.Wo // 2), pair
+    """The fused max pool: a tile of ``rows`` output channels x ``ncols`` pixels (output
+    rows from 2 * row0, whole windows) into pooled rows row0 .. of ``out`` (the tile's
+    first channel).  A 3x3 pool overwrites the middle row of each window."""
+    cdef Py_ssize_t plane = <Py_ssize_t>g.Hp * g.Wp, pair, Wo = g.Wo
     cdef int co
+    cdef float* r
     for co in range(rows):
-        for pair in range(ncols // (2 * g.Wo)):
-            max_pool_2x2_row(c + co * ncols + 2 * pair * g.Wo, c + co * ncols + (2 * pair + 1) * g.Wo,
-                             out + co * plane + (row0 + pair) * (g.Wo // 2), g.Wo // 2)
+        for pair in range((ncols // g.Wo - (g.pool - 2)) // 2):
+            r = c + co * ncols + 2 * pair * Wo
+            if g.pool == 2:
+                max_pool_2x2_row(r, r + Wo, out + co * plane + (row0 + pair) * g.Wp, g.Wp)
+            else:
+                max_pool_3x3s2_row(r, r + Wo, r + 2 * Wo, out + co * plane + (row0 + pair) * g.Wp, g.Wp)
 
 
 cdef struct GemmCall:
@@ -150,6 +156,8 @@ cdef struct GemmCall:
     const float* residual
     Epilogue ep
     int K, cig, cog, tile_cols, ntiles
+    int tile_step        # pixels from one tile's start to the next's (tile_cols less a pooled
+                         # tile's overlap)
     int row_blocks       # output channels of a group split into this many tasks
     Py_ssize_t im2col_floats   # of a thread's scratch (the pooled path's output tile follows)
     bint blocked
@@ -168,9 +176,10 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
     cols: this thread's scratch: the im2col tile, then the output tile to pool."""
     cdef const ConvGeom* g = c.g
     cdef Py_ssize_t P = <Py_ssize_t>g.Ho * g.Wo
-    cdef Py_ssize_t pixels = <Py_ssize_t>(g.Ho // 2) * 2 * g.Wo if g.pool else P   # those the output needs
+    # the pixels the output needs: all, or the pooled windows' rows
+    cdef Py_ssize_t pixels = <Py_ssize_t>(2 * g.Hp + g.pool - 2) * g.Wo if g.pool else P
     cdef int rb = task % c.row_blocks, t = task // c.row_blocks % c.ntiles, grp = task // c.row_blocks // c.ntiles
-    cdef Py_ssize_t col0 = <Py_ssize_t>t * c.tile_cols
+    cdef Py_ssize_t col0 = <Py_ssize_t>t * c.tile_step
     cdef int ncols = pixels - col0 if pixels - col0 < c.tile_cols else c.tile_cols
     cdef int row0 = rb * c.cog // c.row_blocks, rows = (rb + 1) * c.cog // c.row_blocks - row0
     cdef const float* b
@@ -203,7 +212,7 @@ cdef inline void gemm_task(const GemmCall* c, int n, int task, float* cols) noex
         gemm_rowmajor(False, False, rows, ncols, c.K, 1.0, w, c.K, b, ldb, 0.0, tile, <int>ldc)
         epilogue_tile(tile, ldc, rows, ncols, bias, residual, P, c.ep)
     if g.pool:
-        pool_tile(tile, rows, ncols, c.out + (<Py_ssize_t>n * g.Co + grp * c.cog + row0) * (g.Ho // 2) * (g.Wo // 2),
+        pool_tile(tile, rows, ncols, c.out + (<Py_ssize_t>n * g.Co + grp * c.cog + row0) * g.Hp * g.Wp,
                   col0 // (2 * g.Wo), g)
 
 
@@ -224,7 +233,8 @@ cdef ConvGeom conv_geometry(tuple x_shape, tuple out_shape, int groups, int kh, 
     g.C, g.Co = x_shape[1], out_shape[1]
     g.Ho, g.Wo = out_shape[2], out_shape[3]
     g.groups = groups
-    g.pool = False
+    g.pool = 0
+    g.Hp, g.Wp = g.Ho, g.Wo
     g.ph = phase_geometry(x_shape[2], x_shape[3], g.Ho, g.Wo, kh, kw, stride, pads, dilation)
     g.direct = (kh == 1 and kw == 1 and g.ph.sh == 1 and g.ph.sw == 1 and g.ph.pt == 0 and g.ph.pl == 0
                 and g.ph.Hq == g.ph.H and g.ph.Wq == g.ph.W)
@@ -240,9 +250,10 @@ cdef class GemmConv:
     conv's call otherwise spent more time acquiring seven memoryviews than computing a
     small layer.
     pads = (top, left, bottom, right); bias float32[Co] or None; residual float32 like
-    out, or None; max_pool: out is the output max-pooled over 2x2 windows, stride 2
-    (PyTorch's floor mode; out_shape then the pooled shape; tile_cols whole pairs of
-    output rows; no residual); blocked: the GEMMs by blocked_gemm_tile instead of sgemm (needs
+    out, or None; pool: 0, or out is the output max-pooled over pool x pool windows
+    (2 or 3), stride 2 (PyTorch's floor mode; out_shape then the pooled shape;
+    tile_cols whole pairs of output rows, and one row more for 3x3 windows, which
+    tiles share with the next; no residual); blocked: the GEMMs by blocked_gemm_tile instead of sgemm (needs
     Co/groups >= blocked_min_rows() and tile_cols >= blocked_min_cols());
     row_blocks: tasks per (group, tile), each a block of output channels (threads
     splitting a layer with few pixels by its weights, so each packs only its share);
@@ -252,25 +263,33 @@ cdef class GemmConv:
     cdef Epilogue ep
     cdef object wmat, bias
     cdef tuple x_shape, out_shape
-    cdef int K, cig, cog, tile_cols, ntiles, nthreads, row_blocks
+    cdef int K, cig, cog, tile_cols, tile_step, ntiles, nthreads, row_blocks
     cdef Py_ssize_t phase_need, scratch_need, im2col_need
     cdef readonly bint blocked
 
     def __init__(self, tuple x_shape, wmat, bias, stride, pads, dilation, int groups, int kh, int kw,
                  tuple epilogue, tuple out_shape, int tile_cols, int nthreads, bint blocked=False,
-                 int row_blocks=1, bint max_pool=False):
+                 int row_blocks=1, int pool=0):
         self.x_shape, self.out_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in out_shape)
         if tile_cols < 1 or nthreads < 1 or row_blocks < 1:
             raise ValueError("tile_cols, nthreads and row_blocks must be >= 1")
+        if pool not in (0, 2, 3):
+            raise ValueError(f"pool must be 0 (none), 2 or 3 (the window), got {pool}")
         conv_shape = self.out_shape
-        if max_pool:
+        self.tile_step = tile_cols
+        if pool:
             conv_shape = self.out_shape[:2] + conv_output_hw(self.x_shape, kh, kw, stride, pads, dilation)
-            if self.out_shape[2:] != (conv_shape[2] // 2, conv_shape[3] // 2) or min(self.out_shape[2:]) < 1:
-                raise ValueError(f"out {self.out_shape} must be the conv's output {conv_shape} max-pooled 2x2")
-            if tile_cols % (2 * conv_shape[3]):
-                raise ValueError(f"tile_cols={tile_cols} must be whole pairs of {conv_shape[3]}-pixel rows")
+            pooled = tuple((size - pool) // 2 + 1 for size in conv_shape[2:])
+            if self.out_shape[2:] != pooled or min(pooled) < 1:
+                raise ValueError(f"out {self.out_shape} must be the conv's output {conv_shape} max-pooled "
+                                 f"{pool}x{pool}, stride 2")
+            self.tile_step = tile_cols - (pool - 2) * conv_shape[3]
+            if self.tile_step < 1 or self.tile_step % (2 * conv_shape[3]):
+                raise ValueError(f"tile_cols={tile_cols} must be whole pairs of {conv_shape[3]}-pixel rows"
+                                 f"{' and one row' if pool == 3 else ''}")
         self.g = conv_geometry(self.x_shape, conv_shape, groups, kh, kw, stride, pads, dilation)
-        self.g.pool = max_pool
+        if pool:
+            self.g.pool, self.g.Hp, self.g.Wp = pool, self.out_shape[2], self.out_shape[3]
         self.cig, self.cog = self.g.C // groups, self.g.Co // groups
         self.K = self.cig * kh * kw
         check_array(wmat, "wmat", (self.g.Co, self.K))
@@ -282,11 +301,12 @@ cdef class GemmConv:
             raise ValueError(f"row_blocks={row_blocks} leaves blocks of fewer than "
                              f"{blocked_min_rows() if blocked else 1} of the {self.cog} output channels")
         self.tile_cols, self.nthreads, self.blocked, self.row_blocks = tile_cols, nthreads, blocked, row_blocks
-        cdef Py_ssize_t pixels = <Py_ssize_t>(self.g.Ho // 2 * 2 if max_pool else self.g.Ho) * self.g.Wo
-        self.ntiles = (pixels + tile_cols - 1) // tile_cols
+        # tiles start at every tile_step pixels of the rows that start a window
+        cdef Py_ssize_t pixels = <Py_ssize_t>(2 * self.g.Hp if pool else self.g.Ho) * self.g.Wo
+        self.ntiles = (pixels + self.tile_step - 1) // self.tile_step
         self.phase_need = 0 if self.g.direct else phase_floats(self.g.C, stride, self.g.ph.Hq, self.g.ph.Wq)
         self.im2col_need = im2col_floats(self.K, tile_cols, kh, kw)
-        self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw, max_pool)
+        self.scratch_need = nthreads * scratch_floats(self.K, self.cog, tile_cols, kh, kw, pool != 0)
 
     def __call__(self, x, residual, out, phases, scratch):
         check_conv_arrays(x, residual, out, self.x_shape, self.out_shape, self.g.pool)
@@ -302,7 +322,8 @@ cdef class GemmConv:
         call.residual = data_of(residual) if residual is not None else NULL
         call.ep = self.ep
         call.K, call.cig, call.cog = self.K, self.cig, self.cog
-        call.tile_cols, call.ntiles, call.blocked = self.tile_cols, self.ntiles, self.blocked
+        call.tile_cols, call.tile_step, call.ntiles, call.blocked = (self.tile_cols, self.tile_step, self.ntiles,
+                                                                     self.blocked)
         call.row_blocks, call.im2col_floats = self.row_blocks, self.im2col_need
         cdef float* cols = data_of(scratch)
         cdef Py_ssize_t per_thread = self.scratch_need // self.nthreads

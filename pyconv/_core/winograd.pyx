@@ -32,7 +32,7 @@ from pyconv._core.blas cimport gemm_rowmajor
 from pyconv._core.blocked_gemm cimport BLOCK_COLS, BLOCK_ROWS, blocked_gemm, panel_start
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
 from pyconv._core.epilogue cimport ACT_LEAKY, ACT_NONE, Epilogue, epilogue_from_spec, epilogue_row
-from pyconv._core.max_pool_2x2 cimport max_pool_2x2_pixels
+from pyconv._core.max_pool_rows cimport max_pool_2x2_pixels
 from pyconv._core.ndarrays cimport check_conv_arrays, data_of, overlaps
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.simd cimport multiversion_void

@@ -8,10 +8,11 @@
   the residual in its epilogue, while the output row is still in cache.
 * ``fuse_activations``: conv -> relu / relu6 / clip / leaky_relu moves the activation
   into the conv's epilogue (any op with an ``activation`` attribute).
-* ``fuse_max_pools``: conv2d -> max_pool2d with a 2x2 kernel and stride 2 (no
-  padding, floor mode) becomes one conv2d with ``pool="max2x2"``: Winograd and the
-  GEMM conv pool in their output loop, so only the pooled quarter reaches memory
-  (VGG's blocks).
+* ``fuse_max_pools``: conv2d -> max_pool2d with a 2x2 kernel (floor mode) or a 3x3
+  one, stride 2 and no padding, becomes one conv2d with ``pool="max2x2"``,
+  ``"max3x3s2"`` or ``"max3x3s2_ceil"``: the GEMM conv (and Winograd, 2x2) pools in
+  its output loop, so only the pooled quarter reaches memory (VGG's blocks,
+  SqueezeNet's first layer).
 * ``fuse_concat_shuffles``: concat (channels) -> channel_shuffle becomes one
   concat_shuffle, which copies each plane once (ShuffleNetV2's unit tail).
 
@@ -206,27 +207,33 @@ def fuse_activations(rw: _Rewriter) -> None:
         rw.absorb(node, act)
 
 
-def _is_max_pool_2x2(node: Node) -> bool:
-    """Whether ``node`` is max_pool2d(kernel 2, stride 2, no padding, dilation 1, floor mode)."""
+def _fused_pool_kind(node: Node) -> Optional[str]:
+    """The conv2d ``pool`` value (ops.conv.POOL_KINDS) that ``node`` is, if it is a
+    max_pool2d with stride 2, no padding and dilation 1, else None."""
     from pyconv.ops._args import int_pair, padding4
+    from pyconv.ops.conv import POOL_KINDS
 
     if node.op != "max_pool2d":
-        return False
+        return None
     attrs = registry.get("max_pool2d").resolve_attrs(node.attrs)
     try:
         kernel = int_pair(attrs["kernel_size"], "kernel_size")
         stride = kernel if attrs["stride"] is None else int_pair(attrs["stride"], "stride")
         plain = padding4(attrs["padding"]) == (0,) * 4 and int_pair(attrs["dilation"], "dilation") == (1, 1)
     except (TypeError, ValueError):
-        return False   # validation has accepted the node: an odd form is simply not fused
-    return kernel == stride == (2, 2) and plain and not attrs["ceil_mode"]
+        return None   # validation has accepted the node: an odd form is simply not fused
+    form = (kernel[0], bool(attrs["ceil_mode"]))
+    if not plain or kernel[0] != kernel[1] or stride != (2, 2):
+        return None
+    return next((name for name, kind in POOL_KINDS.items() if kind == form), None)
 
 
 def fuse_max_pools(rw: _Rewriter) -> None:
     for conv in rw.live_nodes("conv2d"):
         pool = rw.sole_consumer(conv)
-        if len(conv.inputs) == 1 and conv.attrs.get("pool") is None and pool is not None and _is_max_pool_2x2(pool):
-            conv.attrs = {**conv.attrs, "pool": "max2x2"}
+        kind = _fused_pool_kind(pool) if pool is not None else None
+        if len(conv.inputs) == 1 and conv.attrs.get("pool") is None and kind is not None:
+            conv.attrs = {**conv.attrs, "pool": kind}
             rw.absorb(conv, pool)
 
 

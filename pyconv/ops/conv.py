@@ -4,8 +4,8 @@ All take NCHW (NCL for conv1d) float32 arrays and PyTorch's argument names and
 semantics; float64 and non-contiguous inputs are converted (a copy), other
 dtypes raise TypeError.  ``padding`` may be an int, ``(ph, pw)`` or ONNX-order
 ``(top, left, bottom, right)``.  Bias, the fused activation and (conv2d) a
-residual are applied in each kernel's output loop, and so is (conv2d) a 2x2
-stride-2 max pool of the result (``pool="max2x2"``, see :data:`FUSED_POOLS`).
+residual are applied in each kernel's output loop, and so is (conv2d) a stride-2
+max pool of the result (``pool="max2x2"``, ``"max3x3s2"``..., see :data:`FUSED_POOLS`).
 
 ``prepare_conv2d`` packs the weights once for one algorithm (the executor uses
 it through the registry's ``prepare`` hook); ``conv2d`` is prepare + call.
@@ -41,11 +41,14 @@ __all__ = [
 ]
 
 ALGORITHMS = ("auto", "winograd", "winograd2", "winograd4", "winograd6", "1x1", "depthwise", "im2col", "direct")
-# Pools a conv2d may apply to its own output (``pool=``): "max2x2" is max_pool2d with
-# a 2x2 kernel, stride 2, no padding, floor mode (VGG's).  Winograd and the GEMM conv
-# pool in their output loop, so the full-size output never reaches memory; the other
-# kernels write it to a work buffer and pool that (docs/kernels.md).
-FUSED_POOLS = ("max2x2",)
+# Pools a conv2d may apply to its own output (``pool=``), as (kernel, ceil_mode) of a
+# max_pool2d with stride 2 and no padding: a 2x2 window (VGG's) or an overlapping 3x3
+# one (SqueezeNet's, AlexNet's; in ceil mode an even-sized output gets a last, clipped
+# window).  The GEMM conv pools in its output loop (and Winograd the 2x2 pool), so
+# the full-size output never reaches memory; the other kernels, and clipped windows,
+# write it to a work buffer and pool that (docs/kernels.md).
+POOL_KINDS = {"max2x2": (2, False), "max3x3s2": (3, False), "max3x3s2_ceil": (3, True)}
+FUSED_POOLS = tuple(POOL_KINDS)
 # "auto" uses Winograd only from this many input and output channels on: below
 # it the transforms cost more than the GEMM they save (measured, docs/kernels.md).
 WINOGRAD_MIN_CHANNELS = 16
@@ -85,6 +88,11 @@ _GEMM_TILE_BUDGET_IM2COL = 1 << 18
 # ran 1.4-1.7x faster with 256-pixel tiles than with 2500-4200 (measured,
 # docs/kernels.md); larger K is indifferent between 128 and 1024.
 _IM2COL_MAX_TILE_COLS = 256
+# A tile of a conv fused with a 3x3 stride-2 pool computes the row after its pairs
+# again (the next tile's first): at least this many pairs keep that to an eighth.  In
+# SqueezeNet, 3->64 s2 @224 with its pool took 0.76 ms with one pair per tile, 0.64-0.71
+# with 3-8 (0.82 for the conv, then max_pool2d).
+_POOL3_MIN_PAIRS = 4
 # 1x1 convs run the register-blocked GEMM loop (blocked_gemm_tile) instead of sgemm.
 # In a network their large outputs or inputs are cold, and the loop writes each
 # output once (sgemm with beta = 0 zeroes C in a pass of its own) and streams B in
@@ -301,29 +309,36 @@ class _Run:
         self.call(x, residual, out, *[self.local.get(name, shape) for name, shape in self.scratch])
 
 
-# A kernel's ``plan(x_shape, out_shape, nthreads, max_pool)`` does the per-shape work
+# A kernel's ``plan(x_shape, out_shape, nthreads, pool)`` does the per-shape work
 # once (tile sizes, scratch sizes, algorithm choice) and returns a ``_Run``.  out_shape
-# is the conv's; with ``max_pool`` the run writes it max-pooled 2x2 (pooled_shape), or
-# the plan is None when the kernel cannot pool in its output loop.
+# is the conv's; with ``pool`` (one of FUSED_POOLS) the run writes it pooled
+# (pooled_shape), or the plan is None when the kernel cannot pool in its output loop.
 
 
-def pooled_shape(shape: Sequence[int]) -> Tuple[int, int, int, int]:
-    """An [N, C, H, W] shape after a 2x2 stride-2 max pool (floor mode)."""
+def pooled_shape(shape: Sequence[int], pool: str) -> Tuple[int, int, int, int]:
+    """An [N, C, H, W] shape after the fused ``pool`` (stride 2, floor mode)."""
     n, c, h, w = shape
-    return n, c, h // 2, w // 2
+    k, ceil_mode = POOL_KINDS[pool]
+    return (n, c) + tuple((size - k + (1 if ceil_mode else 0)) // 2 + 1 for size in (h, w))
 
 
-def _pool_after(run: _Run, conv_shape: Tuple[int, ...]) -> _Run:
-    """``run`` (a conv into ``conv_shape``) followed by a 2x2 max pool: the conv writes a
-    work buffer that max_pool2d then reads (for kernels that cannot pool in their loop)."""
+def _clips_windows(pool: str, shape: Sequence[int]) -> bool:
+    """Whether ``pool`` (in ceil mode) has a clipped last window on a conv output of ``shape``."""
+    k, ceil_mode = POOL_KINDS[pool]
+    return ceil_mode and any((size - k) % 2 for size in shape[2:])
+
+
+def _pool_after(run: _Run, conv_shape: Tuple[int, ...], pool: str) -> _Run:
+    """``run`` (a conv into ``conv_shape``) followed by ``pool``: the conv writes a work
+    buffer that max_pool2d then reads (for kernels that cannot pool in their loop)."""
     from pyconv.ops.pool import max_pool2d
 
-    conv = run.call
+    conv, (window, ceil_mode) = run.call, POOL_KINDS[pool]
 
     def call(x, residual, out, *buffers):
         *work, full = buffers
         conv(x, residual, full, *work)
-        max_pool2d(full, 2, 2, out=out)
+        max_pool2d(full, window, 2, ceil_mode=ceil_mode, out=out)
     return _Run(call, run.scratch + (("pooled_conv", tuple(conv_shape)),), run.local or _Scratch())
 
 
@@ -384,33 +399,38 @@ class _GemmKernel:
         tile = -(-pixels // ntiles)
         return min(pixels, -(-tile // 16) * 16), row_blocks
 
-    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
+    def plan(self, x_shape, out_shape, nthreads, pool=None):
         g = self.g
         kh, kw = g.kernel
         ho, wo = out_shape[2:]
         route = self.panel_route((ho, wo))
         if route is not None:
-            return None if max_pool else self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
+            return None if pool else self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        if max_pool:   # tiles of whole pairs of the output rows that the pool reads
-            pixels = ho // 2 * 2 * wo
-            tile, row_blocks = self.split(pixels, nthreads)
-            tile = min(pixels, -(-tile // (2 * wo)) * 2 * wo)
-            out_shape = pooled_shape(out_shape)
+        if pool and _clips_windows(pool, out_shape):
+            return None
+        window = POOL_KINDS[pool][0] if pool else 0
+        if pool:   # tiles of whole pairs of the output rows that the pool reads
+            out_shape = pooled_shape(out_shape, pool)
+            pixels = out_shape[2] * 2 * wo   # the pairs that start a pooled row's window
+            step, row_blocks = self.split(pixels, nthreads)
+            pairs = max(-(-step // (2 * wo)), _POOL3_MIN_PAIRS if window == 3 else 1)
+            step = min(pixels, pairs * 2 * wo)
+            tile = step + (window - 2) * wo   # and the row that a 3x3 window reaches past them
         else:
             tile, row_blocks = self.split(ho * wo, nthreads)
         tile_shape = (nthreads, _gemm.scratch_floats(self.wmat.shape[1], g.out_channels // g.groups, tile, kh, kw,
-                                                     max_pool))
+                                                     pool is not None))
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
         # first layers (K <= _BLOCKED_MAX_K) are bound by writing their large outputs, except
         # when pooled: their output tiles then stay in cache and the loop wins there too
-        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or max_pool) and cog * k <= _BLOCKED_MAX_WEIGHTS)
+        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or pool) and cog * k <= _BLOCKED_MAX_WEIGHTS)
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
-                              self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks, max_pool)
+                              self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks, window)
         return _Run(conv, (("phases", phase_shape), ("tiles", tile_shape)), self._scratch)
 
     def _plan_panels(self, route: str, x_shape, out_shape, nthreads):
@@ -435,8 +455,8 @@ class _DepthwiseKernel:
         self.bias, self.epilogue = bias, epilogue
         self._scratch = _Scratch()
 
-    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
-        if max_pool:
+    def plan(self, x_shape, out_shape, nthreads, pool=None):
+        if pool:
             return None
         g = self.g
         nthreads = min(nthreads, x_shape[0] * x_shape[1])
@@ -496,21 +516,23 @@ class _WinogradKernel:
         n, co, ho, wo = out_shape
         return self.tile or winograd_tile_for(n, self.g.in_channels, co, ho, wo, self.allow_im2col, self.panels)
 
-    def plan(self, x_shape, out_shape, nthreads, max_pool=False):
+    def plan(self, x_shape, out_shape, nthreads, pool=None):
         tile = self.tile_for(out_shape)
         if tile is None:
             if self._im2col is None:
                 self._im2col = _GemmKernel(self.g, self.weight, self.bias, self.epilogue)
-            return self._im2col.plan(x_shape, out_shape, nthreads, max_pool)
-        # Winograd pools before its epilogue, which then must not decrease (docs/kernels.md)
-        if max_pool and not _non_decreasing(self.epilogue):
+            return self._im2col.plan(x_shape, out_shape, nthreads, pool)
+        # Winograd pools 2x2 only, before its epilogue, which then must not decrease
+        # (docs/kernels.md)
+        max_pool = pool is not None
+        if max_pool and (POOL_KINDS[pool][0] != 2 or not _non_decreasing(self.epilogue)):
             return None
         packed = self.packed.get(tile)
         if packed is None:
             packed = self.packed[tile] = self.module.winograd_pack(self.weight, tile, self.panels)
         # the kernel keeps its own work buffers
         return _Run(self.module.WinogradConv(tuple(x_shape), packed, tile, self.bias, self.g.pads, self.epilogue,
-                                             pooled_shape(out_shape) if max_pool else tuple(out_shape), nthreads,
+                                             pooled_shape(out_shape, pool) if max_pool else tuple(out_shape), nthreads,
                                              max_pool=max_pool))
 
 
@@ -567,10 +589,9 @@ class PreparedConv2d:
             shape = self.output_shape(x_shape)
             conv_shape = self.geometry.output_shape(x_shape)
             nthreads = threads_for(float(np.prod(conv_shape)) * self._macs_per_output)
-            pooled = self.pool is not None
-            run = self._kernel.plan(x_shape, conv_shape, nthreads, pooled)
+            run = self._kernel.plan(x_shape, conv_shape, nthreads, self.pool)
             if run is None:   # a kernel that cannot pool in its output loop
-                run = _pool_after(self._kernel.plan(x_shape, conv_shape, nthreads), conv_shape)
+                run = _pool_after(self._kernel.plan(x_shape, conv_shape, nthreads), conv_shape, self.pool)
             plan = (shape, run)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
@@ -645,9 +666,10 @@ def conv2d_output_shape(g: ConvGeometry, x_shape: Sequence[int], pool: Optional[
     shape = g.output_shape(x_shape)
     if pool is None:
         return shape
-    if min(shape[2:]) < 2:
-        raise ValueError(f"pool {pool!r} needs a conv output of at least 2x2, got {shape[2]}x{shape[3]}")
-    return pooled_shape(shape)
+    k = POOL_KINDS[pool][0]
+    if min(shape[2:]) < k:
+        raise ValueError(f"pool {pool!r} needs a conv output of at least {k}x{k}, got {shape[2]}x{shape[3]}")
+    return pooled_shape(shape, pool)
 
 
 def prepare_conv2d(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -665,8 +687,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     x: (N, C_in, H, W); weight: (C_out, C_in/groups, kh, kw); bias: (C_out,) or None.
     padding: int, (ph, pw) or (top, left, bottom, right).  residual: (N, C_out, H_out,
     W_out), added before the activation.  algorithm: one of ``ALGORITHMS``.  pool:
-    None, or "max2x2" for ``max_pool2d(.., 2, 2)`` of the result, computed in the
-    conv's output loop (no residual then)."""
+    None, "max2x2" or "max3x3s2" for ``max_pool2d(.., 2, 2)`` or ``max_pool2d(.., 3,
+    2)`` of the result, computed in the conv's output loop where the kernel can (no
+    residual then)."""
     prepared = PreparedConv2d(weight, bias, stride, padding, dilation, groups, activation=activation,
                               algorithm=algorithm, pool=pool)
     return prepared(x, residual=residual, out=out)
@@ -839,7 +862,10 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, grou
     if residual is not None:
         y += np.asarray(residual, np.float64)
     y = apply_activation_reference(y, activation)
-    return y if pool is None else _pool_reference.max_pool2d(y, 2, 2)
+    if pool is None:
+        return y
+    window, ceil_mode = POOL_KINDS[pool]
+    return _pool_reference.max_pool2d(y, window, 2, ceil_mode=ceil_mode)
 
 
 def conv1d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
@@ -906,7 +932,7 @@ def _conv2d_infer_shape(input_shapes, weight_shapes, attrs):
 
 def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes, transposed: bool = False) -> Counts:
     """Parameters (weight + bias where present), MACs, and the bias/residual additions
-    (and a fused pool's comparisons, three per pooled output).
+    (and a fused k x k pool's comparisons: k * k - 1 per pooled output).
 
     A conv's output pixel meets every tap of its filter (C_in/g * kh * kw MACs); a
     transposed conv's input pixel meets every tap (C_out/g * kh * kw)."""
@@ -920,7 +946,7 @@ def _conv_counts(input_shapes, weight_shapes, attrs, output_shapes, transposed: 
     macs = int(np.prod(input_shapes[0] if transposed else output_shapes[0])) * int(np.prod(weight[1:]))
     adds = outputs * (int(has_bias) + (1 if len(input_shapes) > 1 else 0))
     if attrs.get("pool") is not None:
-        adds += 3 * pooled
+        adds += (POOL_KINDS[attrs["pool"]][0] ** 2 - 1) * pooled
     return Counts(params=params, macs=macs, adds=adds)
 
 
@@ -928,9 +954,10 @@ def _conv2d_window(attrs, weight_shapes) -> Window:
     g = _conv2d_geometry(weight_shapes, attrs)
     if attrs.get("pool") is None:
         return Window(kernel=g.kernel, stride=g.stride, dilation=g.dilation)
-    # a 2x2 stride-2 window over the conv's outputs: one more conv stride of input per
-    # axis, every other output
-    return Window(kernel=tuple(g.dilation[a] * (g.kernel[a] - 1) + 1 + g.stride[a] for a in range(2)),
+    # a k x k stride-2 window over the conv's outputs: k - 1 more conv strides of input
+    # per axis, every other output
+    k = POOL_KINDS[attrs["pool"]][0]
+    return Window(kernel=tuple(g.dilation[a] * (g.kernel[a] - 1) + 1 + (k - 1) * g.stride[a] for a in range(2)),
                   stride=tuple(2 * s for s in g.stride))
 
 
