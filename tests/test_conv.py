@@ -136,6 +136,59 @@ def test_conv2d_sweep(algorithm, threads):
         assert err <= TOL[algorithm], (algorithm, {k: getattr(v, "shape", v) for k, v in case.items()}, err)
 
 
+def wide_case(rng, algorithm):
+    """Random conv2d arguments on larger planes and channel counts than random_case's:
+    they reach the kernels' other routes (depthwise's row ring and phase planes, the
+    panel GEMMs, several GEMM tiles), which small cases never take."""
+    n = int(rng.choice([1, 1, 2]))
+    groups, cig = 1, int(rng.choice([1, 3, 5, 8, 16, 17, 24, 40]))
+    cog = int(rng.choice([3, 8, 24, 32, 33, 48, 64]))
+    kh, kw = (int(v) for v in rng.choice([1, 2, 3, 3, 5, 7], 2))
+    stride = tuple(int(v) for v in rng.choice([1, 1, 2, 3], 2))
+    dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
+    if algorithm == "depthwise":
+        groups = cig = int(rng.choice([1, 3, 16, 17, 32]))
+        cog = cig * int(rng.choice([1, 1, 2]))
+    elif algorithm == "im2col" and rng.random() < 0.2:
+        groups = 2
+        cig, cog = 2 * cig, 2 * cog
+    if algorithm == "1x1":
+        kh = kw = 1
+    if algorithm.startswith("winograd"):
+        kh = kw = 3
+        stride = dilation = (1, 1)
+    pads = tuple(int(v) for v in rng.integers(0, 4, 4))
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 72, 2))
+        ho = C.conv_output_size(h, kh, stride[0], pads[0], pads[2], dilation[0])
+        wo = C.conv_output_size(w, kw, stride[1], pads[1], pads[3], dilation[1])
+        if ho > 0 and wo > 0:
+            break
+    return dict(x=rng.standard_normal((n, cig, h, w)).astype(np.float32),
+                weight=rng.standard_normal((cog, cig // groups, kh, kw)).astype(np.float32),
+                bias=rng.standard_normal(cog).astype(np.float32) if rng.random() < 0.7 else None,
+                stride=stride, padding=pads, dilation=dilation, groups=groups,
+                activation=ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))],
+                residual=rng.standard_normal((n, cog, ho, wo)).astype(np.float32) if rng.random() < 0.3 else None)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd2", "winograd4"])
+def test_conv2d_wide_sweep(algorithm, threads, monkeypatch):
+    # The routes to the panel kernels need the blocked loop: patched on, as on AVX-512, so
+    # every CPU runs them.  (A depthwise geometry that broke here, a 2x1 stride-2 kernel
+    # with top padding 2 on 28x10 phase planes, had passed the small sweeps.)
+    if algorithm.startswith("winograd") and C._winograd_kernels() is None:
+        pytest.skip("winograd kernel not built")
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads, 72])
+    for _ in range(30):
+        case = wide_case(rng, algorithm)
+        ref = C.conv2d_reference(**case)
+        got = C.conv2d(**case, algorithm=algorithm)
+        err = rel_err(got, ref, np.max(np.abs(C.conv2d_reference(**dict(case, activation=None)))))
+        assert err <= TOL[algorithm], (algorithm, {k: getattr(v, "shape", v) for k, v in case.items()}, err)
+
+
 def test_conv2d_direct_is_im2col():
     rng = np.random.default_rng(7)
     case = random_case(rng, "im2col")
