@@ -316,7 +316,7 @@ class _Run:
 
 
 def pooled_shape(shape: Sequence[int], pool: str) -> Tuple[int, int, int, int]:
-    """An [N, C, H, W] shape after the fused ``pool`` (stride 2, floor mode)."""
+    """An [N, C, H, W] shape after the fused ``pool`` (POOL_KINDS: its window and mode)."""
     n, c, h, w = shape
     k, ceil_mode = POOL_KINDS[pool]
     return (n, c) + tuple((size - k + (1 if ceil_mode else 0)) // 2 + 1 for size in (h, w))
@@ -407,10 +407,11 @@ class _GemmKernel:
         if route is not None:
             return None if pool else self._plan_panels(route, tuple(x_shape), tuple(out_shape), nthreads)
         hq, wq, direct = _gemm.gemm_layout(kh, kw, g.stride, g.pads, g.dilation, ho, wo)
-        if pool and _clips_windows(pool, out_shape):
-            return None
-        window = POOL_KINDS[pool][0] if pool else 0
+        window = 0
         if pool:   # tiles of whole pairs of the output rows that the pool reads
+            if _clips_windows(pool, out_shape):
+                return None   # ceil mode's clipped last windows: pooled after the conv
+            window = POOL_KINDS[pool][0]
             out_shape = pooled_shape(out_shape, pool)
             pixels = out_shape[2] * 2 * wo   # the pairs that start a pooled row's window
             step, row_blocks = self.split(pixels, nthreads)
