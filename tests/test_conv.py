@@ -48,8 +48,16 @@ def random_case(rng, algorithm):
         groups, cig, cog = int(rng.integers(1, 10)), 1, int(rng.integers(1, 4))
     if algorithm.startswith("winograd"):
         cig, cog = int(rng.integers(1, 20)), int(rng.integers(1, 20))
-    kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+    kernel = tuple(int(v) for v in rng.integers(1, 6, 2))
     stride, dilation = tuple(int(v) for v in rng.integers(1, 4, 2)), tuple(int(v) for v in rng.integers(1, 4, 2))
+    return geometry_case(rng, algorithm, n, groups, cig, cog, kernel, stride, dilation, 14)
+
+
+def geometry_case(rng, algorithm, n, groups, cig, cog, kernel, stride, dilation, max_hw):
+    """conv2d arguments for ``groups`` groups of cig -> cog channels on planes smaller than
+    max_hw (random padding, size, arrays, activation); the 1x1 and Winograd algorithms
+    get their kernel (and Winograd its stride and dilation)."""
+    kh, kw = kernel
     if algorithm == "1x1":
         kh = kw = 1
     if algorithm.startswith("winograd"):
@@ -57,7 +65,7 @@ def random_case(rng, algorithm):
         stride = dilation = (1, 1)
     pads = tuple(int(v) for v in rng.integers(0, 4, 4))
     while True:
-        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        h, w = (int(v) for v in rng.integers(1, max_hw, 2))
         ho = C.conv_output_size(h, kh, stride[0], pads[0], pads[2], dilation[0])
         wo = C.conv_output_size(w, kw, stride[1], pads[1], pads[3], dilation[1])
         if ho > 0 and wo > 0:
@@ -69,6 +77,7 @@ def random_case(rng, algorithm):
     activation = ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))]
     return dict(x=x, weight=weight, bias=bias, stride=stride, padding=pads, dilation=dilation, groups=groups,
                 activation=activation, residual=residual)
+
 
 
 # ----------------------------------------------------------------------------- the references themselves
@@ -143,33 +152,14 @@ def wide_case(rng, algorithm):
     n = int(rng.choice([1, 1, 2]))
     groups, cig = 1, int(rng.choice([1, 3, 5, 8, 16, 17, 24, 40]))
     cog = int(rng.choice([3, 8, 24, 32, 33, 48, 64]))
-    kh, kw = (int(v) for v in rng.choice([1, 2, 3, 3, 5, 7], 2))
+    kernel = tuple(int(v) for v in rng.choice([1, 2, 3, 3, 5, 7], 2))
     stride = tuple(int(v) for v in rng.choice([1, 1, 2, 3], 2))
     dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
     if algorithm == "depthwise":
-        groups = cig = int(rng.choice([1, 3, 16, 17, 32]))
-        cog = cig * int(rng.choice([1, 1, 2]))
+        groups, cig, cog = int(rng.choice([1, 3, 16, 17, 32])), 1, int(rng.choice([1, 1, 2]))
     elif algorithm == "im2col" and rng.random() < 0.2:
         groups = 2
-        cig, cog = 2 * cig, 2 * cog
-    if algorithm == "1x1":
-        kh = kw = 1
-    if algorithm.startswith("winograd"):
-        kh = kw = 3
-        stride = dilation = (1, 1)
-    pads = tuple(int(v) for v in rng.integers(0, 4, 4))
-    while True:
-        h, w = (int(v) for v in rng.integers(1, 72, 2))
-        ho = C.conv_output_size(h, kh, stride[0], pads[0], pads[2], dilation[0])
-        wo = C.conv_output_size(w, kw, stride[1], pads[1], pads[3], dilation[1])
-        if ho > 0 and wo > 0:
-            break
-    return dict(x=rng.standard_normal((n, cig, h, w)).astype(np.float32),
-                weight=rng.standard_normal((cog, cig // groups, kh, kw)).astype(np.float32),
-                bias=rng.standard_normal(cog).astype(np.float32) if rng.random() < 0.7 else None,
-                stride=stride, padding=pads, dilation=dilation, groups=groups,
-                activation=ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))],
-                residual=rng.standard_normal((n, cog, ho, wo)).astype(np.float32) if rng.random() < 0.3 else None)
+    return geometry_case(rng, algorithm, n, groups, cig, cog, kernel, stride, dilation, 72)
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "1x1", "depthwise", "winograd2", "winograd4"])
