@@ -79,6 +79,25 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     return (size + pad_before + pad_after - span) // stride + 1
 
 
+def pool_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                     dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output length of a pooling window along one axis, PyTorch's rule.
+
+    With ``ceil_mode`` a partial last window is kept, except when it would start
+    in the right padding (``(out - 1) * stride >= size + pad_before``): then it is
+    dropped.  Returns 0 or less when the window does not fit the padded input."""
+    span = dilation * (kernel - 1) + 1
+    room = size + pad_before + pad_after - span
+    if room < 0:
+        return 0
+    if not ceil_mode:
+        return room // stride + 1
+    out = -(-room // stride) + 1
+    if (out - 1) * stride >= size + pad_before:
+        out -= 1
+    return out
+
+
 def parse_activation(activation: Activation) -> Tuple[int, float, float, float]:
     """Fused activation spec -> ``(kind, lo, hi, slope)`` for the kernels' epilogue.
 

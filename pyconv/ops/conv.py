@@ -30,7 +30,7 @@ from pyconv._threads import get_num_threads, threads_for
 from pyconv.ops import _pool_reference
 from pyconv.ops._args import (
     ACT_LEAKY, apply_activation_reference, as_float32, check_out, conv_output_size, int_pair, padding4,
-    parse_activation,
+    parse_activation, pool_output_size,
 )
 from pyconv.ops._spec_helpers import bind_with_out
 from pyconv.registry import Counts, OpSpec, Window, register
@@ -319,7 +319,7 @@ def pooled_shape(shape: Sequence[int], pool: str) -> Tuple[int, int, int, int]:
     """An [N, C, H, W] shape after the fused ``pool`` (POOL_KINDS: its window and mode)."""
     n, c, h, w = shape
     k, ceil_mode = POOL_KINDS[pool]
-    return (n, c) + tuple((size - k + (1 if ceil_mode else 0)) // 2 + 1 for size in (h, w))
+    return (n, c) + tuple(pool_output_size(size, k, 2, 0, 0, 1, ceil_mode) for size in (h, w))
 
 
 def _clips_windows(pool: str, shape: Sequence[int]) -> bool:

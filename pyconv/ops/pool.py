@@ -18,7 +18,7 @@ from pyconv import _threads
 from pyconv._core import pooling as _kernels
 from pyconv._threads import threads_for
 from pyconv.ops import _pool_reference as _reference
-from pyconv.ops._args import IntPair, as_nchw, check_out, int_pair, padding4
+from pyconv.ops._args import IntPair, as_nchw, check_out, int_pair, padding4, pool_output_size
 from pyconv.registry import REQUIRED, Counts, OpSpec, Window, register
 
 __all__ = [
@@ -52,25 +52,6 @@ def _as_input(x) -> np.ndarray:
     if type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 4 and x.flags.c_contiguous:
         return x
     return as_nchw(x)
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
-                     dilation: int = 1, ceil_mode: bool = False) -> int:
-    """Output length of a pooling window along one axis, PyTorch's rule.
-
-    With ``ceil_mode`` a partial last window is kept, except when it would start
-    in the right padding (``(out - 1) * stride >= size + pad_before``): then it is
-    dropped.  Returns 0 or less when the window does not fit the padded input."""
-    span = dilation * (kernel - 1) + 1
-    room = size + pad_before + pad_after - span
-    if room < 0:
-        return 0
-    if not ceil_mode:
-        return room // stride + 1
-    out = -(-room // stride) + 1
-    if (out - 1) * stride >= size + pad_before:
-        out -= 1
-    return out
 
 
 def _stride_pair(stride, kernel: Tuple[int, int]) -> Tuple[int, int]:
