@@ -2,11 +2,11 @@
 # (conv_gemm's 1x1 and im2col tiles, winograd's per-position products), which
 # call it from their own multi-versioned functions: inlined there, it is
 # compiled for each ISA clone.  Which GEMMs take it instead of sgemm is policy,
-# decided in pyconv/ops/conv.py (it needs AVX-512: see conv_gemm.blocked_loop_pays).
+# decided in pyconv/ops/conv.py (it needs AVX2 or AVX-512: see conv_gemm.blocked_loop_pays).
 from libc.math cimport INFINITY
 
 from pyconv._core.epilogue cimport Epilogue, clip_bounds, epilogue_row
-from pyconv._core.simd cimport inlined_void
+from pyconv._core.simd cimport inlined_void, wide_vectors
 
 
 cdef extern from "blocked_gemm.h" nogil:
@@ -14,7 +14,7 @@ cdef extern from "blocked_gemm.h" nogil:
         BLOCK_COLS "PYCONV_BLOCK_COLS"     # columns of c per register block
         WIDE_ROWS "PYCONV_WIDE_ROWS"       # rows of c per wide register block
         BLOCK_ROWS "PYCONV_NARROW_ROWS"    # rows per narrow block: the least blocked_gemm needs
-    void block_products "pyconv_block_products"(float* out, Py_ssize_t ld_out, const float* init, const int nrows,
+    void block_products "pyconv_block_products"(const int tiles512, float* out, Py_ssize_t ld_out, const float* init, const int nrows,
                                                 const float* w, Py_ssize_t ldw, Py_ssize_t w_kstep,
                                                 const Py_ssize_t* taps, const Py_ssize_t* tap_lens,
                                                 Py_ssize_t ntaps, Py_ssize_t tap_k,
@@ -64,24 +64,24 @@ cdef inline Py_ssize_t row_block_start(Py_ssize_t block, Py_ssize_t wide, Py_ssi
     return min(wide * WIDE_ROWS + (block - wide) * BLOCK_ROWS, rows - BLOCK_ROWS)
 
 
-cdef inline inlined_void register_block(bint wide_block, float* out, Py_ssize_t ld_out, const float* w,
+cdef inline inlined_void register_block(bint tiles512, bint wide_block, float* out, Py_ssize_t ld_out, const float* w,
                                        Py_ssize_t ldw, Py_ssize_t w_kstep, const Py_ssize_t* taps,
                                        const Py_ssize_t* tap_lens, Py_ssize_t ntaps, Py_ssize_t tap_k,
                                        const float* b, Py_ssize_t b_step, const float* prefetch_next,
                                        const float* prefetch_far, Py_ssize_t far_step, int far_lines,
                                        const float* bias, float lo, float hi) noexcept nogil:
-    """block_products for a wide or a narrow register block, its row count a constant in
-    each call (so each is compiled for its own size, its sums in registers); so are the
-    prefetch pointers where a caller passes NULL."""
+    """block_products (512-bit tiles where ``tiles512``) for a wide or a narrow register block,
+    its row count a constant in each call (so each is compiled for its own size, its sums
+    in registers); so are the prefetch pointers where a caller passes NULL."""
     if wide_block:
-        block_products(out, ld_out, NULL, WIDE_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
+        block_products(tiles512, out, ld_out, NULL, WIDE_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
                        prefetch_next, prefetch_far, far_step, far_lines, bias, lo, hi)
     else:
-        block_products(out, ld_out, NULL, BLOCK_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
+        block_products(tiles512, out, ld_out, NULL, BLOCK_ROWS, w, ldw, w_kstep, taps, tap_lens, ntaps, tap_k, b, b_step,
                        prefetch_next, prefetch_far, far_step, far_lines, bias, lo, hi)
 
 
-cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, const float* w, Py_ssize_t ldw,
+cdef inline inlined_void chunked_column(bint tiles512, float* sums, Py_ssize_t nrow_blocks, const float* w, Py_ssize_t ldw,
                                        Py_ssize_t w_kstep, Py_ssize_t K, const float* panel, float* c,
                                        Py_ssize_t ldc, const float* bias, float lo, float hi) noexcept nogil:
     """c's nrow_blocks * BLOCK_ROWS x BLOCK_COLS column = clip(w @ panel + bias, lo, hi),
@@ -108,7 +108,7 @@ cdef inline inlined_void chunked_column(float* sums, Py_ssize_t nrow_blocks, con
             ahead = panel + (k0 + kn) * BLOCK_COLS if rb == 0 else NULL
             far = panel + (k0 + kn) * BLOCK_COLS + FAR_AHEAD if rb == 1 else NULL
             dst, ld = (c + r0 * ldc, ldc) if last else (sums + r0 * BLOCK_COLS, <Py_ssize_t>BLOCK_COLS)
-            block_products(dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
+            block_products(tiles512, dst, ld, sums + r0 * BLOCK_COLS if k0 else NULL, BLOCK_ROWS, w + r0 * ldw + k0 * w_kstep,
                            ldw, w_kstep, NULL, NULL, 1, kn, panel + k0 * BLOCK_COLS, BLOCK_COLS, ahead, far, BLOCK_COLS, 2,
                            bias + r0 if last and bias != NULL else NULL, lo if last else -INFINITY,
                            hi if last else INFINITY)
@@ -147,6 +147,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
     cdef float sums[CHUNKED_MAX_ROWS * BLOCK_COLS]
     cdef Py_ssize_t r, r0, nrows, block, rb, jb, p0, wide
     cdef Py_ssize_t nrow_blocks = row_blocks(rows, &wide)
+    cdef bint tiles512 = wide_vectors()   # 512-bit tiles, or 256-bit ones (blocked_gemm.h)
     # Few rows on long panels (Winograd's 7x7 layers: 16 tiles x 512 channels): a panel
     # streams from memory while the first row block reads it, faster than the loop takes
     # it, and the others find it in L2.  There every row block runs over K_CHUNK k of the
@@ -185,7 +186,7 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
         nrows = WIDE_ROWS if rb < wide else BLOCK_ROWS
         if chunked:
             if rb == 0:   # the whole column, every block
-                chunked_column(sums, nrow_blocks, w, ldw, w_kstep, K, brow, c + p0, ldc,
+                chunked_column(tiles512, sums, nrow_blocks, w, ldw, w_kstep, K, brow, c + p0, ldc,
                                bias if in_registers else NULL, lo, hi)
         else:
             # A column block of b streams from memory on its first row block, faster than
@@ -216,10 +217,10 @@ cdef inline inlined_void blocked_gemm(const float* w, Py_ssize_t ldw, Py_ssize_t
             block_bias = bias + r0 if in_registers and bias != NULL else NULL
             # the blocks that fetch nothing (most of them) get a loop without the prefetch tests
             if next_panel == NULL and far_panel == NULL:
-                register_block(rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
+                register_block(tiles512, rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
                                brow, b_step, NULL, NULL, far_step, far_lines, block_bias, lo, hi)
             else:
-                register_block(rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
+                register_block(tiles512, rb < wide, c + r0 * ldc + p0, ldc, wr, ldw, w_kstep, taps, tap_lens, ntaps, K // ntaps,
                                brow, b_step, next_panel, far_panel, far_step, far_lines, block_bias, lo, hi)
         if not in_registers:
             for r in range(r0, r0 + nrows):

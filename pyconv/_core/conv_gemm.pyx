@@ -27,7 +27,7 @@ from pyconv._core.max_pool_rows cimport max_pool_2x2_row, max_pool_3x3s2_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
-from pyconv._core.simd cimport multiversion_void, wide_vectors
+from pyconv._core.simd cimport fma_vectors, multiversion_void
 
 cimport numpy as cnp
 
@@ -77,12 +77,11 @@ def blocked_min_cols() -> int:
 
 
 def blocked_loop_pays() -> bool:
-    """Whether blocked_gemm_tile runs with 512-bit vectors (AVX-512), the only ones its
-    register block fits: with 256-bit vectors it spills, and an AVX2 build ran 1.2-2x
-    slower than OpenBLAS's Haswell sgemm on every shape where it wins with AVX-512
-    (measured; 16-column blocks compiled to scalar shuffles on GCC 12, 20x slower).
-    Where it does not pay, convs take sgemm."""
-    return wide_vectors()
+    """Whether blocked_gemm_tile runs with FMA on vectors of 256 bits or more (AVX2,
+    AVX-512), where its register tiles beat sgemm (blocked_gemm.h; AVX2: 96 against
+    OpenBLAS's 82-93 GF/s, 1 thread).  Where it does not pay (SSE2, and ARM64, where it
+    was not measured), convs take sgemm."""
+    return fma_vectors()
 
 
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:

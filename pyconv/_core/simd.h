@@ -9,7 +9,9 @@
  *
  * PYCONV_WIDE_VECTORS() says whether those kernels run with 512-bit vectors (32
  * registers): the AVX-512 clone was picked, or the build targets AVX-512.  Kernels
- * that keep a block of results in registers size the block by it. */
+ * that keep a block of results in registers size the block by it.
+ * PYCONV_FMA_VECTORS() says whether they run with at least 256-bit vectors and FMA
+ * (the AVX2 clone or the AVX-512 one, or a build for either). */
 #ifndef PYCONV_SIMD_H
 #define PYCONV_SIMD_H
 
@@ -20,6 +22,8 @@
 /* the CPU features the x86-64-v4 clone needs (the loader's own test) */
 #define PYCONV_WIDE_VECTORS() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && \
                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+/* the features of the x86-64-v3 clone that matter here (the loader tests a few more) */
+#define PYCONV_FMA_VECTORS() (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 #else
 #define PYCONV_MULTIVERSION
 #if defined(__AVX512F__)
@@ -27,6 +31,20 @@
 #else
 #define PYCONV_WIDE_VECTORS() 0
 #endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define PYCONV_FMA_VECTORS() 1
+#else
+#define PYCONV_FMA_VECTORS() 0
+#endif
+#endif
+
+/* Vectors of the GCC/Clang vector extension (no ISA intrinsics: each clone picks the
+ * instructions): 16 floats, one AVX-512 register; 8 floats, one AVX2 register. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float pyconv_f32x16 __attribute__((vector_size(64)));
+typedef int pyconv_i32x16 __attribute__((vector_size(64)));
+typedef float pyconv_f32x8 __attribute__((vector_size(32)));
+typedef int pyconv_i32x8 __attribute__((vector_size(32)));
 #endif
 
 /* Helpers of a multi-versioned kernel must be inlined into each of its clones: one

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "simd.h"
+
 #if defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector)
 #define PYCONV_HAVE_SHUFFLEVECTOR 1
@@ -28,8 +30,6 @@
 #endif
 
 #ifdef PYCONV_HAVE_SHUFFLEVECTOR
-typedef float pyconv_f32x16 __attribute__((vector_size(64)));
-typedef float pyconv_f32x8 __attribute__((vector_size(32)));
 
 /* rows i and i + b (bit b of i clear) exchange their off-diagonal b x b blocks */
 #define PYCONV_SWAP_BLOCKS(r, i, b, LO, HI) do { \
@@ -70,9 +70,53 @@ PYCONV_LAYOUT_INLINE void pyconv_load_half_rows(const float* a, ptrdiff_t step, 
     *hi = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
+#define PYCONV_LO2_8 0, 1, 8, 9, 4, 5, 12, 13
+#define PYCONV_HI2_8 2, 3, 10, 11, 6, 7, 14, 15
+#define PYCONV_LO1_8 0, 8, 2, 10, 4, 12, 6, 14
+#define PYCONV_HI1_8 1, 9, 3, 11, 5, 13, 7, 15
+
+/* The 8 x 8 transpose in 256-bit vectors, the same way: rows i and i + 4 loaded as
+ * halves (the 4 x 4 round), then the 2 x 2 and 1 x 1 rounds, 16 shuffles. */
+PYCONV_LAYOUT_INLINE void pyconv_transpose8(const float* src, ptrdiff_t src_stride, float* dst,
+                                            ptrdiff_t dst_stride)
+{
+    typedef float f32x4 __attribute__((vector_size(16)));
+    pyconv_f32x8 r[8], lo, hi;
+    f32x4 a0, a1, b0, b1;
+    for (int i = 0; i < 4; i++) {
+        memcpy(&a0, src + i * src_stride, sizeof a0);
+        memcpy(&a1, src + i * src_stride + 4, sizeof a1);
+        memcpy(&b0, src + (i + 4) * src_stride, sizeof b0);
+        memcpy(&b1, src + (i + 4) * src_stride + 4, sizeof b1);
+        r[i] = __builtin_shufflevector(a0, b0, 0, 1, 2, 3, 4, 5, 6, 7);
+        r[i + 4] = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+    for (int i = 0; i < 8; i++)
+        if (!(i & 2)) {
+            lo = __builtin_shufflevector(r[i], r[i + 2], PYCONV_LO2_8);
+            hi = __builtin_shufflevector(r[i], r[i + 2], PYCONV_HI2_8);
+            r[i] = lo; r[i + 2] = hi;
+        }
+    for (int i = 0; i < 8; i += 2) {
+        lo = __builtin_shufflevector(r[i], r[i + 1], PYCONV_LO1_8);
+        hi = __builtin_shufflevector(r[i], r[i + 1], PYCONV_HI1_8);
+        r[i] = lo; r[i + 1] = hi;
+    }
+    for (int j = 0; j < 8; j++)
+        memcpy(dst + j * dst_stride, &r[j], sizeof(r[j]));
+}
+
+/* With 512-bit vectors (PYCONV_WIDE_VECTORS()) in 16 registers; else as four 8 x 8
+ * blocks, whose 8 registers fit where 16 x 16 would spill (AVX2, NEON). */
 PYCONV_LAYOUT_INLINE void pyconv_transpose16(const float* src, ptrdiff_t src_stride,
                                              float* dst, ptrdiff_t dst_stride)
 {
+    if (!PYCONV_WIDE_VECTORS()) {
+        for (int bi = 0; bi < 16; bi += 8)
+            for (int bj = 0; bj < 16; bj += 8)
+                pyconv_transpose8(src + bi * src_stride + bj, src_stride, dst + bj * dst_stride + bi, dst_stride);
+        return;
+    }
     pyconv_f32x16 r[16];
     /* the first round (8 x 8 blocks) is done by the loads, so shuffles are left for three rounds only */
     for (int i = 0; i < 8; i++)
