@@ -346,7 +346,7 @@ def test_1x1_blocked_loop(cig, cog, groups, hw, stride, pads, blocked, threads, 
     (16, 16, 1, 3, (13, 11), 1, 1, 1, True),         # K = 144, one tile with an overlapping last block
     (5, 12, 2, 5, (17, 19), 1, (2, 1, 3, 0), 2, True),  # groups, dilation, asymmetric padding
     (9, 20, 1, 3, (40, 37), 2, 1, 1, True),          # several tiles, stride 2, ragged rows
-    (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm
+    (3, 24, 1, 3, (15, 15), 2, 1, 1, False),         # K = 27 (an RGB first layer): sgemm with 512-bit tiles
     (64, 128, 1, 3, (9, 9), 2, 1, 1, "implicit"),    # 5x5 out: implicit GEMM on the phase planes
     (64, 128, 1, 3, (17, 17), 2, 1, 1, "implicit"),  # 9x9 out (a wide grid of 10 columns)
     (16, 40, 1, 3, (8, 9), 1, (1, 0, 2, 1), 2, "implicit"),  # dilated, asymmetric padding
@@ -368,8 +368,17 @@ def _gemm_path(run):
     return "implicit" if isinstance(run.call, pointwise_panels.PanelConv) else run.call.blocked
 
 
-def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch):
-    # the loop runs where the CPU has AVX-512; patched on, so it is tested on every CPU
+def test_first_layers_take_the_loop_with_256_bit_tiles(threads, monkeypatch):
+    # K = 27: sgemm with AVX-512's tiles (test_kxk_blocked_loop), the loop with AVX2's
+    monkeypatch.setattr(C, "_wide_register_tiles", lambda: False)
+    _check_gemm_path(3, 24, 1, 3, (15, 15), 2, 1, 1, True, threads, monkeypatch, wide_tiles=False)
+
+
+def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch,
+                     wide_tiles=True):
+    # the loop runs where the CPU has AVX2 or AVX-512; patched on, so it is tested on every
+    # CPU, with the routing rules of 512-bit tiles unless told otherwise
+    monkeypatch.setattr(C, "_wide_register_tiles", lambda: wide_tiles)
     rng = np.random.default_rng([cig, cog, groups, kernel, threads])
     w = rng.standard_normal((cog * groups, cig, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(cog * groups).astype(np.float32)

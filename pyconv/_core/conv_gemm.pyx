@@ -27,7 +27,7 @@ from pyconv._core.max_pool_rows cimport max_pool_2x2_row, max_pool_3x3s2_row
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_split, tap_offset
 from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats, data_of
-from pyconv._core.simd cimport fma_vectors, multiversion_void
+from pyconv._core.simd cimport fma_vectors, multiversion_void, wide_vectors
 
 cimport numpy as cnp
 
@@ -82,6 +82,12 @@ def blocked_loop_pays() -> bool:
     OpenBLAS's 82-93 GF/s, 1 thread).  Where it does not pay (SSE2, and ARM64, where it
     was not measured), convs take sgemm."""
     return fma_vectors()
+
+
+def wide_register_tiles() -> bool:
+    """Whether the blocked loop runs 512-bit register tiles (AVX-512; else 256-bit ones,
+    blocked_gemm.h): the routing rules measured with each differ (pyconv/ops/conv.py)."""
+    return wide_vectors()
 
 
 cdef multiversion_void phase_split_channel(const float* src, float* dst, const PhaseGeom* g) noexcept nogil:

@@ -44,7 +44,7 @@ from pyconv._core.ndarrays cimport check_array, check_conv_arrays, check_floats,
 from pyconv._core.parallel cimport pyconv_omp_thread_id, thread_stride
 from pyconv._core.phase_planes cimport PhaseGeom, phase_geometry, phase_used, tap_offset
 from pyconv._core.channel_rows cimport gather_channel_rows, scatter_channel_rows
-from pyconv._core.simd cimport inlined_void, multiversion_void, prefetch, prefetch_write
+from pyconv._core.simd cimport inlined_void, multiversion_void, prefetch, prefetch_write, wide_vectors
 
 cimport numpy as cnp
 
@@ -490,17 +490,16 @@ cdef inline Py_ssize_t lane_floats(const LaneGeom* lg) noexcept nogil:
     return lg.inputs + lg.outputs + 19 * LANES
 
 
-cdef inline inlined_void lanes_run(float_out o, Py_ssize_t o_step, float_in win, Py_ssize_t win_step,
-                                   const Py_ssize_t* tap, int n, float_in w, float_in b, float lo,
-                                   float hi) noexcept nogil:
-    """n output pixels o + i * o_step, windows at win + i * win_step:
-    o[c] = clip(b[c] + sum over taps k of w[k][c] * window[tap[k] + c], lo, hi)."""
+cdef inline inlined_void lanes_part(float_out o, Py_ssize_t o_step, float_in win, Py_ssize_t win_step,
+                                    const Py_ssize_t* tap, int n, float_in w, float_in b, float lo, float hi,
+                                    const int width) noexcept nogil:
+    """lanes_run for ``width`` of the lanes (a constant in each call: one vector's worth)."""
     cdef int i, c
     cdef float v
     cdef Py_ssize_t t0 = tap[0], t1 = tap[1], t2 = tap[2], t3 = tap[3], t4 = tap[4]
     cdef Py_ssize_t t5 = tap[5], t6 = tap[6], t7 = tap[7], t8 = tap[8]
     for i in range(n):
-        for c in range(LANES):
+        for c in range(width):
             v = (b[c] + w[c] * win[t0 + c] + w[LANES + c] * win[t1 + c] + w[2 * LANES + c] * win[t2 + c]
                  + w[3 * LANES + c] * win[t3 + c] + w[4 * LANES + c] * win[t4 + c]
                  + w[5 * LANES + c] * win[t5 + c] + w[6 * LANES + c] * win[t6 + c]
@@ -508,6 +507,23 @@ cdef inline inlined_void lanes_run(float_out o, Py_ssize_t o_step, float_in win,
             o[c] = clip(v, lo, hi)
         o += o_step
         win += win_step
+
+
+cdef inline inlined_void lanes_run(float_out o, Py_ssize_t o_step, float_in win, Py_ssize_t win_step,
+                                   const Py_ssize_t* tap, int n, float_in w, float_in b, float lo,
+                                   float hi) noexcept nogil:
+    """n output pixels o + i * o_step, windows at win + i * win_step:
+    o[c] = clip(b[c] + sum over taps k of w[k][c] * window[tap[k] + c], lo, hi).
+
+    All LANES lanes at once with 512-bit vectors; else half the lanes at a time, whose
+    nine filter vectors then stay in registers (AVX2, 1 thread: 384 @14 0.068 -> 0.064 ms,
+    960 @7 0.057 -> 0.054)."""
+    if wide_vectors():
+        lanes_part(o, o_step, win, win_step, tap, n, w, b, lo, hi, LANES)
+    else:
+        lanes_part(o, o_step, win, win_step, tap, n, w, b, lo, hi, LANES // 2)
+        lanes_part(o + LANES // 2, o_step, win + LANES // 2, win_step, tap, n, w + LANES // 2, b + LANES // 2,
+                   lo, hi, LANES // 2)
 
 
 cdef multiversion_void depthwise_tasks_lanes(const DepthwiseCall* c, const LaneGeom* lg, int b0, int b1,

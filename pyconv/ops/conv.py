@@ -109,8 +109,11 @@ _POOL3_MIN_PAIRS = 4
 # (K = 147) 0.76, 5x5 16->32 @28 0.76, 3x3 16->16 @56 and 32->32 @28 0.76-0.79;
 # 64->128 3x3 s2 (74K weights) even, 128->128 3x3 @28 (147K) 1.09.  First layers
 # with K = 27, bound by writing their large outputs, ran 17-23 % slower at stride 2
-# (and 8 % with 12-row blocks), so they keep sgemm, unless a fused max pool keeps their
-# output in cache: VGG's 3->64 @224 then ran 12-13 % faster with the loop (1 and 2 threads).
+# (and 8 % with 12-row blocks), so with AVX-512 they keep sgemm, unless a fused max
+# pool keeps their output in cache: VGG's 3->64 @224 then ran 12-13 % faster with the
+# loop (1 and 2 threads).  With AVX2's 256-bit tiles the loop wins there too (alone,
+# warm, 1 thread, loop vs sgemm): 3->32 s2 @224 0.42 vs 0.61 ms, 3->24 s2 0.35 vs
+# 0.52-0.57, 3->64 @224 2.7-3.3 vs 4.3-4.6.
 _BLOCKED_MAX_K = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
 
@@ -142,9 +145,15 @@ _PANEL_CONV_MIN_RUN = 8
 
 
 def _blocked_loop_pays() -> bool:
-    """Whether the rules above apply on this CPU (the loop needs AVX-512, see
+    """Whether the rules above apply on this CPU (the loop needs AVX2 or AVX-512, see
     conv_gemm.blocked_loop_pays); tests patch it to run the loop everywhere."""
     return _gemm.blocked_loop_pays()
+
+
+def _wide_register_tiles() -> bool:
+    """Whether the loop runs 512-bit tiles (AVX-512), where first layers keep sgemm (see
+    _BLOCKED_MAX_K); tests patch it to check both rules on any CPU."""
+    return _gemm.wide_register_tiles()
 
 
 # Output channels per block when threads split a GEMM conv's weights (sgemm's and the
@@ -425,9 +434,10 @@ class _GemmKernel:
         phase_shape = (1 if direct else _gemm.phase_floats(x_shape[1], g.stride, hq, wq),)
         cog = g.out_channels // g.groups
         k = self.wmat.shape[1]
-        # first layers (K <= _BLOCKED_MAX_K) are bound by writing their large outputs, except
-        # when pooled: their output tiles then stay in cache and the loop wins there too
-        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or pool) and cog * k <= _BLOCKED_MAX_WEIGHTS)
+        # first layers (K <= _BLOCKED_MAX_K) with 512-bit tiles are bound by writing their large
+        # outputs, except when pooled: their output tiles then stay in cache and the loop wins
+        first_layer_loop = pool or not _wide_register_tiles()
+        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or first_layer_loop) and cog * k <= _BLOCKED_MAX_WEIGHTS)
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
