@@ -169,7 +169,7 @@ def test_conv2d_wide_sweep(algorithm, threads, monkeypatch):
     # with top padding 2 on 28x10 phase planes, had passed the small sweeps.)
     if algorithm.startswith("winograd") and C._winograd_kernels() is None:
         pytest.skip("winograd kernel not built")
-    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    blocked_loop_routes(monkeypatch)
     rng = np.random.default_rng([len(algorithm), ord(algorithm[-1]), threads, 72])
     for _ in range(30):
         case = wide_case(rng, algorithm)
@@ -257,7 +257,7 @@ def test_winograd_few_tiles_chunk_k(hw, threads, monkeypatch):
     # at a time (blocked_gemm's chunked_column); 96 channels: a partial chunk.  12 and 20
     # tiles (12-row blocks) and 15 (overlapping blocks) take the unchunked loop.  Two
     # threads split the tile rows into blocks of either kind.
-    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    blocked_loop_routes(monkeypatch)
     monkeypatch.setattr(C, "_WINOGRAD_BLOCKED_MIN_FILTER", 1)
     rng = np.random.default_rng(hw)
     x = rng.standard_normal((1, 96, *hw)).astype(np.float32)
@@ -281,7 +281,7 @@ def test_winograd_gemms_of_wide_layers_take_the_blocked_loop(channels, blocked, 
         return original(x_shape, packed, *args, **kwargs)
 
     monkeypatch.setattr(module, "WinogradConv", recording)
-    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    blocked_loop_routes(monkeypatch)
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((2, channels, 9, 8)).astype(np.float32)
     w = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
@@ -359,6 +359,13 @@ def test_kxk_blocked_loop(cig, cog, groups, kernel, hw, stride, pads, dilation, 
     _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch)
 
 
+def blocked_loop_routes(monkeypatch, wide_tiles: bool = True):
+    """Patch the blocked loop's routes on (they need AVX2 or AVX-512), with the rules of
+    512-bit tiles (AVX-512) or of 256-bit ones (AVX2), so that every CPU runs them."""
+    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    monkeypatch.setattr(C, "_wide_register_tiles", lambda: wide_tiles)
+
+
 def _gemm_path(run):
     """True (the blocked loop on NCHW), False (sgemm), "panels" (PanelConv1x1) or
     "implicit" (PanelConv)."""
@@ -368,17 +375,23 @@ def _gemm_path(run):
     return "implicit" if isinstance(run.call, pointwise_panels.PanelConv) else run.call.blocked
 
 
-def test_first_layers_take_the_loop_with_256_bit_tiles(threads, monkeypatch):
-    # K = 27: sgemm with AVX-512's tiles (test_kxk_blocked_loop), the loop with AVX2's
-    monkeypatch.setattr(C, "_wide_register_tiles", lambda: False)
-    _check_gemm_path(3, 24, 1, 3, (15, 15), 2, 1, 1, True, threads, monkeypatch, wide_tiles=False)
+@pytest.mark.parametrize("cig, cog, kernel, hw, stride, pads, blocked", [
+    (3, 24, 3, (15, 15), 2, 1, True),         # K = 27: the loop (sgemm with 512-bit tiles)
+    (33, 40, 1, (9, 11), 1, 0, False),        # a wide 1x1 conv: sgemm
+    (33, 40, 1, (6, 7), 1, 0, False),         # ... also on a small plane (no PanelConv1x1)
+    (24, 40, 1, (9, 11), 1, 0, True),         # a narrow one: the loop
+    (48, 32, 1, (6, 7), 1, 0, "panels"),      # ... PanelConv1x1 on a small plane
+])
+def test_routes_with_256_bit_tiles(cig, cog, kernel, hw, stride, pads, blocked, threads, monkeypatch):
+    # AVX2's rules (_wide_register_tiles False): first layers take the loop, 1x1 convs only
+    # with few input or output channels
+    _check_gemm_path(cig, cog, 1, kernel, hw, stride, pads, 1, blocked, threads, monkeypatch, wide_tiles=False)
 
 
 def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, blocked, threads, monkeypatch,
                      wide_tiles=True):
     # the loop runs where the CPU has AVX2 or AVX-512; patched on, so it is tested on every
     # CPU, with the routing rules of 512-bit tiles unless told otherwise
-    monkeypatch.setattr(C, "_wide_register_tiles", lambda: wide_tiles)
     rng = np.random.default_rng([cig, cog, groups, kernel, threads])
     w = rng.standard_normal((cog * groups, cig, kernel, kernel)).astype(np.float32)
     b = rng.standard_normal(cog * groups).astype(np.float32)
@@ -388,7 +401,7 @@ def _check_gemm_path(cig, cog, groups, kernel, hw, stride, pads, dilation, block
     x_shape = (1, cig * groups, *hw)
     without = C.prepare_conv2d(w, b, **args, algorithm=algorithm)
     assert _gemm_path(without._kernel.plan(x_shape, without.output_shape(x_shape), threads)) is False
-    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    blocked_loop_routes(monkeypatch, wide_tiles)
     prepared = C.prepare_conv2d(w, b, **args, activation="relu6", algorithm=algorithm)
     for n in (1, 3):
         x = rng.standard_normal((n, cig * groups, *hw)).astype(np.float32)
@@ -818,7 +831,7 @@ def test_conv2d_pool_paths(cig, cog, kernel, hw, stride, pads, activation, algor
     # follow, or ceil mode's clipped windows) write a work buffer that max_pool2d reads.
     # Each path against the reference, batch 1 and 3.
     # The routes to the panel kernels need the blocked loop: patched on, as on AVX-512.
-    monkeypatch.setattr(C, "_blocked_loop_pays", lambda: True)
+    blocked_loop_routes(monkeypatch)
     rng = np.random.default_rng([cig, cog, kernel, threads])
     groups = cig if algorithm == "depthwise" else 1
     w = rng.standard_normal((cog, cig // groups, kernel, kernel)).astype(np.float32)

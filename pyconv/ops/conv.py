@@ -116,6 +116,13 @@ _POOL3_MIN_PAIRS = 4
 # 0.52-0.57, 3->64 @224 2.7-3.3 vs 4.3-4.6.
 _BLOCKED_MAX_K = 32
 _BLOCKED_MAX_WEIGHTS = 1 << 16
+# With AVX2's 256-bit tiles 1x1 convs take the loop only with at most this many input
+# or output channels: wider ones ran faster in sgemm, NCHW or panels (alone, warm, 1
+# thread, loop vs sgemm, ms: 64->256 @56 1.85 vs 1.37, 256->1024 @14 1.70 vs 1.15,
+# 512->1000 @13 3.05 vs 1.96, 64->384 @14 0.160 vs 0.125, 160->960 @7 0.233 vs 0.199),
+# narrow ones in the loop (32->16 @112 0.216 vs 0.40, 144->24 @56 0.36 vs 0.50, 192->32
+# @28 0.154 vs 0.192, 16->96 @112 0.73 vs 0.77; 32->192 @28 0.158 vs 0.147).
+_NARROW_TILES_MAX_1X1_CHANNELS = 32
 
 
 # GEMM convs (groups 1, C_out >= 32) run transposed on weights packed in panels
@@ -152,8 +159,14 @@ def _blocked_loop_pays() -> bool:
 
 def _wide_register_tiles() -> bool:
     """Whether the loop runs 512-bit tiles (AVX-512), where first layers keep sgemm (see
-    _BLOCKED_MAX_K); tests patch it to check both rules on any CPU."""
+    _BLOCKED_MAX_K) and every 1x1 conv takes the loop (_NARROW_TILES_MAX_1X1_CHANNELS);
+    tests patch it to check both rules on any CPU."""
     return _gemm.wide_register_tiles()
+
+
+def _pointwise_loop_pays(in_channels: int, out_channels: int) -> bool:
+    """Whether a 1x1 conv with these channels (per group) runs the blocked loop."""
+    return _wide_register_tiles() or min(in_channels, out_channels) <= _NARROW_TILES_MAX_1X1_CHANNELS
 
 
 # Output channels per block when threads split a GEMM conv's weights (sgemm's and the
@@ -373,6 +386,8 @@ class _GemmKernel:
         g = self.g
         if g.groups != 1 or g.out_channels < _panels.MIN_OUT_CHANNELS or not _blocked_loop_pays():
             return None
+        if g.kernel == (1, 1) and not _pointwise_loop_pays(g.in_channels, g.out_channels):
+            return None
         ho, wo = out_hw
         _, wq, direct = _gemm.gemm_layout(*g.kernel, g.stride, g.pads, g.dilation, ho, wo)
         if direct:
@@ -437,7 +452,10 @@ class _GemmKernel:
         # first layers (K <= _BLOCKED_MAX_K) with 512-bit tiles are bound by writing their large
         # outputs, except when pooled: their output tiles then stay in cache and the loop wins
         first_layer_loop = pool or not _wide_register_tiles()
-        small = kh == kw == 1 or ((_BLOCKED_MAX_K < k or first_layer_loop) and cog * k <= _BLOCKED_MAX_WEIGHTS)
+        if kh == kw == 1:
+            small = _pointwise_loop_pays(k, cog)
+        else:
+            small = (_BLOCKED_MAX_K < k or first_layer_loop) and cog * k <= _BLOCKED_MAX_WEIGHTS
         blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
