@@ -103,8 +103,7 @@ def shufflenet_v2() -> tuple:
 def squeezenet() -> tuple:
     net = OnnxNet(seed=4, opset=9)
     x = net.op("Relu", [net.conv(net.input(X, 3), 16, 3, 2, p=0)])
-    x = net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1) if False else \
-        net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2])
+    x = net.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2])
 
     def fire(x, squeeze, expand):
         s = net.op("Relu", [net.conv(x, squeeze, 1)])
@@ -309,13 +308,25 @@ def test_model_zoo_topology_converts_and_runs_structure_only(name):
     assert out.shape == (1, 1000) and np.all(np.isfinite(out))
 
 
+def _logits(model):
+    """The model with a final Softmax's input as its output.  With every weight the same,
+    the classes tie: their logits (about 1e8 here) differ only by float32 rounding, which
+    depends on each engine's summation order, and softmax turns a few units of difference
+    into probabilities of 0 against 0.002."""
+    last = model.graph.node[-1]
+    if last.op_type == "Softmax":
+        model.graph.node.remove(last)
+        del model.graph.output[:]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None))
+    return model
+
+
 @pytest.mark.parametrize("name", [n for n in ZOO if n not in NOT_COMPARED])
 def test_model_zoo_topology_converts_and_runs(name):
-    path = os.path.join(ZOO_DIR, f"light_{name}.onnx")
-    model = onnx.load(path)
+    model = _logits(onnx.load(os.path.join(ZOO_DIR, f"light_{name}.onnx")))
     # Winograd is covered by the architectures above; its weight transform would cost seconds per
     # zoo model here, and these runs are about structure.
-    converted = convert(path, winograd=False)
+    converted = convert(model, winograd=False)
     (feed,) = converted.input_names
     x = rand(1, 3, 224, 224, seed=13)
     actual = converted.run({feed: x})
