@@ -146,7 +146,8 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
     const int group = nrows % PYCONV_HALF_MAX_ROWS == 0 ? PYCONV_HALF_MAX_ROWS : 4, ntiles = 2 * (nrows / group);
     const int chunked = taps == NULL && tap_lens == NULL && w_kstep != 1 && tap_k > PYCONV_KSTEP_CHUNK;
     const ptrdiff_t chunk = chunked ? PYCONV_KSTEP_CHUNK : tap_k;
-    for (ptrdiff_t k0 = 0; k0 < tap_k || k0 == 0; k0 += chunk) {
+    ptrdiff_t k0 = 0;
+    do {
         const ptrdiff_t kn = chunked && tap_k - k0 < chunk ? tap_k - k0 : chunk;
         const int last = k0 + kn >= tap_k;
         /* the first chunk adds init, later ones the partial sums in out; the last one finishes */
@@ -167,9 +168,8 @@ static PYCONV_ALWAYS_INLINE inline void pyconv_block_products(
                             group, wk + g * ldw, ldw, w_kstep, taps, tap_lens, ntaps, kn, bk + h, b_step, NULL, NULL,
                             far_step, far_lines, tile_bias != NULL ? tile_bias + g : NULL, tile_lo, tile_hi);
         }
-        if (!chunked)
-            break;
-    }
+        k0 += kn;
+    } while (chunked && k0 < tap_k);
 }
 
 #endif
