@@ -453,10 +453,10 @@ class _GemmKernel:
         # outputs, except when pooled: their output tiles then stay in cache and the loop wins
         first_layer_loop = pool or not _wide_register_tiles()
         if kh == kw == 1:
-            small = _pointwise_loop_pays(k, cog)
+            loop_pays = _pointwise_loop_pays(k, cog)
         else:
-            small = (_BLOCKED_MAX_K < k or first_layer_loop) and cog * k <= _BLOCKED_MAX_WEIGHTS
-        blocked = (small and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
+            loop_pays = (_BLOCKED_MAX_K < k or first_layer_loop) and cog * k <= _BLOCKED_MAX_WEIGHTS
+        blocked = (loop_pays and cog >= _gemm.blocked_min_rows() and tile >= _gemm.blocked_min_cols()
                    and _blocked_loop_pays())
         conv = _gemm.GemmConv(tuple(x_shape), self.wmat, self.bias, g.stride, g.pads, g.dilation, g.groups, kh, kw,
                               self.epilogue, tuple(out_shape), tile, nthreads, blocked, row_blocks, window)
