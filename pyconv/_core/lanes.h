@@ -17,8 +17,8 @@
 
 #if defined(__GNUC__)
 #define PYCONV_LANES_INLINE static inline __attribute__((always_inline))
-typedef float pyconv_lanes_f32 __attribute__((vector_size(64)));
-typedef int pyconv_lanes_i32 __attribute__((vector_size(64)));
+typedef pyconv_f32x16 pyconv_lanes_f32;   /* simd.h's 16-float vectors */
+typedef pyconv_i32x16 pyconv_lanes_i32;
 #define PYCONV_HAVE_LANE_VECTORS 1
 #else
 #define PYCONV_LANES_INLINE static inline

@@ -32,9 +32,9 @@
 #ifdef PYCONV_HAVE_SHUFFLEVECTOR
 
 /* rows i and i + b (bit b of i clear) exchange their off-diagonal b x b blocks */
-#define PYCONV_SWAP_BLOCKS(r, i, b, LO, HI) do { \
-        pyconv_f32x16 lo_ = __builtin_shufflevector(r[i], r[i + b], LO); \
-        pyconv_f32x16 hi_ = __builtin_shufflevector(r[i], r[i + b], HI); \
+#define PYCONV_SWAP_BLOCKS(VEC, r, i, b, LO, HI) do { \
+        VEC lo_ = __builtin_shufflevector(r[i], r[i + b], LO); \
+        VEC hi_ = __builtin_shufflevector(r[i], r[i + b], HI); \
         r[i] = lo_; r[i + b] = hi_; } while (0)
 #define PYCONV_LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
 #define PYCONV_HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
@@ -49,11 +49,11 @@
 PYCONV_LAYOUT_INLINE void pyconv_transpose16_rounds(pyconv_f32x16 r[16])
 {
     for (int i = 0; i < 16; i++)
-        if (!(i & 4)) PYCONV_SWAP_BLOCKS(r, i, 4, PYCONV_LO4, PYCONV_HI4);
+        if (!(i & 4)) PYCONV_SWAP_BLOCKS(pyconv_f32x16, r, i, 4, PYCONV_LO4, PYCONV_HI4);
     for (int i = 0; i < 16; i++)
-        if (!(i & 2)) PYCONV_SWAP_BLOCKS(r, i, 2, PYCONV_LO2, PYCONV_HI2);
+        if (!(i & 2)) PYCONV_SWAP_BLOCKS(pyconv_f32x16, r, i, 2, PYCONV_LO2, PYCONV_HI2);
     for (int i = 0; i < 16; i += 2)
-        PYCONV_SWAP_BLOCKS(r, i, 1, PYCONV_LO1, PYCONV_HI1);
+        PYCONV_SWAP_BLOCKS(pyconv_f32x16, r, i, 1, PYCONV_LO1, PYCONV_HI1);
 }
 
 /* *lo = (a[c0 .. c0 + 8) | a[step + c0 .. + 8)), *hi the same at c1: the half rows of
@@ -81,7 +81,7 @@ PYCONV_LAYOUT_INLINE void pyconv_transpose8(const float* src, ptrdiff_t src_stri
                                             ptrdiff_t dst_stride)
 {
     typedef float f32x4 __attribute__((vector_size(16)));
-    pyconv_f32x8 r[8], lo, hi;
+    pyconv_f32x8 r[8];
     f32x4 a0, a1, b0, b1;
     for (int i = 0; i < 4; i++) {
         memcpy(&a0, src + i * src_stride, sizeof a0);
@@ -92,16 +92,9 @@ PYCONV_LAYOUT_INLINE void pyconv_transpose8(const float* src, ptrdiff_t src_stri
         r[i + 4] = __builtin_shufflevector(a1, b1, 0, 1, 2, 3, 4, 5, 6, 7);
     }
     for (int i = 0; i < 8; i++)
-        if (!(i & 2)) {
-            lo = __builtin_shufflevector(r[i], r[i + 2], PYCONV_LO2_8);
-            hi = __builtin_shufflevector(r[i], r[i + 2], PYCONV_HI2_8);
-            r[i] = lo; r[i + 2] = hi;
-        }
-    for (int i = 0; i < 8; i += 2) {
-        lo = __builtin_shufflevector(r[i], r[i + 1], PYCONV_LO1_8);
-        hi = __builtin_shufflevector(r[i], r[i + 1], PYCONV_HI1_8);
-        r[i] = lo; r[i + 1] = hi;
-    }
+        if (!(i & 2)) PYCONV_SWAP_BLOCKS(pyconv_f32x8, r, i, 2, PYCONV_LO2_8, PYCONV_HI2_8);
+    for (int i = 0; i < 8; i += 2)
+        PYCONV_SWAP_BLOCKS(pyconv_f32x8, r, i, 1, PYCONV_LO1_8, PYCONV_HI1_8);
     for (int j = 0; j < 8; j++)
         memcpy(dst + j * dst_stride, &r[j], sizeof(r[j]));
 }
